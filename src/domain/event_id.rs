@@ -1,0 +1,70 @@
+//! `EventId`: the idempotency key of a login event.
+
+use std::fmt;
+
+/// The identity of one login event: the body's `eventID`, or the AMQP
+/// `message_id` when the body has none. One event yields at most one ticket.
+///
+/// Non-empty, at most [`EventId::MAX_BYTES`] bytes of UTF-8 (it travels as the
+/// AMQP `correlation_id`, a short string), no control characters (Postgres
+/// `text` cannot hold NUL, and ids end up in headers and logs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(String);
+
+impl EventId {
+    pub const MAX_BYTES: usize = 255;
+
+    /// Parses an id, saying what is wrong with it otherwise.
+    pub fn parse(raw: &str) -> Result<EventId, String> {
+        if raw.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        if raw.len() > Self::MAX_BYTES {
+            return Err(format!("must be at most {} bytes", Self::MAX_BYTES));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(EventId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for EventId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_ids() {
+        assert_eq!(
+            EventId::parse("b7d4-1").map(|id| id.to_string()),
+            Ok("b7d4-1".into())
+        );
+        assert!(EventId::parse(&"x".repeat(EventId::MAX_BYTES)).is_ok());
+        assert!(EventId::parse(&"é".repeat(EventId::MAX_BYTES / 2 + 1)).is_err());
+    }
+
+    #[test]
+    fn rejects_empty_long_and_control_characters() {
+        assert!(EventId::parse("").is_err());
+        assert!(EventId::parse("   ").is_err());
+        assert!(EventId::parse(&"x".repeat(EventId::MAX_BYTES + 1)).is_err());
+        assert!(EventId::parse("a\0b").is_err());
+        assert!(EventId::parse("a\nb").is_err());
+    }
+}

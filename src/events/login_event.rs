@@ -1,0 +1,479 @@
+//! The login event: the message a login service publishes, parsed and checked
+//! before anything else happens to it.
+//!
+//! Parsing never panics and never guesses. Whatever is wrong with a message is
+//! reported as an [`InvalidEvent`] that carries as much of the event's identity
+//! as could still be read, so the worker can answer with `ticket.failed`.
+
+use crate::domain::{EventId, Field, TicketRequest, json_kind};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The largest login event the worker accepts by default (`MAX_EVENT_BYTES`).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// What the AMQP envelope says about a message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Envelope<'a> {
+    pub content_type: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+    pub message_id: Option<&'a str>,
+}
+
+/// A login event that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoginEvent {
+    pub event_id: EventId,
+    /// When the user logged in, if the login service said.
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub request: TicketRequest,
+}
+
+impl LoginEvent {
+    /// Parses a message body under its AMQP envelope.
+    pub fn parse(
+        body: &[u8],
+        envelope: &Envelope<'_>,
+        max_bytes: usize,
+    ) -> Result<LoginEvent, InvalidEvent> {
+        let message_id = envelope.message_id.and_then(|id| EventId::parse(id).ok());
+        let reject =
+            |problem, message: String| InvalidEvent::new(problem, message, message_id.clone());
+
+        if body.len() > max_bytes {
+            return Err(reject(
+                Problem::TooLarge,
+                format!(
+                    "body is {} bytes, the limit is {max_bytes} (MAX_EVENT_BYTES)",
+                    body.len()
+                ),
+            ));
+        }
+        if let Some(content_type) = envelope.content_type.filter(|ct| !is_json_content_type(ct)) {
+            return Err(reject(
+                Problem::ContentType,
+                format!(
+                    "content type {:?} is not application/json",
+                    clip(content_type)
+                ),
+            ));
+        }
+        if let Some(encoding) = envelope
+            .content_encoding
+            .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+        {
+            return Err(reject(
+                Problem::ContentType,
+                format!(
+                    "content encoding {:?} is not supported; send plain JSON",
+                    clip(encoding)
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|e| reject(Problem::NotUtf8, format!("body is not UTF-8: {e}")))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| reject(Problem::NotJson, format!("body is not JSON: {e}")))?;
+        let Value::Object(object) = value else {
+            return Err(reject(
+                Problem::NotAnObject,
+                format!("body must be a JSON object, not {}", json_kind(&value)),
+            ));
+        };
+        Self::from_object(&object, message_id)
+    }
+
+    fn from_object(
+        object: &Map<String, Value>,
+        message_id: Option<EventId>,
+    ) -> Result<LoginEvent, InvalidEvent> {
+        let salvage = |mut invalid: InvalidEvent| {
+            invalid.xc_user_id = readable_string(object, Field::XcUserId.name());
+            invalid.user_device_id = readable_string(object, Field::UserDeviceId.name());
+            invalid
+        };
+        let body_id = match object.get("eventID") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(raw)) => Some(EventId::parse(raw).map_err(|problem| {
+                salvage(
+                    InvalidEvent::new(
+                        Problem::InvalidEventId,
+                        format!("eventID {problem}"),
+                        message_id.clone(),
+                    )
+                    .with_field("eventID"),
+                )
+            })?),
+            Some(other) => {
+                return Err(salvage(
+                    InvalidEvent::new(
+                        Problem::InvalidEventId,
+                        format!("eventID must be a string, not {}", json_kind(other)),
+                        message_id,
+                    )
+                    .with_field("eventID"),
+                ));
+            }
+        };
+        let Some(event_id) = body_id.or(message_id) else {
+            return Err(salvage(
+                InvalidEvent::new(
+                    Problem::MissingEventId,
+                    "the event has no eventID and the message has no message_id".into(),
+                    None,
+                )
+                .with_field("eventID"),
+            ));
+        };
+        let invalid = |problem, message: String, field: &'static str| {
+            salvage(InvalidEvent::new(problem, message, Some(event_id.clone())).with_field(field))
+        };
+        let occurred_at = match object.get("occurredAt") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(raw)) => Some(
+                DateTime::parse_from_rfc3339(raw)
+                    .map_err(|e| {
+                        invalid(
+                            Problem::InvalidOccurredAt,
+                            format!("occurredAt must be an RFC 3339 timestamp: {e}"),
+                            "occurredAt",
+                        )
+                    })?
+                    .with_timezone(&Utc),
+            ),
+            Some(other) => {
+                return Err(invalid(
+                    Problem::InvalidOccurredAt,
+                    format!("occurredAt must be a string, not {}", json_kind(other)),
+                    "occurredAt",
+                ));
+            }
+        };
+        let request = TicketRequest::from_json(object)
+            .map_err(|e| invalid(Problem::InvalidField, e.to_string(), e.field.name()))?;
+        Ok(LoginEvent {
+            event_id,
+            occurred_at,
+            request,
+        })
+    }
+
+    /// How old the event is at `now`, if it says when it happened.
+    pub fn age(&self, now: DateTime<Utc>) -> Option<TimeDelta> {
+        self.occurred_at.map(|at| now - at)
+    }
+}
+
+/// What kind of wrong an invalid event is; the stable code goes into the
+/// dead-letter headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Problem {
+    TooLarge,
+    ContentType,
+    NotUtf8,
+    NotJson,
+    NotAnObject,
+    MissingEventId,
+    InvalidEventId,
+    InvalidOccurredAt,
+    InvalidField,
+}
+
+impl Problem {
+    pub fn code(self) -> &'static str {
+        match self {
+            Problem::TooLarge => "too_large",
+            Problem::ContentType => "content_type",
+            Problem::NotUtf8 => "not_utf8",
+            Problem::NotJson => "not_json",
+            Problem::NotAnObject => "not_an_object",
+            Problem::MissingEventId => "missing_event_id",
+            Problem::InvalidEventId => "invalid_event_id",
+            Problem::InvalidOccurredAt => "invalid_occurred_at",
+            Problem::InvalidField => "invalid_field",
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A message that is not a valid login event, with whatever identity could be
+/// read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidEvent {
+    pub problem: Problem,
+    pub message: String,
+    /// The offending field's JSON name, when one field is to blame.
+    pub field: Option<&'static str>,
+    pub event_id: Option<EventId>,
+    pub xc_user_id: Option<String>,
+    pub user_device_id: Option<String>,
+}
+
+impl InvalidEvent {
+    fn new(problem: Problem, message: String, event_id: Option<EventId>) -> InvalidEvent {
+        InvalidEvent {
+            problem,
+            message,
+            field: None,
+            event_id,
+            xc_user_id: None,
+            user_device_id: None,
+        }
+    }
+
+    fn with_field(mut self, field: &'static str) -> InvalidEvent {
+        self.field = Some(field);
+        self
+    }
+}
+
+impl fmt::Display for InvalidEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid login event ({}): {}",
+            self.problem, self.message
+        )
+    }
+}
+
+impl std::error::Error for InvalidEvent {}
+
+/// `application/json`, `application/json; charset=utf-8`, or a `+json` type.
+fn is_json_content_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let charset_ok = parts.all(|param| match param.split_once('=') {
+        Some((key, value)) if key.trim().eq_ignore_ascii_case("charset") => {
+            let value = value.trim().trim_matches('"');
+            value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    charset_ok
+        && (essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json")))
+}
+
+/// A string field that can safely be echoed into a `ticket.failed` event.
+fn readable_string(object: &Map<String, Value>, key: &str) -> Option<String> {
+    match object.get(key) {
+        Some(Value::String(s))
+            if !s.is_empty() && s.chars().count() <= 255 && !s.chars().any(char::is_control) =>
+        {
+            Some(s.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Shortens a value echoed in an error message.
+fn clip(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        value.to_owned()
+    } else {
+        value.chars().take(MAX).chain("…".chars()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const JSON: Envelope<'static> = Envelope {
+        content_type: Some("application/json"),
+        content_encoding: None,
+        message_id: None,
+    };
+
+    fn event() -> Value {
+        json!({
+            "eventID": "evt-1",
+            "occurredAt": "2026-11-24T06:31:57Z",
+            "userIPAddress": "203.0.113.7",
+            "userAgent": "Mozilla/5.0",
+            "userPlatform": "android",
+            "userDeviceID": "dev-1",
+            "xcUserID": "cust-42",
+            "fullName": "Ana Lima"
+        })
+    }
+
+    fn parse_value(value: &Value, envelope: &Envelope<'_>) -> Result<LoginEvent, InvalidEvent> {
+        LoginEvent::parse(
+            value.to_string().as_bytes(),
+            envelope,
+            DEFAULT_MAX_EVENT_BYTES,
+        )
+    }
+
+    #[test]
+    fn parses_a_valid_event() {
+        let event = parse_value(&event(), &JSON).expect("valid");
+        assert_eq!(event.event_id.as_str(), "evt-1");
+        assert_eq!(event.request.xc_user_id(), "cust-42");
+        assert_eq!(
+            event.occurred_at.map(|t| t.to_rfc3339()),
+            Some("2026-11-24T06:31:57+00:00".into())
+        );
+    }
+
+    #[test]
+    fn message_id_stands_in_for_a_missing_event_id() {
+        let mut body = event();
+        body.as_object_mut().map(|o| o.remove("eventID"));
+        let envelope = Envelope {
+            message_id: Some("msg-9"),
+            ..JSON
+        };
+        assert_eq!(
+            parse_value(&body, &envelope).map(|e| e.event_id.to_string()),
+            Ok("msg-9".into())
+        );
+        let invalid = parse_value(&body, &JSON).expect_err("no id");
+        assert_eq!(invalid.problem, Problem::MissingEventId);
+        assert_eq!(invalid.event_id, None);
+        assert_eq!(invalid.xc_user_id.as_deref(), Some("cust-42"));
+    }
+
+    #[test]
+    fn body_event_id_wins_over_message_id() {
+        let envelope = Envelope {
+            message_id: Some("msg-9"),
+            ..JSON
+        };
+        assert_eq!(
+            parse_value(&event(), &envelope).map(|e| e.event_id.to_string()),
+            Ok("evt-1".into())
+        );
+    }
+
+    #[test]
+    fn content_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=UTF-8",
+            "application/vnd.login+json",
+        ] {
+            let envelope = Envelope {
+                content_type: Some(ok),
+                ..JSON
+            };
+            assert!(parse_value(&event(), &envelope).is_ok(), "{ok}");
+        }
+        let absent = Envelope {
+            content_type: None,
+            ..JSON
+        };
+        assert!(parse_value(&event(), &absent).is_ok());
+        for bad in [
+            "text/plain",
+            "application/json; charset=latin1",
+            "application/xml",
+        ] {
+            let envelope = Envelope {
+                content_type: Some(bad),
+                ..JSON
+            };
+            let invalid = parse_value(&event(), &envelope).expect_err(bad);
+            assert_eq!(invalid.problem, Problem::ContentType, "{bad}");
+        }
+        let gzip = Envelope {
+            content_encoding: Some("gzip"),
+            ..JSON
+        };
+        assert_eq!(
+            parse_value(&event(), &gzip).map_err(|e| e.problem),
+            Err(Problem::ContentType)
+        );
+    }
+
+    #[test]
+    fn poison_bodies_are_classified() {
+        let envelope = Envelope {
+            message_id: Some("m-1"),
+            ..JSON
+        };
+        let cases: Vec<(&[u8], Problem)> = vec![
+            (b"\xff\xfe{}", Problem::NotUtf8),
+            (b"{not json", Problem::NotJson),
+            (b"", Problem::NotJson),
+            (b"[1,2]", Problem::NotAnObject),
+            (b"\"a string\"", Problem::NotAnObject),
+            (b"null", Problem::NotAnObject),
+        ];
+        for (body, problem) in cases {
+            let invalid =
+                LoginEvent::parse(body, &envelope, DEFAULT_MAX_EVENT_BYTES).expect_err("poison");
+            assert_eq!(invalid.problem, problem, "{body:?}");
+            assert_eq!(invalid.event_id.as_ref().map(EventId::as_str), Some("m-1"));
+        }
+    }
+
+    #[test]
+    fn size_limit() {
+        let body = event().to_string();
+        let invalid =
+            LoginEvent::parse(body.as_bytes(), &JSON, body.len() - 1).expect_err("too big");
+        assert_eq!(invalid.problem, Problem::TooLarge);
+        assert!(LoginEvent::parse(body.as_bytes(), &JSON, body.len()).is_ok());
+    }
+
+    #[test]
+    fn invalid_fields_keep_the_identity() {
+        let mut body = event();
+        body["userPlatform"] = json!("windows");
+        let invalid = parse_value(&body, &JSON).expect_err("platform");
+        assert_eq!(invalid.problem, Problem::InvalidField);
+        assert_eq!(invalid.field, Some("userPlatform"));
+        assert_eq!(
+            invalid.event_id.as_ref().map(EventId::as_str),
+            Some("evt-1")
+        );
+        assert_eq!(invalid.user_device_id.as_deref(), Some("dev-1"));
+        assert!(invalid.message.contains("(103)"), "{}", invalid.message);
+    }
+
+    #[test]
+    fn event_id_and_occurred_at_types() {
+        let mut body = event();
+        body["eventID"] = json!(42);
+        let invalid = parse_value(&body, &JSON).expect_err("numeric id");
+        assert_eq!(
+            (invalid.problem, invalid.field),
+            (Problem::InvalidEventId, Some("eventID"))
+        );
+
+        let mut body = event();
+        body["occurredAt"] = json!("yesterday");
+        let invalid = parse_value(&body, &JSON).expect_err("bad time");
+        assert_eq!(invalid.problem, Problem::InvalidOccurredAt);
+        assert_eq!(
+            invalid.event_id.as_ref().map(EventId::as_str),
+            Some("evt-1")
+        );
+
+        let mut body = event();
+        body["occurredAt"] = Value::Null;
+        assert_eq!(parse_value(&body, &JSON).map(|e| e.occurred_at), Ok(None));
+    }
+
+    #[test]
+    fn age_is_measured_from_occurred_at() {
+        let event = parse_value(&event(), &JSON).expect("valid");
+        let now =
+            DateTime::parse_from_rfc3339("2026-11-24T06:41:57Z").map(|t| t.with_timezone(&Utc));
+        assert_eq!(
+            now.map(|now| event.age(now)),
+            Ok(Some(TimeDelta::minutes(10)))
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The wire formats on the bus: the login event the worker consumes and the
+//! ticket events it publishes. Field names here are a contract with other
+//! systems; the README documents them.
+
+mod login_event;
+mod ticket_events;
+
+pub use login_event::{DEFAULT_MAX_EVENT_BYTES, Envelope, InvalidEvent, LoginEvent, Problem};
+pub use ticket_events::{FailureReason, TicketFailed, TicketReady};

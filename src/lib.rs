@@ -1,0 +1,6 @@
+//! ticket-worker: turns login events on RabbitMQ into TapTalk.io auth tickets
+//! stored in Postgres, and announces them with `ticket.ready`.
+
+pub mod domain;
+pub mod events;
+pub mod retry;
