@@ -3,4 +3,6 @@
 
 pub mod domain;
 pub mod events;
+pub mod fake_taptalk;
 pub mod retry;
+pub mod taptalk;

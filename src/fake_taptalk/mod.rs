@@ -1,0 +1,17 @@
+//! The project's stand-in for TapTalk.io (`ticket-worker fake-taptalk`), since
+//! the real service cannot be reached from development and CI machines.
+//!
+//! It implements `POST /v1/server/auth_ticket/request` as the TapTalk docs
+//! describe it: the `Server-Key` check, the field rules answered with
+//! `ParamValidationFailed` and the field's code, the response envelope, a
+//! stable `userID` per `xcUserID`, and a fresh random ticket per request.
+//! [`Knobs`] add latency, a share of 503s, 429s and hanging requests, or a
+//! wrong-key mode, for tests and benchmarks.
+
+mod knobs;
+mod rules;
+mod server;
+
+pub use knobs::Knobs;
+pub use rules::check as check_fields;
+pub use server::{FakeStats, FakeTaptalk, IssuedRecord};

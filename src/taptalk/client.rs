@@ -1,0 +1,402 @@
+//! The TapTalk.io client: one auth-ticket request per call, its answer sorted
+//! into what the worker must do next (store it, fail the event, retry later,
+//! or stop everything because the configuration is wrong).
+
+use super::api::{
+    AUTH_TICKET_PATH, ApiEnvelope, HEADER_VALIDATION_FAILED, PARAM_VALIDATION_FAILED,
+    SERVER_KEY_HEADER, ServerKey, TicketData,
+};
+use crate::domain::{AuthTicket, Field, IssuedTicket, TicketRequest};
+use chrono::Utc;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::time::Duration;
+use url::Url;
+
+/// What went wrong with one request, sorted by what the worker does about it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TicketError {
+    /// `ParamValidationFailed`: this event is bad; never send it again.
+    #[error("TapTalk rejected the request{}: {message}", field.as_ref().map(|f| format!(" ({f})")).unwrap_or_default())]
+    Rejected {
+        field: Option<String>,
+        message: String,
+    },
+    /// `HeaderValidationFailed`, `401xx`, a wrong endpoint: every event will fail
+    /// the same way until an operator fixes the configuration.
+    #[error("TapTalk refused the worker's configuration: {0}")]
+    Misconfigured(String),
+    /// 5xx, 429, a timeout, a dropped connection, an answer that makes no sense:
+    /// try again later.
+    #[error("{detail}")]
+    Transient {
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl TicketError {
+    fn transient(detail: String) -> TicketError {
+        TicketError::Transient {
+            detail,
+            retry_after: None,
+        }
+    }
+}
+
+/// A client for TapTalk's auth-ticket endpoint, with the server key attached.
+#[derive(Debug, Clone)]
+pub struct TaptalkClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    key: ServerKey,
+    key_header: HeaderValue,
+}
+
+impl TaptalkClient {
+    /// A client for the TapTalk server at `base_url` (for example
+    /// `https://taptalk.io`); `timeout` bounds each request.
+    pub fn new(base_url: &Url, key: ServerKey, timeout: Duration) -> anyhow::Result<TaptalkClient> {
+        let endpoint = endpoint(base_url)?;
+        let mut key_header = HeaderValue::from_str(key.header_value().expose_secret())
+            .map_err(|_| anyhow::anyhow!("the server key cannot be sent as an HTTP header"))?;
+        key_header.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("taptalk-ticket-worker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {}", chain(&e)))?;
+        Ok(TaptalkClient {
+            http,
+            endpoint,
+            key,
+            key_header,
+        })
+    }
+
+    /// The full URL of the auth-ticket endpoint.
+    pub fn endpoint(&self) -> &Url {
+        &self.endpoint
+    }
+
+    /// Requests one auth ticket. The ticket's expiry runs from the moment the
+    /// request was sent.
+    #[tracing::instrument(name = "taptalk.request_ticket", skip_all, fields(xc_user_id = request.xc_user_id()))]
+    pub async fn request_ticket(
+        &self,
+        request: &TicketRequest,
+    ) -> Result<IssuedTicket, TicketError> {
+        let requested_at = Utc::now();
+        let data = self.post(&request.to_json()).await?;
+        Ok(IssuedTicket {
+            user_id: data.user_id,
+            ticket: AuthTicket::new(data.ticket),
+            requested_at,
+        })
+    }
+
+    /// Asks TapTalk whether it would serve us, without side effects: an empty
+    /// body with our key. A healthy TapTalk that accepts the key answers
+    /// `ParamValidationFailed` (no user is created, no ticket issued).
+    #[tracing::instrument(name = "taptalk.probe", skip_all)]
+    pub async fn probe(&self) -> Result<(), TicketError> {
+        match self.post(&Map::new()).await {
+            Ok(_) | Err(TicketError::Rejected { .. }) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn post(&self, body: &Map<String, Value>) -> Result<TicketData, TicketError> {
+        let response = self
+            .http
+            .post(self.endpoint.clone())
+            .header(SERVER_KEY_HEADER, self.key_header.clone())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| transport_error("request", e))?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error("response", e))?;
+        classify(status, retry_after, &body).map_err(|e| self.scrubbed(e))
+    }
+
+    /// Upstream texts are echoed into logs and events: make sure they cannot
+    /// carry our secret back.
+    fn scrubbed(&self, error: TicketError) -> TicketError {
+        match error {
+            TicketError::Rejected { field, message } => TicketError::Rejected {
+                field,
+                message: self.key.scrub(&message),
+            },
+            TicketError::Misconfigured(detail) => {
+                TicketError::Misconfigured(self.key.scrub(&detail))
+            }
+            TicketError::Transient {
+                detail,
+                retry_after,
+            } => TicketError::Transient {
+                detail: self.key.scrub(&detail),
+                retry_after,
+            },
+        }
+    }
+}
+
+/// `base_url` + the endpoint path, keeping any path prefix of the base.
+fn endpoint(base_url: &Url) -> anyhow::Result<Url> {
+    let base = base_url.as_str().trim_end_matches('/');
+    Url::parse(&format!("{base}{AUTH_TICKET_PATH}"))
+        .map_err(|e| anyhow::anyhow!("TAPTALK_BASE_URL does not form a valid endpoint URL: {e}"))
+}
+
+/// Sorts one HTTP answer.
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Result<TicketData, TicketError> {
+    let envelope = serde_json::from_slice::<ApiEnvelope>(body).ok();
+    let answered = || describe(status, envelope.as_ref());
+    if let Some(error) = envelope.as_ref().map(|e| &e.error) {
+        if error.is(PARAM_VALIDATION_FAILED) {
+            let field = Field::lookup(&error.field)
+                .map(|f| f.name().to_owned())
+                .or_else(|| Some(error.field.clone()).filter(|f| !f.is_empty()));
+            return Err(TicketError::Rejected {
+                field,
+                message: clip(&error.message),
+            });
+        }
+        if error.is(HEADER_VALIDATION_FAILED) || error.is_authorization_failure() {
+            return Err(TicketError::Misconfigured(format!(
+                "{}; check TAPTALK_SERVER_KEY_ID and TAPTALK_SERVER_KEY_SECRET",
+                answered()
+            )));
+        }
+    }
+    match status.as_u16() {
+        200..=299 => envelope
+            .as_ref()
+            .and_then(|e| TicketData::deserialize(&e.data).ok())
+            .filter(|d| usable(&d.user_id, 255) && usable(&d.ticket, 4096))
+            .ok_or_else(|| {
+                TicketError::transient(format!("{} without a usable userID and ticket", answered()))
+            }),
+        401 | 403 => Err(TicketError::Misconfigured(format!(
+            "{}; check TAPTALK_SERVER_KEY_ID and TAPTALK_SERVER_KEY_SECRET",
+            answered()
+        ))),
+        404 | 405 => Err(TicketError::Misconfigured(format!(
+            "{}; check TAPTALK_BASE_URL",
+            answered()
+        ))),
+        429 => Err(TicketError::Transient {
+            detail: answered(),
+            retry_after,
+        }),
+        _ => Err(TicketError::Transient {
+            detail: answered(),
+            retry_after: None,
+        }),
+    }
+}
+
+/// A value that can be stored and shown: non-empty, bounded, no control characters.
+fn usable(value: &str, max_chars: usize) -> bool {
+    !value.is_empty() && value.chars().count() <= max_chars && !value.chars().any(char::is_control)
+}
+
+fn describe(status: StatusCode, envelope: Option<&ApiEnvelope>) -> String {
+    let mut text = format!("TapTalk answered HTTP {status}");
+    if let Some(error) = envelope
+        .map(|e| &e.error)
+        .filter(|e| !e.code.is_empty() || !e.message.is_empty())
+    {
+        text.push_str(&format!(
+            " ({}: {})",
+            clip(&error.code),
+            clip(&error.message)
+        ));
+    }
+    text
+}
+
+/// `Retry-After` in seconds (TapTalk-style servers send seconds, not dates).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+fn transport_error(stage: &str, error: reqwest::Error) -> TicketError {
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "failed"
+    };
+    TicketError::transient(format!(
+        "TapTalk {stage} {what}: {}",
+        chain(&error.without_url())
+    ))
+}
+
+/// An error and its sources, joined, so "error sending request" says why.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn clip(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        text.chars().take(MAX).chain("…".chars()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sort(status: u16, body: &str) -> Result<TicketData, TicketError> {
+        classify(
+            StatusCode::from_u16(status).expect("status"),
+            Some(Duration::from_secs(3)),
+            body.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn success() {
+        let data = sort(
+            200,
+            r#"{"status":200,"error":{"code":"","message":"","field":""},"data":{"userID":"u1","ticket":"t1"}}"#,
+        );
+        assert_eq!(
+            data,
+            Ok(TicketData {
+                user_id: "u1".into(),
+                ticket: "t1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn success_without_data_is_transient() {
+        for body in [
+            r#"{"status":200,"data":{}}"#,
+            "<html>",
+            r#"{"status":200,"data":{"userID":"u","ticket":""}}"#,
+        ] {
+            assert!(
+                matches!(sort(200, body), Err(TicketError::Transient { .. })),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn param_validation_names_the_field_by_name_or_code() {
+        let by_name = sort(
+            400,
+            r#"{"status":400,"error":{"code":"ParamValidationFailed","message":"bad","field":"email"}}"#,
+        );
+        assert_eq!(
+            by_name,
+            Err(TicketError::Rejected {
+                field: Some("email".into()),
+                message: "bad".into()
+            })
+        );
+        let by_code = sort(
+            400,
+            r#"{"status":400,"error":{"code":40002,"message":"bad","field":"105"}}"#,
+        );
+        assert_eq!(
+            by_code,
+            Err(TicketError::Rejected {
+                field: Some("xcUserID".into()),
+                message: "bad".into()
+            })
+        );
+    }
+
+    #[test]
+    fn configuration_failures() {
+        for (status, body) in [
+            (
+                401,
+                r#"{"status":401,"error":{"code":"HeaderValidationFailed","message":"no"}}"#,
+            ),
+            (400, r#"{"status":400,"error":{"code":"40001"}}"#),
+            (
+                401,
+                r#"{"status":401,"error":{"code":"40104","message":"expired"}}"#,
+            ),
+            (403, "forbidden"),
+            (404, "not found"),
+        ] {
+            assert!(
+                matches!(sort(status, body), Err(TicketError::Misconfigured(_))),
+                "{status} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn transient_failures_carry_retry_after_for_429_only() {
+        assert_eq!(
+            sort(429, "slow down"),
+            Err(TicketError::Transient {
+                detail: "TapTalk answered HTTP 429 Too Many Requests".into(),
+                retry_after: Some(Duration::from_secs(3))
+            })
+        );
+        for status in [500, 502, 503, 504, 400, 418] {
+            assert!(
+                matches!(
+                    sort(status, "{}"),
+                    Err(TicketError::Transient {
+                        retry_after: None,
+                        ..
+                    })
+                ),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn endpoint_keeps_a_base_path() {
+        let base = Url::parse("https://gw.example.com/taptalk/").expect("url");
+        assert_eq!(
+            endpoint(&base).map(|u| u.to_string()).ok(),
+            Some("https://gw.example.com/taptalk/v1/server/auth_ticket/request".into())
+        );
+    }
+}
