@@ -5,4 +5,5 @@ pub mod domain;
 pub mod events;
 pub mod fake_taptalk;
 pub mod retry;
+pub mod storage;
 pub mod taptalk;
