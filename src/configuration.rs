@@ -1,0 +1,775 @@
+//! Configuration: every setting of `ticket-worker run`, as a flag and as an
+//! environment variable (secrets also as `*_FILE`), checked once at start into
+//! [`Settings`]. A missing or malformed setting is a [`ConfigError`] that names
+//! the variable and says how to fix it; the binary exits with code 2.
+
+use crate::broker::Topology;
+use crate::retry::RetryPolicy;
+use crate::taptalk::{BreakerSettings, ServerKey};
+use secrecy::{ExposeSecret, SecretString};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+use url::Url;
+
+/// A setting that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable (the flag has the same name, in kebab case).
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Where to find RabbitMQ, and the names of everything the worker declares.
+#[derive(clap::Args, Clone)]
+pub struct BrokerArgs {
+    /// RabbitMQ URL, amqp://user:password@host:5672/vhost or amqps://…
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        value_name = "AMQP_URL",
+        hide_env_values = true
+    )]
+    pub amqp_url: Option<String>,
+    /// File holding the RabbitMQ URL (instead of AMQP_URL)
+    #[arg(long, env = "AMQP_URL_FILE", value_name = "AMQP_URL_FILE")]
+    pub amqp_url_file: Option<PathBuf>,
+    /// Connection name shown by RabbitMQ (rabbitmqctl list_connections client_properties)
+    #[arg(
+        long,
+        env = "AMQP_CONNECTION_NAME",
+        value_name = "AMQP_CONNECTION_NAME",
+        default_value = "ticket-worker"
+    )]
+    pub amqp_connection_name: String,
+    #[command(flatten)]
+    pub names: TopologyArgs,
+}
+
+/// The exchanges and queues (defaults from the design; each configurable).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TopologyArgs {
+    /// Topic exchange the login service publishes login events to
+    #[arg(
+        long,
+        env = "LOGIN_EXCHANGE",
+        value_name = "LOGIN_EXCHANGE",
+        default_value = "taptalk.logins"
+    )]
+    pub login_exchange: String,
+    /// Quorum queue the workers consume, bound to the login exchange with '#'
+    #[arg(
+        long,
+        env = "WORK_QUEUE",
+        value_name = "WORK_QUEUE",
+        default_value = "taptalk.logins.ticket-worker"
+    )]
+    pub work_queue: String,
+    /// Exchange that receives dead letters
+    #[arg(
+        long,
+        env = "DEAD_LETTER_EXCHANGE",
+        value_name = "DEAD_LETTER_EXCHANGE",
+        default_value = "taptalk.logins.dlx"
+    )]
+    pub dead_letter_exchange: String,
+    /// Queue that keeps dead letters
+    #[arg(
+        long,
+        env = "DEAD_LETTER_QUEUE",
+        value_name = "DEAD_LETTER_QUEUE",
+        default_value = "taptalk.logins.dead"
+    )]
+    pub dead_letter_queue: String,
+    /// Topic exchange for ticket.ready and ticket.failed
+    #[arg(
+        long,
+        env = "TICKET_EXCHANGE",
+        value_name = "TICKET_EXCHANGE",
+        default_value = "taptalk.tickets"
+    )]
+    pub ticket_exchange: String,
+    /// Deliveries of one message before the broker dead-letters it (crash-loop backstop)
+    #[arg(
+        long,
+        env = "DELIVERY_LIMIT",
+        value_name = "DELIVERY_LIMIT",
+        default_value_t = 20
+    )]
+    pub delivery_limit: u32,
+}
+
+/// Where to find Postgres.
+#[derive(clap::Args, Clone)]
+pub struct DatabaseArgs {
+    /// Postgres URL, postgres://user:password@host:5432/db (sslmode=require etc. as query parameters)
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// File holding the Postgres URL (instead of DATABASE_URL)
+    #[arg(long, env = "DATABASE_URL_FILE", value_name = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// Most Postgres connections one worker opens
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        value_name = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10
+    )]
+    pub database_max_connections: u32,
+}
+
+/// The TapTalk server key (read by `run` and by the stand-in).
+#[derive(clap::Args, Clone)]
+pub struct ServerKeyArgs {
+    /// Server Key ID from the TapTalk dashboard
+    #[arg(
+        long,
+        env = "TAPTALK_SERVER_KEY_ID",
+        value_name = "TAPTALK_SERVER_KEY_ID"
+    )]
+    pub taptalk_server_key_id: Option<String>,
+    /// Server Key Secret from the TapTalk dashboard (prefer the _FILE variant)
+    #[arg(
+        long,
+        env = "TAPTALK_SERVER_KEY_SECRET",
+        value_name = "TAPTALK_SERVER_KEY_SECRET",
+        hide_env_values = true
+    )]
+    pub taptalk_server_key_secret: Option<String>,
+    /// File holding the Server Key Secret
+    #[arg(
+        long,
+        env = "TAPTALK_SERVER_KEY_SECRET_FILE",
+        value_name = "TAPTALK_SERVER_KEY_SECRET_FILE"
+    )]
+    pub taptalk_server_key_secret_file: Option<PathBuf>,
+}
+
+/// Where to find TapTalk.io, and the server key.
+#[derive(clap::Args, Clone)]
+pub struct TaptalkArgs {
+    /// TapTalk base URL, e.g. https://taptalk.io (the stand-in: http://127.0.0.1:8089)
+    #[arg(long, env = "TAPTALK_BASE_URL", value_name = "TAPTALK_BASE_URL")]
+    pub taptalk_base_url: Option<String>,
+    #[command(flatten)]
+    pub key: ServerKeyArgs,
+}
+
+/// Everything `ticket-worker run` reads.
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub taptalk: TaptalkArgs,
+    /// Timeout of one TapTalk request
+    #[arg(
+        long,
+        env = "TAPTALK_TIMEOUT",
+        value_name = "TAPTALK_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub taptalk_timeout: String,
+    /// How long one event retries a failing TapTalk before going back to the queue
+    #[arg(
+        long,
+        env = "TAPTALK_RETRY_FOR",
+        value_name = "TAPTALK_RETRY_FOR",
+        default_value = "30s"
+    )]
+    pub taptalk_retry_for: String,
+    /// How long TapTalk must fail every request before intake pauses
+    #[arg(
+        long,
+        env = "TAPTALK_OUTAGE_AFTER",
+        value_name = "TAPTALK_OUTAGE_AFTER",
+        default_value = "15s"
+    )]
+    pub taptalk_outage_after: String,
+    /// Unacknowledged messages RabbitMQ hands one worker at a time
+    #[arg(long, env = "PREFETCH", value_name = "PREFETCH", default_value_t = 128)]
+    pub prefetch: u16,
+    /// Messages one worker processes at once
+    #[arg(
+        long,
+        env = "CONCURRENCY",
+        value_name = "CONCURRENCY",
+        default_value_t = 64
+    )]
+    pub concurrency: usize,
+    /// Largest login event accepted, in bytes
+    #[arg(long, env = "MAX_EVENT_BYTES", value_name = "MAX_EVENT_BYTES", default_value_t = crate::events::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
+    /// Events older than this (by occurredAt) get ticket.failed "expired"; 0 turns the check off
+    #[arg(
+        long,
+        env = "MAX_EVENT_AGE",
+        value_name = "MAX_EVENT_AGE",
+        default_value = "15m"
+    )]
+    pub max_event_age: String,
+    /// On SIGTERM, how long in-flight messages may finish before they go back to the queue
+    #[arg(
+        long,
+        env = "SHUTDOWN_GRACE",
+        value_name = "SHUTDOWN_GRACE",
+        default_value = "20s"
+    )]
+    pub shutdown_grace: String,
+    /// Do not apply database migrations at start
+    #[arg(long, env = "SKIP_MIGRATIONS", value_name = "SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
+}
+
+/// TapTalk connection settings, validated.
+#[derive(Debug, Clone)]
+pub struct TaptalkSettings {
+    pub base_url: Url,
+    pub server_key: ServerKey,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerSettings,
+    /// Pauses between probes while TapTalk is down.
+    pub probe: RetryPolicy,
+}
+
+/// Broker settings, validated.
+#[derive(Clone)]
+pub struct BrokerSettings {
+    pub amqp_url: SecretString,
+    pub connection_name: String,
+    pub topology: Topology,
+    /// Pauses between reconnect attempts.
+    pub reconnect: RetryPolicy,
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("amqp_url", &redact_url(self.amqp_url.expose_secret()))
+            .field("connection_name", &self.connection_name)
+            .field("topology", &self.topology)
+            .finish()
+    }
+}
+
+/// Database settings, validated.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(self.url.expose_secret()))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// Everything the worker needs, checked. `Debug` hides every secret.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub broker: BrokerSettings,
+    pub database: DatabaseSettings,
+    pub taptalk: TaptalkSettings,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub max_event_bytes: usize,
+    /// `None`: events never expire.
+    pub max_event_age: Option<Duration>,
+    pub shutdown_grace: Duration,
+    pub migrate: bool,
+}
+
+impl Settings {
+    /// Checks every setting, reporting the first problem found.
+    pub fn from_args(args: &RunArgs) -> Result<Settings, ConfigError> {
+        let concurrency = args.concurrency;
+        if concurrency == 0 || concurrency > 10_000 {
+            return Err(ConfigError::new(
+                "CONCURRENCY",
+                "must be between 1 and 10000",
+            ));
+        }
+        if args.prefetch == 0 {
+            return Err(ConfigError::new("PREFETCH", "must be between 1 and 65535"));
+        }
+        if args.max_event_bytes < 256 {
+            return Err(ConfigError::new("MAX_EVENT_BYTES", "must be at least 256"));
+        }
+        let retry_for = duration("TAPTALK_RETRY_FOR", &args.taptalk_retry_for)?;
+        let max_event_age = duration("MAX_EVENT_AGE", &args.max_event_age)?;
+        Ok(Settings {
+            broker: BrokerSettings::from_args(&args.broker, None)?,
+            database: DatabaseSettings::from_args(&args.database, None)?,
+            taptalk: TaptalkSettings {
+                base_url: taptalk_base_url(args.taptalk.taptalk_base_url.as_deref())?,
+                server_key: server_key(&args.taptalk.key)?,
+                timeout: positive_duration("TAPTALK_TIMEOUT", &args.taptalk_timeout)?,
+                retry: RetryPolicy {
+                    first_pause: Duration::from_millis(200),
+                    max_pause: Duration::from_secs(5),
+                    give_up_after: Some(retry_for),
+                },
+                breaker: BreakerSettings {
+                    trip_after: duration("TAPTALK_OUTAGE_AFTER", &args.taptalk_outage_after)?,
+                    ..BreakerSettings::default()
+                },
+                probe: RetryPolicy::forever(Duration::from_secs(1), Duration::from_secs(60)),
+            },
+            prefetch: args.prefetch,
+            concurrency,
+            max_event_bytes: args.max_event_bytes,
+            max_event_age: (!max_event_age.is_zero()).then_some(max_event_age),
+            shutdown_grace: duration("SHUTDOWN_GRACE", &args.shutdown_grace)?,
+            migrate: !args.skip_migrations,
+        })
+    }
+}
+
+impl BrokerSettings {
+    /// `default_url` stands in for a missing AMQP_URL (the demo's local broker).
+    pub fn from_args(
+        args: &BrokerArgs,
+        default_url: Option<&str>,
+    ) -> Result<BrokerSettings, ConfigError> {
+        let amqp_url = secret(
+            "AMQP_URL",
+            "--amqp-url",
+            args.amqp_url.as_deref(),
+            args.amqp_url_file.as_ref(),
+            default_url,
+        )?;
+        let raw = amqp_url.expose_secret();
+        if !(raw.starts_with("amqp://") || raw.starts_with("amqps://")) {
+            return Err(ConfigError::new(
+                "AMQP_URL",
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        if lapin::uri::AMQPUri::from_str(raw).is_err() {
+            // The parser's message repeats the URL, password included: say it our way.
+            return Err(ConfigError::new(
+                "AMQP_URL",
+                "is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost (percent-encode special characters, %2f for the default vhost)",
+            ));
+        }
+        if args.amqp_connection_name.trim().is_empty() {
+            return Err(ConfigError::new(
+                "AMQP_CONNECTION_NAME",
+                "must not be empty",
+            ));
+        }
+        Ok(BrokerSettings {
+            amqp_url,
+            connection_name: args.amqp_connection_name.clone(),
+            topology: Topology::from_args(&args.names)?,
+            reconnect: RetryPolicy::forever(Duration::from_millis(500), Duration::from_secs(30)),
+        })
+    }
+}
+
+impl DatabaseSettings {
+    /// `default_url` stands in for a missing DATABASE_URL (the demo's local database).
+    pub fn from_args(
+        args: &DatabaseArgs,
+        default_url: Option<&str>,
+    ) -> Result<DatabaseSettings, ConfigError> {
+        let url = secret(
+            "DATABASE_URL",
+            "--database-url",
+            args.database_url.as_deref(),
+            args.database_url_file.as_ref(),
+            default_url,
+        )?;
+        let raw = url.expose_secret();
+        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if sqlx::postgres::PgConnectOptions::from_str(raw).is_err() {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "is not a valid Postgres URL; expected postgres://user:password@host:5432/database",
+            ));
+        }
+        if args.database_max_connections == 0 {
+            return Err(ConfigError::new(
+                "DATABASE_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
+        Ok(DatabaseSettings {
+            url,
+            max_connections: args.database_max_connections,
+        })
+    }
+}
+
+impl Topology {
+    pub fn from_args(args: &TopologyArgs) -> Result<Topology, ConfigError> {
+        let name = |setting: &'static str, value: &str| -> Result<String, ConfigError> {
+            if value.trim().is_empty() || value.len() > 255 {
+                return Err(ConfigError::new(
+                    setting,
+                    "must be a name of 1 to 255 bytes",
+                ));
+            }
+            Ok(value.to_owned())
+        };
+        if args.delivery_limit == 0 {
+            return Err(ConfigError::new("DELIVERY_LIMIT", "must be at least 1"));
+        }
+        Ok(Topology {
+            login_exchange: name("LOGIN_EXCHANGE", &args.login_exchange)?,
+            work_queue: name("WORK_QUEUE", &args.work_queue)?,
+            dead_letter_exchange: name("DEAD_LETTER_EXCHANGE", &args.dead_letter_exchange)?,
+            dead_letter_queue: name("DEAD_LETTER_QUEUE", &args.dead_letter_queue)?,
+            ticket_exchange: name("TICKET_EXCHANGE", &args.ticket_exchange)?,
+            delivery_limit: args.delivery_limit,
+        })
+    }
+}
+
+/// The TapTalk base URL, checked.
+pub fn taptalk_base_url(raw: Option<&str>) -> Result<Url, ConfigError> {
+    let raw = required(
+        "TAPTALK_BASE_URL",
+        "--taptalk-base-url",
+        raw.map(str::to_owned),
+        false,
+    )?;
+    let url = Url::parse(raw.trim()).map_err(|e| {
+        ConfigError::new(
+            "TAPTALK_BASE_URL",
+            format!("is not a URL ({e}); expected e.g. https://taptalk.io"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(
+            "TAPTALK_BASE_URL",
+            "must start with http:// or https://",
+        ));
+    }
+    Ok(url)
+}
+
+/// The server key, from id plus secret (or secret file).
+pub fn server_key(args: &ServerKeyArgs) -> Result<ServerKey, ConfigError> {
+    let id = required(
+        "TAPTALK_SERVER_KEY_ID",
+        "--taptalk-server-key-id",
+        args.taptalk_server_key_id.clone(),
+        false,
+    )?;
+    if id.contains(':') || id.chars().any(char::is_control) || id.trim() != id {
+        return Err(ConfigError::new(
+            "TAPTALK_SERVER_KEY_ID",
+            "must not contain ':', control characters or surrounding spaces",
+        ));
+    }
+    let secret = secret(
+        "TAPTALK_SERVER_KEY_SECRET",
+        "--taptalk-server-key-secret",
+        args.taptalk_server_key_secret.as_deref(),
+        args.taptalk_server_key_secret_file.as_ref(),
+        None,
+    )?;
+    Ok(ServerKey::new(id, secret))
+}
+
+/// A secret from its variable or its `_FILE` variant (exactly one of them).
+fn secret(
+    setting: &'static str,
+    flag: &str,
+    value: Option<&str>,
+    file: Option<&PathBuf>,
+    default: Option<&str>,
+) -> Result<SecretString, ConfigError> {
+    let value = value.filter(|v| !v.is_empty());
+    let from_file = match (value, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                setting,
+                format!("set either {setting} or {setting}_FILE, not both"),
+            ));
+        }
+        (_, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                setting,
+                format!("cannot read {setting}_FILE {}: {e}", path.display()),
+            )
+        })?),
+        (_, None) => None,
+    };
+    let raw = from_file
+        .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+        .or_else(|| value.map(str::to_owned))
+        .or_else(|| default.map(str::to_owned));
+    required(setting, flag, raw, true).map(SecretString::from)
+}
+
+fn required(
+    setting: &'static str,
+    flag: &str,
+    value: Option<String>,
+    has_file: bool,
+) -> Result<String, ConfigError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ConfigError::new(
+            setting,
+            format!(
+                "missing; set the environment variable {setting}{} or pass {flag}",
+                if has_file {
+                    format!(" (or {setting}_FILE)")
+                } else {
+                    String::new()
+                }
+            ),
+        )),
+    }
+}
+
+/// A duration like `30s`, `5m`, `250ms` or `0`.
+fn duration(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    if raw.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(raw.trim()).map_err(|e| {
+        ConfigError::new(
+            setting,
+            format!("is not a duration ({e}); write e.g. 30s, 5m, 250ms"),
+        )
+    })
+}
+
+fn positive_duration(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let value = duration(setting, raw)?;
+    if value.is_zero() {
+        return Err(ConfigError::new(setting, "must be longer than 0"));
+    }
+    Ok(value)
+}
+
+/// A URL with its password replaced by `***`, for logs and `Debug`.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "[unparseable URL]".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Harness {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(args);
+        let harness =
+            Harness::try_parse_from(argv).map_err(|e| ConfigError::new("CLAP", e.to_string()))?;
+        Settings::from_args(&harness.run)
+    }
+
+    const COMPLETE: [&str; 10] = [
+        "--amqp-url=amqp://guest:guest@127.0.0.1:5672/%2f",
+        "--database-url=postgres://postgres:pw@127.0.0.1:5432/test",
+        "--taptalk-base-url=http://127.0.0.1:8089",
+        "--taptalk-server-key-id=key",
+        "--taptalk-server-key-secret=s3cr3t",
+        "--prefetch=10",
+        "--concurrency=5",
+        "--max-event-age=0",
+        "--shutdown-grace=2s",
+        "--taptalk-retry-for=1m",
+    ];
+
+    fn without(flag: &str) -> Vec<&'static str> {
+        COMPLETE
+            .iter()
+            .copied()
+            .filter(|a| !a.starts_with(flag))
+            .collect()
+    }
+
+    /// The complete flags with one flag set to another value.
+    fn with(extra: &'static str) -> Vec<&'static str> {
+        let name = extra.split('=').next().unwrap_or(extra);
+        let mut args = without(name);
+        args.push(extra);
+        args
+    }
+
+    #[test]
+    fn a_complete_configuration_parses_and_hides_its_secrets() {
+        let settings = settings(&COMPLETE).expect("valid");
+        assert_eq!(settings.max_event_age, None);
+        assert_eq!(
+            settings.taptalk.retry.give_up_after,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            settings.broker.topology.work_queue,
+            "taptalk.logins.ticket-worker"
+        );
+        let debug = format!("{settings:?}");
+        assert!(
+            !debug.contains("s3cr3t") && !debug.contains(":pw@") && !debug.contains("guest:guest"),
+            "{debug}"
+        );
+    }
+
+    /// Parses the complete flag set; flags given explicitly win over any
+    /// variable in the test's environment, so the result does not depend on it.
+    fn complete_args() -> RunArgs {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(&COMPLETE);
+        Harness::try_parse_from(argv)
+            .map(|h| h.run)
+            .expect("complete flags parse")
+    }
+
+    #[test]
+    fn each_missing_setting_is_named() {
+        type Remove = fn(&mut RunArgs);
+        let cases: [(&str, &str, Remove); 5] = [
+            ("--amqp-url", "AMQP_URL", |a| a.broker.amqp_url = None),
+            ("--database-url", "DATABASE_URL", |a| {
+                a.database.database_url = None
+            }),
+            ("--taptalk-base-url", "TAPTALK_BASE_URL", |a| {
+                a.taptalk.taptalk_base_url = None
+            }),
+            ("--taptalk-server-key-id", "TAPTALK_SERVER_KEY_ID", |a| {
+                a.taptalk.key.taptalk_server_key_id = None
+            }),
+            (
+                "--taptalk-server-key-secret",
+                "TAPTALK_SERVER_KEY_SECRET",
+                |a| {
+                    a.taptalk.key.taptalk_server_key_secret = None;
+                    a.taptalk.key.taptalk_server_key_secret_file = None;
+                },
+            ),
+        ];
+        for (flag, setting, remove) in cases {
+            let mut args = complete_args();
+            remove(&mut args);
+            let error = Settings::from_args(&args).map(|_| ()).expect_err(flag);
+            assert_eq!(error.setting, setting);
+            assert!(error.problem.starts_with("missing"), "{error}");
+            assert!(error.problem.contains(flag), "{error}");
+        }
+    }
+
+    #[test]
+    fn malformed_values_are_named_without_echoing_secrets() {
+        let error = settings(
+            &[
+                &without("--amqp-url")[..],
+                &["--amqp-url=amqp://u:topsecret@[bad"],
+            ]
+            .concat(),
+        )
+        .map(|_| ())
+        .expect_err("bad url");
+        assert_eq!(error.setting, "AMQP_URL");
+        assert!(!error.to_string().contains("topsecret"), "{error}");
+        for (extra, setting) in [
+            ("--max-event-age=soon", "MAX_EVENT_AGE"),
+            ("--concurrency=0", "CONCURRENCY"),
+            ("--taptalk-timeout=0", "TAPTALK_TIMEOUT"),
+            ("--work-queue=", "WORK_QUEUE"),
+            ("--delivery-limit=0", "DELIVERY_LIMIT"),
+        ] {
+            let error = settings(&with(extra)).map(|_| ()).expect_err(extra);
+            assert_eq!(error.setting, setting, "{extra}");
+        }
+        let error = settings(
+            &[
+                &without("--taptalk-base-url")[..],
+                &["--taptalk-base-url=ftp://x"],
+            ]
+            .concat(),
+        )
+        .map(|_| ())
+        .expect_err("ftp");
+        assert_eq!(error.setting, "TAPTALK_BASE_URL");
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("tw-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("secret");
+        std::fs::write(&path, "from-file\n").expect("write");
+        let mut args = complete_args();
+        args.taptalk.key.taptalk_server_key_secret_file = Some(path.clone());
+        let error = Settings::from_args(&args).map(|_| ()).expect_err("both");
+        assert!(error.problem.contains("not both"), "{error}");
+
+        args.taptalk.key.taptalk_server_key_secret = None;
+        let settings = Settings::from_args(&args).expect("valid");
+        assert_eq!(
+            settings.taptalk.server_key.header_value().expose_secret(),
+            "a2V5OmZyb20tZmlsZQ=="
+        );
+
+        args.taptalk.key.taptalk_server_key_secret_file = Some(dir.join("missing"));
+        let error = Settings::from_args(&args)
+            .map(|_| ())
+            .expect_err("unreadable");
+        assert!(
+            error
+                .problem
+                .contains("cannot read TAPTALK_SERVER_KEY_SECRET_FILE"),
+            "{error}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("::"), "[unparseable URL]");
+    }
+}

@@ -1,0 +1,99 @@
+//! Startup: builds the worker's parts from [`Settings`] and runs them until
+//! shutdown. `main` and the integration tests both go through here.
+
+use crate::configuration::Settings;
+use crate::pipeline::{EventPolicy, Pipeline};
+use crate::retry::{RetryPolicy, Verdict, retry};
+use crate::shutdown::Shutdown;
+use crate::storage::TicketStore;
+use crate::taptalk::{Breaker, TaptalkClient};
+use crate::worker::{Worker, WorkerSettings, WorkerStats};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A built worker, ready to run.
+#[derive(Debug)]
+pub struct Application {
+    store: TicketStore,
+    worker: Worker,
+    migrate: bool,
+}
+
+impl Application {
+    /// Builds every part; connects to nothing yet.
+    pub fn build(settings: Settings) -> anyhow::Result<Application> {
+        let store =
+            TicketStore::connect_lazy(&settings.database.url, settings.database.max_connections)
+                .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+        let taptalk = &settings.taptalk;
+        let client = TaptalkClient::new(
+            &taptalk.base_url,
+            taptalk.server_key.clone(),
+            taptalk.timeout,
+        )?;
+        let policy = EventPolicy {
+            max_event_bytes: settings.max_event_bytes,
+            max_event_age: settings.max_event_age,
+            upstream_retry: taptalk.retry,
+            store_retry: RetryPolicy {
+                first_pause: Duration::from_millis(100),
+                max_pause: Duration::from_secs(2),
+                give_up_after: Some(Duration::from_secs(10)),
+            },
+        };
+        let pipeline = Pipeline::new(store.clone(), client, Breaker::new(taptalk.breaker), policy);
+        let worker = Worker::new(
+            WorkerSettings {
+                broker: settings.broker.clone(),
+                prefetch: settings.prefetch,
+                concurrency: settings.concurrency,
+                shutdown_grace: settings.shutdown_grace,
+                probe: taptalk.probe,
+            },
+            pipeline,
+        );
+        Ok(Application {
+            store,
+            worker,
+            migrate: settings.migrate,
+        })
+    }
+
+    /// What the worker has done so far.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.worker.stats()
+    }
+
+    /// Applies migrations (unless disabled), then consumes until `shutdown`.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        if self.migrate {
+            tokio::select! {
+                migrated = migrate(&self.store) => migrated?,
+                _ = shutdown.triggered() => return Ok(()),
+            }
+        }
+        self.worker.run(&shutdown).await;
+        self.store.pool().close().await;
+        Ok(())
+    }
+}
+
+/// Applies the migrations, waiting (with backoff) for Postgres to come up.
+pub async fn migrate(store: &TicketStore) -> anyhow::Result<()> {
+    let patience = RetryPolicy::forever(Duration::from_millis(500), Duration::from_secs(30));
+    retry(
+        &patience,
+        || store.migrate(),
+        |error| match error {
+            sqlx::migrate::MigrateError::Execute(e) if crate::storage::is_transient(e) => {
+                tracing::warn!(%error, "cannot reach Postgres to apply migrations; retrying");
+                Verdict::Retry(None)
+            }
+            _ => Verdict::Stop,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}"))?;
+    tracing::info!("database migrations applied");
+    Ok(())
+}

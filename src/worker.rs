@@ -1,0 +1,460 @@
+//! The worker: consumes the work queue with bounded concurrency, hands each
+//! delivery to the [`Pipeline`], and keeps going through everything around it.
+//!
+//! - **Sessions.** One RabbitMQ connection per session: a consuming channel
+//!   (prefetch `PREFETCH`) and a confirm-mode publishing channel. When the
+//!   connection or a channel fails, the session ends, in-flight work is dropped
+//!   unacknowledged (RabbitMQ redelivers it; idempotency prevents doubles) and
+//!   a new session starts after a backoff pause, re-declaring the topology.
+//! - **Outages.** When the breaker opens (TapTalk refuses our key, or fails
+//!   everything), the worker cancels its consumer, lets in-flight messages go
+//!   back to the queue, and probes TapTalk with growing pauses; it consumes
+//!   again once TapTalk answers.
+//! - **Shutdown.** On [`Shutdown`], it cancels the consumer, gives in-flight
+//!   messages `SHUTDOWN_GRACE` to finish, then closes the connection, which
+//!   returns whatever is left to the queue.
+
+use crate::broker::{Publisher, connect};
+use crate::configuration::BrokerSettings;
+use crate::pipeline::{Outcome, Pipeline};
+use crate::retry::RetryPolicy;
+use crate::shutdown::Shutdown;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How the worker consumes.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub broker: BrokerSettings,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub shutdown_grace: Duration,
+    /// Pauses between TapTalk probes while it is down.
+    pub probe: RetryPolicy,
+}
+
+/// Counts of what happened to deliveries, for progress reports and tests.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    issued: AtomicU64,
+    already_issued: AtomicU64,
+    dead_lettered: AtomicU64,
+    expired: AtomicU64,
+    retry_later: AtomicU64,
+    requeued: AtomicU64,
+    abandoned: AtomicU64,
+    panicked: AtomicU64,
+    sessions: AtomicU64,
+    pauses: AtomicU64,
+}
+
+/// A copy of [`WorkerStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub issued: u64,
+    pub already_issued: u64,
+    pub dead_lettered: u64,
+    pub expired: u64,
+    pub retry_later: u64,
+    pub requeued: u64,
+    pub abandoned: u64,
+    pub panicked: u64,
+    /// Broker sessions opened (1 + reconnects).
+    pub sessions: u64,
+    /// Times intake paused because TapTalk was down.
+    pub pauses: u64,
+}
+
+impl WorkerStats {
+    fn record(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Issued => &self.issued,
+            Outcome::AlreadyIssued => &self.already_issued,
+            Outcome::DeadLettered(_) => &self.dead_lettered,
+            Outcome::Expired => &self.expired,
+            Outcome::RetryLater => &self.retry_later,
+            Outcome::Requeued => &self.requeued,
+            Outcome::Abandoned => &self.abandoned,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            issued: get(&self.issued),
+            already_issued: get(&self.already_issued),
+            dead_lettered: get(&self.dead_lettered),
+            expired: get(&self.expired),
+            retry_later: get(&self.retry_later),
+            requeued: get(&self.requeued),
+            abandoned: get(&self.abandoned),
+            panicked: get(&self.panicked),
+            sessions: get(&self.sessions),
+            pauses: get(&self.pauses),
+        }
+    }
+}
+
+/// Consumes the work queue until shutdown.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    settings: Arc<WorkerSettings>,
+    pipeline: Arc<Pipeline>,
+    stats: Arc<WorkerStats>,
+}
+
+/// Why a consuming phase ended.
+enum PhaseEnd {
+    Shutdown,
+    Paused,
+    Lost(String),
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// One RabbitMQ connection and its two channels.
+struct Session {
+    connection: Connection,
+    consume: Channel,
+    publisher: Publisher,
+    /// Cancelled by a task that found the broker unusable.
+    broken: CancellationToken,
+}
+
+impl Worker {
+    pub fn new(settings: WorkerSettings, pipeline: Pipeline) -> Worker {
+        Worker {
+            settings: Arc::new(settings),
+            pipeline: Arc::new(pipeline),
+            stats: Arc::new(WorkerStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs sessions until `shutdown`; reconnects with growing pauses when the
+    /// broker is unreachable or a session is lost.
+    pub async fn run(&self, shutdown: &Shutdown) {
+        self.check_taptalk().await;
+        let mut reconnect = self.settings.broker.reconnect.schedule();
+        while !shutdown.is_triggered() {
+            let opened = tokio::select! {
+                session = self.open_session() => session,
+                _ = shutdown.triggered() => break,
+            };
+            match opened {
+                Ok(session) => {
+                    self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+                    reconnect = self.settings.broker.reconnect.schedule();
+                    match self.run_session(&session, shutdown).await {
+                        SessionEnd::Shutdown => break,
+                        SessionEnd::Lost(reason) => {
+                            tracing::warn!(%reason, "lost the RabbitMQ session; in-flight messages will be redelivered");
+                            let _ = session.connection.close(320, "session lost".into()).await;
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot start a RabbitMQ session"),
+            }
+            let pause = reconnect
+                .next_pause(None)
+                .unwrap_or(Duration::from_secs(30));
+            tracing::info!(pause = %humantime::format_duration(pause), "reconnecting to RabbitMQ after a pause");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.triggered() => break,
+            }
+        }
+        tracing::info!("worker stopped");
+    }
+
+    /// One probe at start: a wrong key or an unreachable TapTalk pauses intake
+    /// before the first message is taken.
+    async fn check_taptalk(&self) {
+        match self.pipeline.taptalk().probe().await {
+            Ok(()) => {
+                tracing::info!(endpoint = %self.pipeline.taptalk().endpoint(), "TapTalk answers")
+            }
+            Err(error) => {
+                let misconfigured = matches!(error, crate::taptalk::TicketError::Misconfigured(_));
+                self.pipeline
+                    .breaker()
+                    .open(misconfigured, error.to_string());
+            }
+        }
+    }
+
+    async fn open_session(&self) -> Result<Session, lapin::Error> {
+        let broker = &self.settings.broker;
+        let connection = connect(&broker.amqp_url, &broker.connection_name).await?;
+        let consume = connection.create_channel().await?;
+        if let Err(error) = broker.topology.declare(&consume).await {
+            tracing::error!(%error, "RabbitMQ refused the topology; if a queue exists with other arguments (such as x-delivery-limit), align DELIVERY_LIMIT or delete the queue");
+            return Err(error);
+        }
+        consume
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let publisher = Publisher::open(&connection, Arc::new(broker.topology.clone())).await?;
+        tracing::info!(queue = %broker.topology.work_queue, prefetch = self.settings.prefetch, concurrency = self.settings.concurrency, "connected to RabbitMQ");
+        Ok(Session {
+            connection,
+            consume,
+            publisher,
+            broken: CancellationToken::new(),
+        })
+    }
+
+    /// Consumes in phases (paused while TapTalk is down) until shutdown or loss.
+    async fn run_session(&self, session: &Session, shutdown: &Shutdown) -> SessionEnd {
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut tasks = JoinSet::new();
+        loop {
+            if self.pipeline.breaker().is_open() && !self.wait_for_taptalk(shutdown).await {
+                break;
+            }
+            let mut consumer = match self.consume(session).await {
+                Ok(consumer) => consumer,
+                Err(error) => return self.lose(&mut tasks, error.to_string()).await,
+            };
+            match self
+                .feed(session, &mut consumer, &permits, &mut tasks, shutdown)
+                .await
+            {
+                PhaseEnd::Shutdown => {
+                    let _ = session
+                        .consume
+                        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                        .await;
+                    break;
+                }
+                PhaseEnd::Lost(reason) => return self.lose(&mut tasks, reason).await,
+                PhaseEnd::Paused => {
+                    if let Err(reason) = self.pause(session, consumer, &permits, &mut tasks).await {
+                        return self.lose(&mut tasks, reason).await;
+                    }
+                }
+            }
+        }
+        self.finish(session, &mut tasks).await;
+        SessionEnd::Shutdown
+    }
+
+    async fn consume(&self, session: &Session) -> Result<Consumer, lapin::Error> {
+        session
+            .consume
+            .basic_consume(
+                self.settings.broker.topology.work_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Takes deliveries while a permit is free, until something ends the phase.
+    async fn feed(
+        &self,
+        session: &Session,
+        consumer: &mut Consumer,
+        permits: &Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+        shutdown: &Shutdown,
+    ) -> PhaseEnd {
+        let breaker = self.pipeline.breaker();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.triggered() => return PhaseEnd::Shutdown,
+                _ = session.broken.cancelled() => return PhaseEnd::Lost("a channel failed while settling a delivery".into()),
+                _ = breaker.opened() => return PhaseEnd::Paused,
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => report(joined),
+                (permit, next) = next_delivery(permits, consumer) => match next {
+                    Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
+                    Some(Err(error)) => return PhaseEnd::Lost(error.to_string()),
+                    None => return PhaseEnd::Lost("RabbitMQ cancelled the consumer (was the queue deleted?)".into()),
+                },
+            }
+        }
+    }
+
+    fn spawn(
+        &self,
+        session: &Session,
+        tasks: &mut JoinSet<()>,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let pipeline = Arc::clone(&self.pipeline);
+        let stats = Arc::clone(&self.stats);
+        let publisher = session.publisher.clone();
+        let broken = session.broken.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let handled = AssertUnwindSafe(pipeline.handle(&delivery, &publisher))
+                .catch_unwind()
+                .await;
+            match handled {
+                Ok(outcome) => {
+                    stats.record(outcome);
+                    if outcome == Outcome::Abandoned {
+                        broken.cancel();
+                    }
+                }
+                Err(_) => {
+                    // A bug, not the event's fault as far as we know: give it back,
+                    // spending one delivery, so the delivery limit ends a loop.
+                    stats.panicked.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("handling a delivery panicked; it goes back to the queue");
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    };
+                    if !matches!(delivery.acker.nack(requeue).await, Ok(true)) {
+                        broken.cancel();
+                    }
+                }
+            }
+        });
+    }
+
+    /// TapTalk is down: stop the consumer, send what was prefetched and what is
+    /// in flight back to the queue (the pipeline does that while the breaker is
+    /// open), then wait for TapTalk.
+    async fn pause(
+        &self,
+        session: &Session,
+        mut consumer: Consumer,
+        permits: &Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<(), String> {
+        self.stats.pauses.fetch_add(1, Ordering::Relaxed);
+        if let crate::taptalk::Health::Down {
+            misconfigured,
+            reason,
+        } = self.pipeline.breaker().health()
+        {
+            tracing::error!(
+                misconfigured,
+                %reason,
+                "TapTalk is failing every request: intake paused, in-flight messages go back to the queue; probing until it answers"
+            );
+        }
+        session
+            .consume
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let (permit, next) = next_delivery(permits, &mut consumer).await;
+            match next {
+                Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
+                Some(Err(error)) => return Err(error.to_string()),
+                None => break,
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            report(joined);
+        }
+        if session.broken.is_cancelled() {
+            return Err("a channel failed while returning messages to the queue".into());
+        }
+        Ok(())
+    }
+
+    /// Probes TapTalk with growing pauses until it answers (`true`) or shutdown
+    /// is asked for (`false`).
+    async fn wait_for_taptalk(&self, shutdown: &Shutdown) -> bool {
+        let mut schedule = self.settings.probe.schedule();
+        loop {
+            let pause = schedule.next_pause(None).unwrap_or(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.triggered() => return false,
+            }
+            match self.pipeline.taptalk().probe().await {
+                Ok(()) => {
+                    self.pipeline.breaker().close();
+                    tracing::info!("TapTalk answers again; resuming intake");
+                    return true;
+                }
+                Err(error) => {
+                    tracing::info!(%error, "TapTalk still unavailable; intake stays paused")
+                }
+            }
+        }
+    }
+
+    /// The session is unusable: drop in-flight work (RabbitMQ redelivers it).
+    async fn lose(&self, tasks: &mut JoinSet<()>, reason: String) -> SessionEnd {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        SessionEnd::Lost(reason)
+    }
+
+    /// Shutdown: give in-flight messages the grace period, then close, which
+    /// returns anything unfinished to the queue.
+    async fn finish(&self, session: &Session, tasks: &mut JoinSet<()>) {
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, grace = %humantime::format_duration(self.settings.shutdown_grace), "letting in-flight messages finish");
+        }
+        let drained = tokio::time::timeout(self.settings.shutdown_grace, async {
+            while let Some(joined) = tasks.join_next().await {
+                report(joined);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                unfinished = tasks.len(),
+                "shutdown grace is over; unfinished messages go back to the queue"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        let _ = session.consume.close(200, "shutdown".into()).await;
+        let _ = session
+            .publisher
+            .channel()
+            .close(200, "shutdown".into())
+            .await;
+        let _ = session.connection.close(200, "shutdown".into()).await;
+    }
+}
+
+/// Waits for a free permit, then for the next delivery.
+async fn next_delivery(
+    permits: &Arc<Semaphore>,
+    consumer: &mut Consumer,
+) -> (OwnedSemaphorePermit, Option<Result<Delivery, lapin::Error>>) {
+    let permit = Arc::clone(permits).acquire_owned().await;
+    // The worker never closes its semaphore, so a permit always comes.
+    let permit = permit.expect("the worker's semaphore is never closed");
+    (permit, consumer.next().await)
+}
+
+fn report(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined
+        && error.is_panic()
+    {
+        tracing::error!("a delivery task panicked outside the pipeline");
+    }
+}
