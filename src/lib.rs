@@ -1,12 +1,32 @@
 //! ticket-worker: turns login events on RabbitMQ into TapTalk.io auth tickets
 //! stored in Postgres, and announces them with `ticket.ready`.
+//!
+//! Follow one login event through the code in the order it runs:
+//!
+//! 1. [`worker`] takes a delivery from the work queue (bounded concurrency,
+//!    reconnects, pauses during TapTalk outages, graceful shutdown);
+//! 2. [`pipeline`] decides what happens to it and settles it;
+//! 3. [`events::LoginEvent`] parses and checks it into [`domain`] values;
+//! 4. [`storage`] looks for a ticket already stored for its `eventID`;
+//! 5. [`taptalk::TaptalkClient`] requests the ticket, retried by [`retry`],
+//!    watched by [`taptalk::Breaker`];
+//! 6. [`storage`] saves the row; [`broker::Publisher`] publishes
+//!    [`events::TicketReady`] with a confirm; the delivery is acknowledged.
+//!
+//! Around it: [`configuration`] (settings and their checks), [`startup`]
+//! (wiring), [`telemetry`] (logs), [`shutdown`] (the stop signal), [`cli`]
+//! (commands), [`fake_taptalk`] (the TapTalk stand-in), [`demo`] and
+//! [`publish`] (the `demo` and `publish` commands).
 
 pub mod broker;
+pub mod cli;
 pub mod configuration;
+pub mod demo;
 pub mod domain;
 pub mod events;
 pub mod fake_taptalk;
 pub mod pipeline;
+pub mod publish;
 pub mod retry;
 pub mod shutdown;
 pub mod startup;

@@ -1,1 +1,10 @@
-fn main() {}
+//! `ticket-worker`: see `ticket-worker --help` and the README.
+
+use clap::Parser;
+use std::process::ExitCode;
+use ticket_worker::cli::Cli;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    Cli::parse().execute().await
+}
