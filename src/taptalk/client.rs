@@ -7,7 +7,7 @@ use super::api::{
     SERVER_KEY_HEADER, ServerKey, TicketData,
 };
 use crate::domain::{AuthTicket, Field, IssuedTicket, TicketRequest};
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use secrecy::ExposeSecret;
@@ -90,7 +90,9 @@ impl TaptalkClient {
         &self,
         request: &TicketRequest,
     ) -> Result<IssuedTicket, TicketError> {
-        let requested_at = Utc::now();
+        // Postgres keeps microseconds: round here so the stored row and the
+        // value in memory agree.
+        let requested_at = Utc::now().trunc_subsecs(6);
         let data = self.post(&request.to_json()).await?;
         Ok(IssuedTicket {
             user_id: data.user_id,

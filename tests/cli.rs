@@ -1,0 +1,381 @@
+//! The `ticket-worker` binary itself: configuration errors, the `run`,
+//! `migrate`, `publish`, `fake-taptalk` and `demo` commands.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::io::Write;
+use std::time::Duration;
+use support::*;
+use ticket_worker::fake_taptalk::Knobs;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn complete_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+        (
+            "DATABASE_URL",
+            "postgres://postgres:hunter2-db@127.0.0.1:5432/test".into(),
+        ),
+        ("TAPTALK_BASE_URL", "http://127.0.0.1:9".into()),
+        ("TAPTALK_SERVER_KEY_ID", "key".into()),
+        ("TAPTALK_SERVER_KEY_SECRET", "hunter2-key".into()),
+    ]
+}
+
+fn run_with(env: &[(&'static str, String)]) -> (i32, String) {
+    let output = bin()
+        .arg("run")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_missing_setting_stops_run_with_exit_code_2_and_its_name() {
+    for missing in [
+        "AMQP_URL",
+        "DATABASE_URL",
+        "TAPTALK_BASE_URL",
+        "TAPTALK_SERVER_KEY_ID",
+        "TAPTALK_SERVER_KEY_SECRET",
+    ] {
+        let env: Vec<_> = complete_env()
+            .into_iter()
+            .filter(|(k, _)| *k != missing)
+            .collect();
+        let (code, stderr) = run_with(&env);
+        assert_eq!(code, 2, "{missing}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{missing}: missing")),
+            "{missing}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn malformed_settings_stop_run_with_exit_code_2_and_never_echo_secrets() {
+    let cases: [(&'static str, &str, &str); 7] = [
+        ("AMQP_URL", "amqp://guest:hunter2-amqp@[::1", "AMQP_URL"),
+        ("AMQP_URL", "http://localhost", "AMQP_URL"),
+        (
+            "DATABASE_URL",
+            "mysql://root:hunter2-db@localhost/x",
+            "DATABASE_URL",
+        ),
+        ("TAPTALK_TIMEOUT", "soon", "TAPTALK_TIMEOUT"),
+        ("PREFETCH", "lots", "PREFETCH"),
+        ("CONCURRENCY", "0", "CONCURRENCY"),
+        (
+            "TAPTALK_SERVER_KEY_SECRET_FILE",
+            "/nonexistent/secret",
+            "TAPTALK_SERVER_KEY_SECRET",
+        ),
+    ];
+    for (variable, value, named) in cases {
+        let mut env = complete_env();
+        env.retain(|(k, _)| {
+            *k != variable
+                && !(variable == "TAPTALK_SERVER_KEY_SECRET_FILE"
+                    && *k == "TAPTALK_SERVER_KEY_SECRET")
+        });
+        env.push((variable, value.to_owned()));
+        let (code, stderr) = run_with(&env);
+        assert_eq!(code, 2, "{variable}={value}: {stderr}");
+        assert!(stderr.contains(named), "{variable}={value}: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "{variable}={value} leaked a secret: {stderr}"
+        );
+    }
+    // --help shows variable names but not their secret values.
+    let help = bin()
+        .args(["run", "--help"])
+        .envs(complete_env().iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("TAPTALK_SERVER_KEY_SECRET") && !help.contains("hunter2"),
+        "{help}"
+    );
+}
+
+#[tokio::test]
+async fn run_processes_events_and_exits_0_on_sigterm() {
+    let h = Harness::new(Knobs::default()).await;
+    let env = worker_env(
+        &h.db.url,
+        &h.broker,
+        &h.taptalk.base_url(),
+        &format!("cli-{}", unique()),
+    );
+    let mut worker = WorkerProcess::spawn(&env);
+    let events: Vec<Value> = (0..20).map(|i| login_event(&format!("cust-{i}"))).collect();
+    h.broker.publish_events(&events).await;
+    h.tap.wait_for("ticket.ready", 20, WAIT).await;
+
+    worker.signal("TERM");
+    let status = worker
+        .wait(Duration::from_secs(20))
+        .await
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", worker.logs());
+    let logs = worker.logs();
+    assert!(
+        logs.contains("shutdown requested") && logs.contains("worker stopped"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(KEY_SECRET),
+        "the key secret never reaches the logs"
+    );
+    for issued in h.taptalk.issued() {
+        assert!(
+            !logs.contains(issued.ticket.expose()),
+            "tickets never reach the logs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_can_run_again() {
+    let db = TestDb::create().await;
+    for _ in 0..2 {
+        let output = bin()
+            .arg("migrate")
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .expect("migrate");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(db.count().await, 0, "auth_tickets exists");
+    let output = bin().arg("migrate").output().expect("migrate");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL: missing"));
+}
+
+#[tokio::test]
+async fn publish_sends_valid_lines_byte_for_byte_and_reports_bad_ones_by_line() {
+    let broker = TestBroker::new().await;
+    let t = &broker.topology;
+    let first = login_event("cust-1");
+    let mut without_id = login_event("cust-2");
+    without_id.as_object_mut().map(|o| o.remove("eventID"));
+    let mut bad = login_event("cust-3");
+    bad["userPlatform"] = json!("amiga");
+    let first_line = format!("{}   ", first);
+    let input = format!("{first_line}\n\n{without_id}\n{bad}\n");
+
+    let publish = |extra: &'static [&'static str]| {
+        let mut child = bin()
+            .arg("publish")
+            .args(extra)
+            .env("AMQP_URL", amqp_url())
+            .env("LOGIN_EXCHANGE", &t.login_exchange)
+            .env("WORK_QUEUE", &t.work_queue)
+            .env("DEAD_LETTER_EXCHANGE", &t.dead_letter_exchange)
+            .env("DEAD_LETTER_QUEUE", &t.dead_letter_queue)
+            .env("TICKET_EXCHANGE", &t.ticket_exchange)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("publish");
+        child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(input.as_bytes()));
+        child.wait_with_output().expect("publish output")
+    };
+
+    let output = publish(&[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "one line was skipped: {stderr}"
+    );
+    assert!(
+        stderr.contains("line 4:") && stderr.contains("userPlatform (103)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("published 2 login events"), "{stderr}");
+    assert_eq!(broker.ready_count(&t.work_queue).await, 2);
+
+    let mut queued = Vec::new();
+    while let Some(message) = broker
+        .channel
+        .basic_get(
+            t.work_queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("get")
+    {
+        queued.push(message.delivery);
+    }
+    assert_eq!(queued[0].data, first_line.as_bytes(), "sent byte for byte");
+    assert_eq!(
+        queued[0]
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string()),
+        first["eventID"].as_str().map(str::to_owned)
+    );
+    assert_eq!(
+        queued[0]
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("application/json")
+    );
+    assert!(
+        queued[1].properties.message_id().is_some(),
+        "a line without eventID gets a message_id"
+    );
+
+    let output = publish(&["--no-validate"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(broker.ready_count(&t.work_queue).await, 3);
+}
+
+#[tokio::test]
+async fn fake_taptalk_serves_the_documented_endpoint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut server = bin()
+        .arg("fake-taptalk")
+        .env("FAKE_TAPTALK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TAPTALK_SERVER_KEY_ID", KEY_ID)
+        .env("TAPTALK_SERVER_KEY_SECRET", KEY_SECRET)
+        .spawn()
+        .expect("start fake-taptalk");
+    let url = format!("http://127.0.0.1:{port}/v1/server/auth_ticket/request");
+    let header = server_key_header();
+    let client = reqwest::Client::new();
+    let post = |key: Option<String>, body: Value| {
+        let mut request = client.post(&url).json(&body);
+        if let Some(key) = key {
+            request = request.header("Server-Key", key);
+        }
+        async move {
+            let response = request.send().await.ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.json::<Value>().await.ok()?))
+        }
+    };
+    let mut body = login_event("cust-9");
+    let (status, first) = eventually(WAIT, "the stand-in answers", || {
+        post(Some(header.clone()), body.clone())
+    })
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], 200);
+    assert!(
+        first["data"]["ticket"]
+            .as_str()
+            .is_some_and(|t| t.len() >= 32)
+    );
+    let (_, second) = post(Some(header.clone()), body.clone())
+        .await
+        .expect("answer");
+    assert_eq!(
+        second["data"]["userID"], first["data"]["userID"],
+        "a stable userID per xcUserID"
+    );
+    assert_ne!(
+        second["data"]["ticket"], first["data"]["ticket"],
+        "a fresh ticket per request"
+    );
+
+    let (status, wrong) = post(Some("bm90OnRoZWtleQ==".into()), body.clone())
+        .await
+        .expect("answer");
+    assert_eq!(
+        (status, wrong["error"]["code"].clone()),
+        (401, json!("HeaderValidationFailed"))
+    );
+    let (status, _) = post(None, body.clone()).await.expect("answer");
+    assert_eq!(status, 401);
+
+    body["xcUserID"] = json!("x".repeat(51));
+    let (status, invalid) = post(Some(header.clone()), body).await.expect("answer");
+    assert_eq!(status, 400);
+    assert_eq!(invalid["error"]["code"], "ParamValidationFailed");
+    assert_eq!(invalid["error"]["field"], "xcUserID");
+    assert!(
+        invalid["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("(105)")),
+        "{invalid}"
+    );
+
+    let _ = std::process::Command::new("kill")
+        .arg(server.id().to_string())
+        .status();
+    let status = server.wait().expect("exit");
+    assert!(status.success());
+}
+
+fn server_key_header() -> String {
+    use secrecy::ExposeSecret;
+    server_key().header_value().expose_secret().to_owned()
+}
+
+#[tokio::test]
+async fn demo_runs_end_to_end_and_prints_the_table() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::new().await;
+    let t = &broker.topology;
+    let output = tokio::task::spawn_blocking({
+        let (db_url, t) = (db.url.clone(), t.clone());
+        move || {
+            bin()
+                .args(["demo", "--events", "40", "--timeout", "60s"])
+                .env("AMQP_URL", amqp_url())
+                .env("DATABASE_URL", db_url)
+                .env("LOGIN_EXCHANGE", &t.login_exchange)
+                .env("WORK_QUEUE", &t.work_queue)
+                .env("DEAD_LETTER_EXCHANGE", &t.dead_letter_exchange)
+                .env("DEAD_LETTER_QUEUE", &t.dead_letter_queue)
+                .env("TICKET_EXCHANGE", &t.ticket_exchange)
+                .output()
+                .expect("demo")
+        }
+    })
+    .await
+    .expect("demo thread");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("auth_tickets (first 12 of"), "{stdout}");
+    assert!(stdout.contains("40 login events →"), "{stdout}");
+    assert!(stdout.contains("events/s"), "{stdout}");
+    let rows = db.count().await;
+    assert!((38..=40).contains(&rows), "one row per valid event: {rows}");
+    assert!(
+        stdout.contains(&format!("{rows} tickets stored")),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,225 @@
+//! The `auth_tickets` table and its read path, on a real Postgres: saving is
+//! idempotent per event, app backends read the current ticket through the
+//! documented functions, and the `ticket_reader` role can read nothing else.
+
+mod support;
+
+use chrono::{SubsecRound, TimeDelta, Utc};
+use support::TestDb;
+use ticket_worker::domain::{AuthTicket, EventId, Platform, TicketRecord};
+use ticket_worker::storage::{MIGRATOR, Saved, TicketStore};
+
+fn record(
+    event: &str,
+    user: &str,
+    device: &str,
+    ticket: &str,
+    issued_minutes_ago: i64,
+) -> TicketRecord {
+    let issued_at = Utc::now().trunc_subsecs(6) - TimeDelta::minutes(issued_minutes_ago);
+    TicketRecord {
+        event_id: EventId::parse(event).expect("id"),
+        xc_user_id: user.into(),
+        user_id: format!("tt-{user}"),
+        user_device_id: device.into(),
+        platform: Platform::Android,
+        ticket: AuthTicket::new(ticket.into()),
+        issued_at,
+        expires_at: issued_at + TimeDelta::hours(1),
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_twice_without_harm() {
+    let db = TestDb::migrated().await;
+    MIGRATOR.run(&db.pool).await.expect("second run is a no-op");
+    assert_eq!(db.count().await, 0);
+}
+
+#[tokio::test]
+async fn saving_is_idempotent_per_event_even_under_concurrency() {
+    let db = TestDb::migrated().await;
+    let store = TicketStore::from_pool(db.pool.clone());
+    let first = record("e-1", "u1", "d1", "ticket-one", 0);
+    assert_eq!(
+        store.save(&first).await.expect("save"),
+        Saved::Inserted(first.clone())
+    );
+    let second = record("e-1", "u1", "d1", "ticket-two", 0);
+    match store.save(&second).await.expect("save again") {
+        Saved::Existing(stored) => assert_eq!(
+            stored.ticket.expose(),
+            "ticket-one",
+            "the first ticket stays"
+        ),
+        other => panic!("expected the existing row, got {other:?}"),
+    }
+    assert_eq!(
+        store.find(&first.event_id).await.expect("find"),
+        Some(first)
+    );
+
+    // Sixteen deliveries of one event racing: one row, everyone sees it.
+    let racers: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .save(&record("e-race", "u2", "d2", &format!("ticket-{i}"), 0))
+                    .await
+            })
+        })
+        .collect();
+    let mut inserted = 0;
+    let mut tickets = std::collections::HashSet::new();
+    for racer in racers {
+        let saved = racer.await.expect("task").expect("save");
+        inserted += usize::from(matches!(saved, Saved::Inserted(_)));
+        tickets.insert(saved.record().ticket.expose().to_owned());
+    }
+    assert_eq!((inserted, tickets.len()), (1, 1));
+    assert_eq!(db.count().await, 2);
+}
+
+async fn insert(store: &TicketStore, records: &[TicketRecord]) {
+    for r in records {
+        store.save(r).await.expect("save");
+    }
+}
+
+#[tokio::test]
+async fn current_auth_ticket_returns_the_newest_unexpired_ticket_of_a_user_or_device() {
+    let db = TestDb::migrated().await;
+    let store = TicketStore::from_pool(db.pool.clone());
+    insert(
+        &store,
+        &[
+            record("e-expired", "ana", "phone", "t-expired", 90),
+            record("e-old", "ana", "phone", "t-old", 30),
+            record("e-new-phone", "ana", "phone", "t-new-phone", 10),
+            record("e-newest-laptop", "ana", "laptop", "t-laptop", 5),
+            record("e-other", "budi", "phone", "t-budi", 1),
+        ],
+    )
+    .await;
+    let current = |user: &'static str, device: Option<&'static str>| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT ticket FROM current_auth_ticket($1, $2)")
+                .bind(user)
+                .bind(device)
+                .fetch_optional(&pool)
+                .await
+                .expect("query")
+        }
+    };
+    assert_eq!(current("ana", None).await.as_deref(), Some("t-laptop"));
+    assert_eq!(
+        current("ana", Some("phone")).await.as_deref(),
+        Some("t-new-phone")
+    );
+    assert_eq!(current("ana", Some("tablet")).await, None);
+    assert_eq!(current("nobody", None).await, None);
+    let one_argument: Option<String> =
+        sqlx::query_scalar("SELECT ticket FROM current_auth_ticket('budi')")
+            .fetch_optional(&db.pool)
+            .await
+            .expect("query");
+    assert_eq!(one_argument.as_deref(), Some("t-budi"));
+}
+
+#[tokio::test]
+async fn claim_auth_ticket_hands_each_ticket_out_once() {
+    let db = TestDb::migrated().await;
+    let store = TicketStore::from_pool(db.pool.clone());
+    insert(
+        &store,
+        &[
+            record("c-expired", "ana", "phone", "t-expired", 90),
+            record("c-old", "ana", "phone", "t-old", 30),
+            record("c-new", "ana", "phone", "t-new", 10),
+        ],
+    )
+    .await;
+    let claim = || async {
+        sqlx::query_as::<_, (String, Option<chrono::DateTime<Utc>>)>(
+            "SELECT ticket, claimed_at FROM claim_auth_ticket('ana', 'phone')",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .expect("claim")
+    };
+    let first = claim().await.expect("a ticket");
+    assert_eq!(first.0, "t-new");
+    assert!(first.1.is_some(), "marked claimed");
+    assert_eq!(claim().await.map(|c| c.0).as_deref(), Some("t-old"));
+    assert_eq!(claim().await, None, "expired tickets are never handed out");
+}
+
+#[tokio::test]
+async fn the_ticket_reader_role_reads_tickets_and_nothing_else() {
+    let db = TestDb::migrated().await;
+    let store = TicketStore::from_pool(db.pool.clone());
+    insert(
+        &store,
+        &[
+            record("r-1", "ana", "phone", "t-1", 1),
+            record("r-2", "budi", "phone", "t-2", 1),
+        ],
+    )
+    .await;
+    sqlx::query("CREATE TABLE customer_secrets (value text)")
+        .execute(&db.pool)
+        .await
+        .expect("other table");
+
+    let mut tx = db.pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL ROLE ticket_reader")
+        .execute(&mut *tx)
+        .await
+        .expect("become ticket_reader");
+    let via_function: String = sqlx::query_scalar("SELECT ticket FROM current_auth_ticket('ana')")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("read through the function");
+    assert_eq!(via_function, "t-1");
+    let claimed: String = sqlx::query_scalar("SELECT ticket FROM claim_auth_ticket('budi')")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("claim through the function");
+    assert_eq!(claimed, "t-2");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_tickets")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("select");
+    assert_eq!(rows, 2);
+    tx.rollback().await.expect("rollback");
+
+    for forbidden in [
+        "SELECT * FROM customer_secrets",
+        "SELECT * FROM _sqlx_migrations",
+        "DELETE FROM auth_tickets",
+        "UPDATE auth_tickets SET ticket = 'x'",
+        "INSERT INTO auth_tickets (event_id) VALUES ('x')",
+    ] {
+        let mut tx = db.pool.begin().await.expect("begin");
+        sqlx::query("SET LOCAL ROLE ticket_reader")
+            .execute(&mut *tx)
+            .await
+            .expect("become ticket_reader");
+        let error = sqlx::query(sqlx::AssertSqlSafe(forbidden))
+            .execute(&mut *tx)
+            .await
+            .expect_err(forbidden);
+        let code = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(
+            code.as_deref(),
+            Some("42501"),
+            "{forbidden}: permission denied"
+        );
+        tx.rollback().await.expect("rollback");
+    }
+}

@@ -1,0 +1,715 @@
+//! Test support: each test gets its own Postgres database, its own RabbitMQ
+//! exchanges and queues, and its own TapTalk stand-in, all real, and removes
+//! them when it ends (also when it fails).
+//!
+//! `TEST_AMQP_URL` and `TEST_DATABASE_URL` point elsewhere than the local
+//! defaults; `TEST_LOG=1` shows the worker's logs.
+#![allow(dead_code)]
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use std::future::Future;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+use ticket_worker::broker::Topology;
+use ticket_worker::configuration::{BrokerSettings, DatabaseSettings, Settings, TaptalkSettings};
+use ticket_worker::fake_taptalk::{FakeTaptalk, Knobs};
+use ticket_worker::retry::RetryPolicy;
+use ticket_worker::shutdown::Shutdown;
+use ticket_worker::startup::Application;
+use ticket_worker::taptalk::{BreakerSettings, ServerKey};
+use ticket_worker::worker::{StatsSnapshot, WorkerStats};
+use tokio::task::JoinHandle;
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A short unique suffix for names.
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            ticket_worker::telemetry::init(
+                ticket_worker::telemetry::LogFormat::Text,
+                "info,ticket_worker=debug,lapin=warn",
+            );
+        }
+    });
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- Postgres
+
+/// A fresh database, dropped (with its connections) when this is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = format!("tw_test_{}", unique());
+        let admin = admin_database_url();
+        let mut connection = PgConnection::connect(&admin)
+            .await
+            .expect("connect to the admin database");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await
+            .expect("create the test database");
+        let _ = connection.close().await;
+        let url = database_url_for(&admin, &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .expect("connect to the test database");
+        TestDb { name, url, pool }
+    }
+
+    /// A database with the migrations applied.
+    pub async fn migrated() -> TestDb {
+        let db = TestDb::create().await;
+        ticket_worker::storage::MIGRATOR
+            .run(&db.pool)
+            .await
+            .expect("migrate");
+        db
+    }
+
+    pub async fn count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM auth_tickets")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count rows")
+    }
+
+    /// Kills every server process connected to this database except ours.
+    pub async fn terminate_backends(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = admin_database_url();
+        // The pool belongs to the test's runtime, which is blocked here: leave
+        // it alone; DROP ... WITH (FORCE) ends its connections.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut connection) = PgConnection::connect(&admin).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut connection)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn database_url_for(admin: &str, database: &str) -> String {
+    let mut url = url::Url::parse(admin).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+// ---------------------------------------------------------------- RabbitMQ
+
+/// Topology names of this test's own, declared, and deleted on drop.
+pub struct TestBroker {
+    pub topology: Topology,
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl TestBroker {
+    pub async fn new() -> TestBroker {
+        let id = unique();
+        let topology = Topology {
+            login_exchange: format!("test.{id}.logins"),
+            work_queue: format!("test.{id}.logins.ticket-worker"),
+            dead_letter_exchange: format!("test.{id}.logins.dlx"),
+            dead_letter_queue: format!("test.{id}.logins.dead"),
+            ticket_exchange: format!("test.{id}.tickets"),
+            delivery_limit: 20,
+        };
+        let connection = Connection::connect(
+            &amqp_url(),
+            ConnectionProperties::default()
+                .with_connection_name(format!("test-harness-{id}").into()),
+        )
+        .await
+        .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        topology
+            .declare(&channel)
+            .await
+            .expect("declare the test topology");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        TestBroker {
+            topology,
+            connection,
+            channel,
+        }
+    }
+
+    /// Publishes raw bytes to the login exchange and waits for the confirm.
+    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
+        self.channel
+            .basic_publish(
+                self.topology.login_exchange.as_str().into(),
+                "login".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("publish confirmed");
+    }
+
+    /// Publishes a login event as a login service would.
+    pub async fn publish_event(&self, event: &Value) {
+        let mut properties = json_properties();
+        if let Some(id) = event["eventID"].as_str() {
+            properties = properties.with_message_id(id.into());
+        }
+        self.publish_raw(event.to_string().as_bytes(), properties)
+            .await;
+    }
+
+    /// Publishes many events, awaiting their confirms together (pipelined).
+    pub async fn publish_events(&self, events: &[Value]) {
+        let mut confirms = Vec::with_capacity(events.len());
+        for event in events {
+            let mut properties = json_properties();
+            if let Some(id) = event["eventID"].as_str() {
+                properties = properties.with_message_id(id.into());
+            }
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.topology.login_exchange.as_str().into(),
+                    "login".into(),
+                    BasicPublishOptions::default(),
+                    event.to_string().as_bytes(),
+                    properties,
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(
+                confirm.await.expect("confirm").is_ack(),
+                "the broker took the event"
+            );
+        }
+    }
+
+    /// Starts collecting ticket events (bind before publishing).
+    pub async fn tap(&self) -> EventTap {
+        EventTap::start(&self.connection, &self.topology.ticket_exchange).await
+    }
+
+    /// Messages ready in a queue (not counting those a consumer holds).
+    pub async fn ready_count(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare");
+        let _ = channel.close(200, "".into()).await;
+        declared.message_count()
+    }
+
+    /// Waits until at least `n` dead letters arrived, and takes them all.
+    pub async fn wait_for_dead_letters(&self, n: usize, timeout: Duration) -> Vec<Delivery> {
+        let started = Instant::now();
+        let mut dead = Vec::new();
+        loop {
+            dead.extend(self.drain_dead_letters().await);
+            if dead.len() >= n {
+                return dead;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "timed out waiting for {n} dead letters (have {})",
+                dead.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Takes every message out of the dead-letter queue.
+    pub async fn drain_dead_letters(&self) -> Vec<Delivery> {
+        let mut dead = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(
+                self.topology.dead_letter_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            dead.push(message.delivery);
+        }
+        dead
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(connection) =
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                {
+                    if let Ok(channel) = connection.create_channel().await {
+                        let _ = topology.delete(&channel).await;
+                    }
+                    let _ = connection.close(200, "".into()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// A header's text value.
+pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// One ticket event as seen on the ticket exchange.
+#[derive(Debug, Clone)]
+pub struct SeenEvent {
+    pub routing_key: String,
+    pub body: Value,
+    pub correlation_id: Option<String>,
+    pub raw: String,
+}
+
+/// Collects every ticket event from an exclusive queue.
+pub struct EventTap {
+    seen: Arc<Mutex<Vec<SeenEvent>>>,
+}
+
+impl EventTap {
+    async fn start(connection: &Connection, exchange: &str) -> EventTap {
+        let channel = connection.create_channel().await.expect("channel");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind tap");
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume tap");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let _channel = channel;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let raw = String::from_utf8_lossy(&delivery.data).into_owned();
+                let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(SeenEvent {
+                        routing_key: delivery.routing_key.to_string(),
+                        body,
+                        correlation_id: delivery
+                            .properties
+                            .correlation_id()
+                            .as_ref()
+                            .map(|s| s.to_string()),
+                        raw,
+                    });
+            }
+        });
+        EventTap { seen }
+    }
+
+    pub fn all(&self) -> Vec<SeenEvent> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn with_key(&self, routing_key: &str) -> Vec<SeenEvent> {
+        self.all()
+            .into_iter()
+            .filter(|e| e.routing_key == routing_key)
+            .collect()
+    }
+
+    pub fn ready(&self) -> Vec<SeenEvent> {
+        self.with_key("ticket.ready")
+    }
+
+    pub fn failed(&self) -> Vec<SeenEvent> {
+        self.with_key("ticket.failed")
+    }
+
+    /// Waits until at least `n` events of `routing_key` arrived.
+    pub async fn wait_for(&self, routing_key: &str, n: usize, timeout: Duration) -> Vec<SeenEvent> {
+        eventually(timeout, &format!("{n} {routing_key} events"), || async {
+            let events = self.with_key(routing_key);
+            (events.len() >= n).then_some(events)
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------- TapTalk
+
+pub const KEY_ID: &str = "test-key-id";
+pub const KEY_SECRET: &str = "test-secret-Zq9v";
+
+pub fn server_key() -> ServerKey {
+    ServerKey::new(KEY_ID, SecretString::from(KEY_SECRET))
+}
+
+pub async fn fake_taptalk(knobs: Knobs) -> FakeTaptalk {
+    FakeTaptalk::start(([127, 0, 0, 1], 0).into(), &server_key(), knobs, true)
+        .await
+        .expect("start the stand-in")
+}
+
+// ---------------------------------------------------------------- events
+
+/// A valid login event with a fresh eventID.
+pub fn login_event(xc_user_id: &str) -> Value {
+    json!({
+        "eventID": uuid::Uuid::new_v4().to_string(),
+        "occurredAt": chrono::Utc::now().to_rfc3339(),
+        "userIPAddress": "203.0.113.7",
+        "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X)",
+        "userPlatform": "ios",
+        "userDeviceID": format!("dev-{}", unique()),
+        "xcUserID": xc_user_id,
+        "fullName": "Ana Lima",
+        "email": "ana@example.com",
+        "phone": "+628123456789",
+        "somethingTheWorkerIgnores": {"nested": true}
+    })
+}
+
+// ---------------------------------------------------------------- the worker
+
+/// Settings for a worker on this test's database, broker names and stand-in,
+/// with short retry budgets so tests finish quickly.
+pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Settings {
+    Settings {
+        broker: BrokerSettings {
+            amqp_url: SecretString::from(amqp_url()),
+            connection_name: format!("tw-test-{}", unique()),
+            topology: broker.topology.clone(),
+            reconnect: RetryPolicy::forever(Duration::from_millis(100), Duration::from_secs(1)),
+        },
+        database: DatabaseSettings {
+            url: SecretString::from(db.url.clone()),
+            max_connections: 5,
+        },
+        taptalk: TaptalkSettings {
+            base_url: taptalk_url,
+            server_key: server_key(),
+            timeout: Duration::from_secs(2),
+            retry: RetryPolicy {
+                first_pause: Duration::from_millis(20),
+                max_pause: Duration::from_millis(200),
+                give_up_after: Some(Duration::from_secs(5)),
+            },
+            breaker: BreakerSettings {
+                trip_after: Duration::from_secs(2),
+                min_failures: 5,
+            },
+            probe: RetryPolicy::forever(Duration::from_millis(100), Duration::from_millis(500)),
+        },
+        prefetch: 32,
+        concurrency: 16,
+        max_event_bytes: ticket_worker::events::DEFAULT_MAX_EVENT_BYTES,
+        max_event_age: Some(Duration::from_secs(600)),
+        shutdown_grace: Duration::from_secs(5),
+        migrate: true,
+    }
+}
+
+/// A worker running in this process.
+pub struct TestWorker {
+    shutdown: Shutdown,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    stats: Arc<WorkerStats>,
+}
+
+impl TestWorker {
+    pub fn spawn(settings: Settings) -> TestWorker {
+        init_logs();
+        let app = Application::build(settings).expect("build the worker");
+        let stats = app.stats();
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        TestWorker {
+            shutdown,
+            handle: Some(handle),
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Triggers shutdown and waits for the worker to stop.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(handle) = self.handle.take() {
+            let stopped = tokio::time::timeout(Duration::from_secs(30), handle).await;
+            let result = stopped
+                .expect("the worker stops within 30s")
+                .expect("the worker task did not panic");
+            result.expect("the worker ended without error");
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Everything one pipeline test needs.
+pub struct Harness {
+    pub db: TestDb,
+    pub broker: TestBroker,
+    pub taptalk: FakeTaptalk,
+    pub tap: EventTap,
+}
+
+impl Harness {
+    pub async fn new(knobs: Knobs) -> Harness {
+        let db = TestDb::create().await;
+        let broker = TestBroker::new().await;
+        let taptalk = fake_taptalk(knobs).await;
+        let tap = broker.tap().await;
+        Harness {
+            db,
+            broker,
+            taptalk,
+            tap,
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        settings(&self.db, &self.broker, self.taptalk.base_url())
+    }
+
+    pub fn worker(&self) -> TestWorker {
+        TestWorker::spawn(self.settings())
+    }
+}
+
+// ---------------------------------------------------------------- the binary
+
+pub fn bin() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ticket-worker"));
+    command.env_clear().env("RUST_BACKTRACE", "0");
+    command
+}
+
+/// The environment for `ticket-worker run` against this test's services.
+pub fn worker_env(
+    db_url: &str,
+    broker: &TestBroker,
+    taptalk_url: &url::Url,
+    connection_name: &str,
+) -> Vec<(&'static str, String)> {
+    let t = &broker.topology;
+    vec![
+        ("AMQP_URL", amqp_url()),
+        ("AMQP_CONNECTION_NAME", connection_name.to_owned()),
+        ("DATABASE_URL", db_url.to_owned()),
+        ("TAPTALK_BASE_URL", taptalk_url.to_string()),
+        ("TAPTALK_SERVER_KEY_ID", KEY_ID.to_owned()),
+        ("TAPTALK_SERVER_KEY_SECRET", KEY_SECRET.to_owned()),
+        ("LOGIN_EXCHANGE", t.login_exchange.clone()),
+        ("WORK_QUEUE", t.work_queue.clone()),
+        ("DEAD_LETTER_EXCHANGE", t.dead_letter_exchange.clone()),
+        ("DEAD_LETTER_QUEUE", t.dead_letter_queue.clone()),
+        ("TICKET_EXCHANGE", t.ticket_exchange.clone()),
+        ("DELIVERY_LIMIT", t.delivery_limit.to_string()),
+        ("TAPTALK_TIMEOUT", "2s".into()),
+        ("TAPTALK_RETRY_FOR", "5s".into()),
+        ("SHUTDOWN_GRACE", "10s".into()),
+        ("RUST_LOG", "info,ticket_worker=debug".into()),
+    ]
+}
+
+/// `ticket-worker run` as a child process, its logs in a file.
+pub struct WorkerProcess {
+    child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn spawn(env: &[(&'static str, String)]) -> WorkerProcess {
+        let log = std::env::temp_dir().join(format!("ticket-worker-test-{}.log", unique()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = bin()
+            .arg("run")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("start ticket-worker run");
+        WorkerProcess { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if started.elapsed() > timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
