@@ -4,6 +4,7 @@
 //! the variable and says how to fix it; the binary exits with code 2.
 
 use crate::broker::Topology;
+use crate::purge::PurgeSettings;
 use crate::retry::RetryPolicy;
 use crate::taptalk::{BreakerSettings, ServerKey};
 use secrecy::{ExposeSecret, SecretString};
@@ -233,6 +234,22 @@ pub struct RunArgs {
         default_value = "20s"
     )]
     pub shutdown_grace: String,
+    /// Delete tickets this long after they expired; 0 turns purging off
+    #[arg(
+        long,
+        env = "PURGE_AFTER",
+        value_name = "PURGE_AFTER",
+        default_value = "24h"
+    )]
+    pub purge_after: String,
+    /// How often to purge expired tickets
+    #[arg(
+        long,
+        env = "PURGE_EVERY",
+        value_name = "PURGE_EVERY",
+        default_value = "10m"
+    )]
+    pub purge_every: String,
     /// Do not apply database migrations at start
     #[arg(long, env = "SKIP_MIGRATIONS", value_name = "SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
@@ -299,6 +316,8 @@ pub struct Settings {
     pub max_event_age: Option<Duration>,
     pub shutdown_grace: Duration,
     pub migrate: bool,
+    /// `None`: never purge.
+    pub purge: Option<PurgeSettings>,
 }
 
 impl Settings {
@@ -343,6 +362,11 @@ impl Settings {
             max_event_age: (!max_event_age.is_zero()).then_some(max_event_age),
             shutdown_grace: duration("SHUTDOWN_GRACE", &args.shutdown_grace)?,
             migrate: !args.skip_migrations,
+            purge: {
+                let after = duration("PURGE_AFTER", &args.purge_after)?;
+                let every = positive_duration("PURGE_EVERY", &args.purge_every)?;
+                (!after.is_zero()).then_some(PurgeSettings { after, every })
+            },
         })
     }
 }

@@ -115,6 +115,7 @@ pub async fn run(args: &DemoArgs) -> Result<(), CommandError> {
         max_event_age: Some(Duration::from_secs(15 * 60)),
         shutdown_grace: Duration::from_secs(5),
         migrate: true,
+        purge: None,
     };
     let app = Application::build(settings)?;
     let shutdown = Shutdown::new();

@@ -14,7 +14,8 @@
 //!    [`events::TicketReady`] with a confirm; the delivery is acknowledged.
 //!
 //! Around it: [`configuration`] (settings and their checks), [`startup`]
-//! (wiring), [`telemetry`] (logs), [`shutdown`] (the stop signal), [`cli`]
+//! (wiring), [`telemetry`] (logs), [`shutdown`] (the stop signal), [`purge`]
+//! (deleting long-expired tickets), [`cli`]
 //! (commands), [`fake_taptalk`] (the TapTalk stand-in), [`demo`] and
 //! [`publish`] (the `demo` and `publish` commands).
 
@@ -27,6 +28,7 @@ pub mod events;
 pub mod fake_taptalk;
 pub mod pipeline;
 pub mod publish;
+pub mod purge;
 pub mod retry;
 pub mod shutdown;
 pub mod startup;

@@ -3,6 +3,7 @@
 
 use crate::configuration::Settings;
 use crate::pipeline::{EventPolicy, Pipeline};
+use crate::purge::PurgeSettings;
 use crate::retry::{RetryPolicy, Verdict, retry};
 use crate::shutdown::Shutdown;
 use crate::storage::TicketStore;
@@ -17,6 +18,7 @@ pub struct Application {
     store: TicketStore,
     worker: Worker,
     migrate: bool,
+    purge: Option<PurgeSettings>,
 }
 
 impl Application {
@@ -56,6 +58,7 @@ impl Application {
             store,
             worker,
             migrate: settings.migrate,
+            purge: settings.purge,
         })
     }
 
@@ -64,7 +67,8 @@ impl Application {
         self.worker.stats()
     }
 
-    /// Applies migrations (unless disabled), then consumes until `shutdown`.
+    /// Applies migrations (unless disabled), then consumes (and purges) until
+    /// `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         if self.migrate {
             tokio::select! {
@@ -72,7 +76,18 @@ impl Application {
                 _ = shutdown.triggered() => return Ok(()),
             }
         }
+        let purge = self.purge.map(|settings| {
+            tokio::spawn(crate::purge::run(
+                self.store.clone(),
+                settings,
+                shutdown.clone(),
+            ))
+        });
         self.worker.run(&shutdown).await;
+        if let Some(purge) = purge {
+            shutdown.trigger();
+            let _ = purge.await;
+        }
         self.store.pool().close().await;
         Ok(())
     }

@@ -164,6 +164,30 @@ impl TicketStore {
         row.map(TicketRecord::try_from).transpose()
     }
 
+    /// Deletes tickets that expired more than `older_than` ago, `batch` rows
+    /// per statement so no statement holds many locks; returns how many went.
+    #[tracing::instrument(name = "storage.purge_expired", skip(self))]
+    pub async fn purge_expired(&self, older_than: Duration, batch: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM auth_tickets WHERE event_id IN (
+                     SELECT event_id FROM auth_tickets
+                     WHERE expires_at < now() - make_interval(secs => $1)
+                     LIMIT $2)",
+            )
+            .bind(older_than.as_secs_f64())
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += deleted;
+            if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
+                return Ok(total);
+            }
+        }
+    }
+
     /// The stored tickets of several events, oldest first.
     #[tracing::instrument(name = "storage.find_many", skip_all, fields(events = event_ids.len()))]
     pub async fn find_many(&self, event_ids: &[EventId]) -> Result<Vec<TicketRecord>, StoreError> {

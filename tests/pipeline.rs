@@ -730,3 +730,40 @@ async fn a_wrong_server_key_pauses_intake_until_taptalk_accepts_it_again() {
     assert_eq!(h.db.count().await, 10);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn the_worker_purges_long_expired_tickets() {
+    let h = Harness::new(Knobs::default()).await;
+    ticket_worker::storage::MIGRATOR
+        .run(&h.db.pool)
+        .await
+        .expect("migrate");
+    let store = TicketStore::from_pool(h.db.pool.clone());
+    let long_ago = Utc::now() - TimeDelta::days(3);
+    let old = ticket_worker::domain::TicketRecord {
+        event_id: EventId::parse("old-event").expect("id"),
+        xc_user_id: "cust-old".into(),
+        user_id: "tt-old".into(),
+        user_device_id: "d".into(),
+        platform: ticket_worker::domain::Platform::Web,
+        ticket: ticket_worker::domain::AuthTicket::new("old-ticket".into()),
+        issued_at: long_ago,
+        expires_at: long_ago + TimeDelta::hours(1),
+    };
+    store.save(&old).await.expect("save");
+
+    let mut settings = h.settings();
+    settings.purge = Some(ticket_worker::purge::PurgeSettings {
+        after: Duration::from_secs(24 * 3600),
+        every: Duration::from_millis(100),
+    });
+    let worker = TestWorker::spawn(settings);
+    h.broker.publish_event(&login_event("cust-new")).await;
+    h.tap.wait_for("ticket.ready", 1, WAIT).await;
+    eventually(WAIT, "the old row purged", || async {
+        (store.find(&old.event_id).await.ok()?.is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(h.db.count().await, 1, "the fresh ticket stays");
+    worker.stop().await;
+}

@@ -223,3 +223,26 @@ async fn the_ticket_reader_role_reads_tickets_and_nothing_else() {
         tx.rollback().await.expect("rollback");
     }
 }
+
+#[tokio::test]
+async fn tickets_long_expired_are_purged_and_current_ones_kept() {
+    let db = TestDb::migrated().await;
+    let store = TicketStore::from_pool(db.pool.clone());
+    let mut records: Vec<TicketRecord> = (0..7)
+        .map(|i| record(&format!("old-{i}"), "ana", "phone", "t", 60 * 26))
+        .collect();
+    records.push(record("recently-expired", "ana", "phone", "t", 90));
+    records.push(record("current", "ana", "phone", "t", 5));
+    insert(&store, &records).await;
+    let deleted = store
+        .purge_expired(std::time::Duration::from_secs(24 * 3600), 3)
+        .await
+        .expect("purge");
+    assert_eq!(deleted, 7, "in batches of 3");
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM auth_tickets ORDER BY event_id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("rows");
+    assert_eq!(left, ["current", "recently-expired"]);
+}

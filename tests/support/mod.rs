@@ -541,6 +541,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         max_event_age: Some(Duration::from_secs(600)),
         shutdown_grace: Duration::from_secs(5),
         migrate: true,
+        purge: None,
     }
 }
 
