@@ -18,11 +18,14 @@ pub enum LogFormat {
 }
 
 /// The filter used when `RUST_LOG` is not set: our own events at `info`, the
-/// chatty libraries at `warn`.
-pub const DEFAULT_FILTER: &str = "info,lapin=warn,sqlx=warn,hyper=warn,reqwest=warn";
+/// chatty libraries at `warn`. lapin's own note on returned messages is off: it
+/// prints whole message bodies, and the publisher reports unroutable events
+/// itself.
+pub const DEFAULT_FILTER: &str =
+    "info,lapin=warn,lapin::returned_messages=off,sqlx=warn,hyper=warn,reqwest=warn";
 
 /// The demo's filter: only problems, so the progress line stays readable.
-pub const QUIET_FILTER: &str = "warn";
+pub const QUIET_FILTER: &str = "warn,lapin::returned_messages=off";
 
 /// Installs the global subscriber, with `default_filter` unless `RUST_LOG` is
 /// set. Call once, at the start of a command; a second call is a no-op.

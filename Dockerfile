@@ -1,0 +1,22 @@
+# syntax=docker/dockerfile:1
+# ticket-worker: a release build in the Rust image, run from a small distroless
+# image as a non-root user. rustls everywhere: no OpenSSL in either stage.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations ./migrations
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin ticket-worker \
+    && cp target/release/ticket-worker /ticket-worker
+
+# glibc, libgcc and CA certificates (for amqps://, sslmode=require and an
+# https:// TapTalk), no shell; runs as uid 65532 ("nonroot").
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /ticket-worker /usr/local/bin/ticket-worker
+USER nonroot:nonroot
+ENV LOG_FORMAT=json
+ENTRYPOINT ["/usr/local/bin/ticket-worker"]
+CMD ["run"]
