@@ -152,7 +152,10 @@ impl Worker {
     /// Runs sessions until `shutdown`; reconnects with growing pauses when the
     /// broker is unreachable or a session is lost.
     pub async fn run(&self, shutdown: &Shutdown) {
-        self.check_taptalk().await;
+        tokio::select! {
+            _ = self.check_taptalk() => {}
+            _ = shutdown.triggered() => return,
+        }
         let mut reconnect = self.settings.broker.reconnect.schedule();
         while !shutdown.is_triggered() {
             let opened = tokio::select! {
@@ -188,12 +191,17 @@ impl Worker {
     /// One probe at start: a wrong key or an unreachable TapTalk pauses intake
     /// before the first message is taken.
     async fn check_taptalk(&self) {
-        match self.pipeline.taptalk().probe().await {
-            Ok(()) => {
-                tracing::info!(endpoint = %self.pipeline.taptalk().endpoint(), "TapTalk answers")
-            }
+        let taptalk = self.pipeline.taptalk();
+        match taptalk.probe().await {
+            Ok(()) => tracing::info!(endpoint = %taptalk.endpoint(), "TapTalk answers"),
             Err(error) => {
                 let misconfigured = matches!(error, crate::taptalk::TicketError::Misconfigured(_));
+                tracing::error!(
+                    endpoint = %taptalk.endpoint(),
+                    misconfigured,
+                    %error,
+                    "TapTalk is not usable at start: intake waits, probing until it answers"
+                );
                 self.pipeline
                     .breaker()
                     .open(misconfigured, error.to_string());

@@ -176,10 +176,16 @@ pub struct TestBroker {
     pub topology: Topology,
     pub connection: Connection,
     pub channel: Channel,
+    /// Every dead letter `all_dead_letters` has taken so far.
+    dead_seen: Mutex<Vec<Delivery>>,
 }
 
 impl TestBroker {
     pub async fn new() -> TestBroker {
+        TestBroker::with_delivery_limit(20).await
+    }
+
+    pub async fn with_delivery_limit(delivery_limit: u32) -> TestBroker {
         let id = unique();
         let topology = Topology {
             login_exchange: format!("test.{id}.logins"),
@@ -187,7 +193,7 @@ impl TestBroker {
             dead_letter_exchange: format!("test.{id}.logins.dlx"),
             dead_letter_queue: format!("test.{id}.logins.dead"),
             ticket_exchange: format!("test.{id}.tickets"),
-            delivery_limit: 20,
+            delivery_limit,
         };
         let connection = Connection::connect(
             &amqp_url(),
@@ -209,6 +215,7 @@ impl TestBroker {
             topology,
             connection,
             channel,
+            dead_seen: Mutex::new(Vec::new()),
         }
     }
 
@@ -306,6 +313,25 @@ impl TestBroker {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Every dead letter so far: those taken before by this method, and any new
+    /// ones it takes out of the queue now.
+    pub async fn all_dead_letters(&self) -> Vec<Delivery> {
+        let new = self.drain_dead_letters().await;
+        let mut seen = self.dead_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.extend(new);
+        seen.iter()
+            .map(|d| Delivery {
+                delivery_tag: d.delivery_tag,
+                exchange: d.exchange.clone(),
+                routing_key: d.routing_key.clone(),
+                redelivered: d.redelivered,
+                properties: d.properties.clone(),
+                data: d.data.clone(),
+                acker: d.acker.clone(),
+            })
+            .collect()
     }
 
     /// Takes every message out of the dead-letter queue.
@@ -713,4 +739,35 @@ impl Drop for WorkerProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+// ---------------------------------------------------------------- faults
+
+/// Closes, as an operator would with `rabbitmqctl close_connection`, every
+/// RabbitMQ connection whose client properties mention `fragment` (the
+/// worker's `AMQP_CONNECTION_NAME`). Returns how many it closed.
+pub fn close_rabbitmq_connections(fragment: &str) -> usize {
+    let Ok(listing) = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+    else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let mut closed = 0;
+    for line in text.lines().filter(|l| l.contains(fragment)) {
+        let Some(pid) = line.split_whitespace().next() else {
+            continue;
+        };
+        let status = std::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "close_connection",
+                pid,
+                "fault injection by the test suite",
+            ])
+            .status();
+        closed += usize::from(status.is_ok_and(|s| s.success()));
+    }
+    closed
 }

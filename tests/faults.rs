@@ -1,0 +1,757 @@
+//! The fault-injection suite. Each scenario sends a few hundred events, injects
+//! one kind of fault while they are in flight, lets the system recover, and
+//! checks one invariant:
+//!
+//! > every published event ended in exactly one of {one stored ticket and a
+//! > `ticket.ready` event, a `ticket.failed` event, a dead letter}, with no
+//! > duplicate rows and nothing left in the work queue.
+//!
+//! (An event may be announced `ticket.ready` more than once — the contract lets a
+//! crash repeat it, with the same eventID — but never with another ticket.)
+//! Each scenario prints one `scenario …` line with its counts; run
+//! `cargo test --test faults -- --nocapture 2>&1 | grep ^scenario` to see them.
+
+mod support;
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use support::*;
+use ticket_worker::domain::EventId;
+use ticket_worker::fake_taptalk::Knobs;
+use ticket_worker::storage::TicketStore;
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// One message to publish.
+#[derive(Clone)]
+struct Outgoing {
+    body: Vec<u8>,
+    properties: BasicProperties,
+}
+
+/// What was sent, to check the outcome against.
+#[derive(Default)]
+struct Ledger {
+    /// eventIDs of valid events (each may have been published several times).
+    valid: HashSet<String>,
+    /// test ids of invalid messages, with the eventID a failure can carry.
+    invalid: HashMap<String, Option<String>>,
+    messages: usize,
+}
+
+fn tagged(test_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("x-test-id".into(), AMQPValue::LongString(test_id.into()));
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
+
+/// `valid` distinct login events, each published `copies` times, and
+/// `invalid` malformed messages of rotating kinds, shuffled together.
+fn traffic(valid: usize, copies: usize, invalid: usize) -> (Vec<Outgoing>, Ledger) {
+    let mut ledger = Ledger::default();
+    let mut out = Vec::new();
+    for i in 0..valid {
+        let event = login_event(&format!("cust-{}", i % 97));
+        let id = event["eventID"].as_str().unwrap_or_default().to_owned();
+        let properties = tagged(&format!("valid-{id}"))
+            .with_content_type("application/json".into())
+            .with_message_id(id.as_str().into());
+        for _ in 0..copies {
+            out.push(Outgoing {
+                body: event.to_string().into_bytes(),
+                properties: properties.clone(),
+            });
+        }
+        ledger.valid.insert(id);
+    }
+    for i in 0..invalid {
+        let test_id = format!("invalid-{i}-{}", unique());
+        let message_id = format!("bad-{i}-{}", unique());
+        let json = |v: Value| v.to_string().into_bytes();
+        let (body, content_type, id): (Vec<u8>, &str, Option<&str>) = match i % 6 {
+            0 => (
+                b"{\"not\": json".to_vec(),
+                "application/json",
+                Some(&message_id),
+            ),
+            1 => (
+                json({
+                    let mut e = login_event("cust-x");
+                    e["userPlatform"] = json!("symbian");
+                    e.as_object_mut().map(|o| o.remove("eventID"));
+                    e
+                }),
+                "application/json",
+                Some(&message_id),
+            ),
+            2 => (
+                json({
+                    let mut e = login_event("cust-x");
+                    e.as_object_mut().map(|o| {
+                        o.remove("eventID");
+                        o.remove("fullName")
+                    });
+                    e
+                }),
+                "application/json",
+                Some(&message_id),
+            ),
+            3 => (
+                json({
+                    let mut e = login_event("cust-x");
+                    e.as_object_mut().map(|o| o.remove("eventID"));
+                    e
+                }),
+                "application/json",
+                None,
+            ),
+            4 => (
+                vec![0xc3, 0x28, 0xff],
+                "application/json",
+                Some(&message_id),
+            ),
+            _ => (json(login_event("cust-x")), "text/plain", Some(&message_id)),
+        };
+        let mut properties = tagged(&test_id).with_content_type(content_type.into());
+        if let Some(id) = id {
+            properties = properties.with_message_id(id.into());
+        }
+        out.push(Outgoing { body, properties });
+        ledger.invalid.insert(test_id, id.map(str::to_owned));
+    }
+    out.shuffle(&mut rand::rng());
+    ledger.messages = out.len();
+    (out, ledger)
+}
+
+/// Publishes in batches of `batch`, pausing `pause` between batches, so that
+/// faults land while events are in flight.
+async fn publish_paced(broker: &TestBroker, messages: &[Outgoing], batch: usize, pause: Duration) {
+    for chunk in messages.chunks(batch) {
+        let mut confirms = Vec::new();
+        for message in chunk {
+            let confirm = broker
+                .channel
+                .basic_publish(
+                    broker.topology.login_exchange.as_str().into(),
+                    "login".into(),
+                    Default::default(),
+                    &message.body,
+                    message.properties.clone(),
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(confirm.await.expect("confirm").is_ack());
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The counts a scenario reports.
+#[derive(Debug)]
+struct Report {
+    messages: usize,
+    valid: usize,
+    invalid: usize,
+    rows: usize,
+    ready_events: usize,
+    failed_events: usize,
+    dead_letters: usize,
+    upstream_tickets: u64,
+}
+
+/// Waits until every event has its outcome, then checks the invariant.
+async fn settle_and_check(h: &Harness, ledger: &Ledger) -> Report {
+    let started = Instant::now();
+    let expected_failed: HashSet<String> = ledger.invalid.values().flatten().cloned().collect();
+    let mut dead;
+    loop {
+        dead = h.broker.all_dead_letters().await;
+        let ready: HashSet<String> = h
+            .tap
+            .ready()
+            .iter()
+            .filter_map(|e| e.body["eventID"].as_str().map(str::to_owned))
+            .collect();
+        let failed: HashSet<String> = h
+            .tap
+            .failed()
+            .iter()
+            .filter_map(|e| e.body["eventID"].as_str().map(str::to_owned))
+            .collect();
+        let dead_ids: HashSet<String> =
+            dead.iter().filter_map(|d| header(d, "x-test-id")).collect();
+        let done = ledger.valid.is_subset(&ready)
+            && expected_failed.is_subset(&failed)
+            && ledger.invalid.keys().all(|k| dead_ids.contains(k));
+        if done {
+            break;
+        }
+        assert!(
+            started.elapsed() < SETTLE,
+            "not settled after {SETTLE:?}: ready {}/{}, failed {}/{}, dead {}/{}",
+            ready.intersection(&ledger.valid).count(),
+            ledger.valid.len(),
+            failed.len(),
+            expected_failed.len(),
+            dead_ids.len(),
+            ledger.invalid.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Anything still in flight that would break the invariant shows up now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    dead = h.broker.all_dead_letters().await;
+
+    let ready_events = h.tap.ready();
+    let failed_events = h.tap.failed();
+    let ready: HashSet<String> = ready_events
+        .iter()
+        .filter_map(|e| e.body["eventID"].as_str().map(str::to_owned))
+        .collect();
+    let failed: HashSet<String> = failed_events
+        .iter()
+        .filter_map(|e| e.body["eventID"].as_str().map(str::to_owned))
+        .collect();
+    let dead_ids: HashSet<String> = dead.iter().filter_map(|d| header(d, "x-test-id")).collect();
+    assert_eq!(
+        ready, ledger.valid,
+        "ticket.ready for exactly the valid events"
+    );
+    assert_eq!(
+        failed, expected_failed,
+        "ticket.failed for exactly the invalid events that carry an id"
+    );
+    assert!(ready.is_disjoint(&failed), "no event both ready and failed");
+    assert_eq!(
+        dead_ids,
+        ledger.invalid.keys().cloned().collect::<HashSet<_>>(),
+        "dead letters for exactly the invalid messages"
+    );
+    assert_eq!(
+        h.broker.ready_count(&h.broker.topology.work_queue).await,
+        0,
+        "nothing left in the work queue"
+    );
+
+    let store = TicketStore::from_pool(h.db.pool.clone());
+    let ids: Vec<EventId> = ledger
+        .valid
+        .iter()
+        .filter_map(|id| EventId::parse(id).ok())
+        .collect();
+    let rows = store.find_many(&ids).await.expect("rows");
+    assert_eq!(
+        h.db.count().await,
+        ledger.valid.len() as i64,
+        "one row per valid event, no more"
+    );
+    assert_eq!(rows.len(), ledger.valid.len());
+    let issued: HashMap<String, String> = h
+        .taptalk
+        .issued()
+        .into_iter()
+        .map(|i| {
+            (
+                i.ticket.expose().to_owned(),
+                i.body["xcUserID"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for row in &rows {
+        assert_eq!(
+            issued.get(row.ticket.expose()),
+            Some(&row.xc_user_id),
+            "every stored ticket was issued upstream for its user"
+        );
+        let announced: HashSet<&Value> = ready_events
+            .iter()
+            .filter(|e| e.body["eventID"] == row.event_id.as_str())
+            .map(|e| &e.body)
+            .collect();
+        assert_eq!(
+            announced.len(),
+            1,
+            "repeated ready events for {} are identical",
+            row.event_id
+        );
+    }
+    Report {
+        messages: ledger.messages,
+        valid: ledger.valid.len(),
+        invalid: ledger.invalid.len(),
+        rows: rows.len(),
+        ready_events: ready_events.len(),
+        failed_events: failed_events.len(),
+        dead_letters: dead.len(),
+        upstream_tickets: h.taptalk.stats().issued,
+    }
+}
+
+fn print(scenario: &str, faults: &str, report: &Report) {
+    println!(
+        "scenario {scenario}: sent {} messages ({} events, {} malformed); faults: {faults}; \
+         outcome: {} rows, {} ticket.ready ({} events), {} ticket.failed, {} dead letters; {} tickets issued upstream",
+        report.messages,
+        report.valid,
+        report.invalid,
+        report.rows,
+        report.ready_events,
+        report.valid,
+        report.failed_events,
+        report.dead_letters,
+        report.upstream_tickets
+    );
+}
+
+fn env_for(h: &Harness, name: &str, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut env = worker_env(&h.db.url, &h.broker, &h.taptalk.base_url(), name);
+    for (key, value) in extra {
+        env.retain(|(k, _)| k != key);
+        env.push((key, (*value).to_owned()));
+    }
+    env
+}
+
+fn quick_latency() -> Knobs {
+    Knobs {
+        latency: Duration::from_millis(10),
+        latency_jitter: Duration::from_millis(20),
+        ..Knobs::default()
+    }
+}
+
+#[tokio::test]
+async fn worker_killed_with_sigkill_repeatedly() {
+    let h = Harness::new(quick_latency()).await;
+    let env = env_for(
+        &h,
+        &format!("kill-{}", unique()),
+        &[("CONCURRENCY", "16"), ("PREFETCH", "32")],
+    );
+    let (messages, ledger) = traffic(400, 1, 0);
+    let mut worker = WorkerProcess::spawn(&env);
+    let mut kills = 0;
+    let faults = async {
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            worker.signal("KILL");
+            assert!(worker.wait(Duration::from_secs(10)).await.is_some());
+            kills += 1;
+            worker = WorkerProcess::spawn(&env);
+        }
+    };
+    tokio::join!(
+        publish_paced(&h.broker, &messages, 40, Duration::from_millis(150)),
+        faults
+    );
+    let report = settle_and_check(&h, &ledger).await;
+    print(
+        "sigkill",
+        &format!("{kills} SIGKILLs of the worker, each followed by a restart"),
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_share_the_queue_with_duplicates_and_malformed_messages() {
+    let h = Harness::new(quick_latency()).await;
+    let name = format!("pair-{}", unique());
+    let env = env_for(&h, &name, &[("CONCURRENCY", "16")]);
+    let (messages, ledger) = traffic(300, 2, 20);
+    let first = WorkerProcess::spawn(&env);
+    let second = WorkerProcess::spawn(&env);
+    publish_paced(&h.broker, &messages, 60, Duration::from_millis(50)).await;
+    let report = settle_and_check(&h, &ledger).await;
+    for (n, worker) in [&first, &second].into_iter().enumerate() {
+        assert!(
+            worker.logs().contains("outcome=Issued"),
+            "replica {n} issued tickets too"
+        );
+    }
+    print(
+        "two-replicas",
+        "2 replicas at once; every event published twice; 20 malformed",
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn rabbitmq_connections_closed_mid_flight() {
+    let h = Harness::new(quick_latency()).await;
+    let name = format!("close-{}", unique());
+    let env = env_for(&h, &name, &[]);
+    let (messages, ledger) = traffic(400, 1, 10);
+    let _worker = WorkerProcess::spawn(&env);
+    let mut closed = 0;
+    let faults = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            closed += tokio::task::spawn_blocking({
+                let name = name.clone();
+                move || close_rabbitmq_connections(&name)
+            })
+            .await
+            .unwrap_or(0);
+        }
+    };
+    tokio::join!(
+        publish_paced(&h.broker, &messages, 40, Duration::from_millis(150)),
+        faults
+    );
+    assert!(closed >= 2, "connections were closed ({closed})");
+    let report = settle_and_check(&h, &ledger).await;
+    print(
+        "rabbitmq-close",
+        &format!("{closed} worker connections closed with rabbitmqctl close_connection"),
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn postgres_backends_terminated_mid_flight() {
+    let h = Harness::new(quick_latency()).await;
+    let env = env_for(&h, &format!("pgkill-{}", unique()), &[]);
+    let (messages, ledger) = traffic(400, 1, 10);
+    let _worker = WorkerProcess::spawn(&env);
+    let mut terminated = 0;
+    let faults = async {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            terminated += h.db.terminate_backends().await;
+        }
+    };
+    tokio::join!(
+        publish_paced(&h.broker, &messages, 40, Duration::from_millis(150)),
+        faults
+    );
+    assert!(terminated > 0);
+    let report = settle_and_check(&h, &ledger).await;
+    print(
+        "postgres-terminate",
+        &format!("{terminated} Postgres backends terminated in 10 rounds"),
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_for_a_while() {
+    let h = Harness::new(quick_latency()).await;
+    let env = env_for(
+        &h,
+        &format!("down-{}", unique()),
+        &[("TAPTALK_OUTAGE_AFTER", "1s"), ("TAPTALK_RETRY_FOR", "2s")],
+    );
+    let (messages, ledger) = traffic(300, 1, 10);
+    let worker = WorkerProcess::spawn(&env);
+    let faults = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        h.taptalk.set_knobs(Knobs::down());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        h.taptalk.set_knobs(quick_latency());
+    };
+    tokio::join!(
+        publish_paced(&h.broker, &messages, 30, Duration::from_millis(100)),
+        faults
+    );
+    let report = settle_and_check(&h, &ledger).await;
+    let logs = worker.logs();
+    assert!(
+        logs.contains("intake paused") && logs.contains("resuming intake"),
+        "the worker paused and resumed"
+    );
+    let stats = h.taptalk.stats();
+    print(
+        "upstream-down",
+        &format!(
+            "TapTalk answered 503 to everything for 4 s ({} requests)",
+            stats.injected_503
+        ),
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn upstream_slow_with_timeouts() {
+    let h = Harness::new(Knobs {
+        latency: Duration::from_millis(200),
+        latency_jitter: Duration::from_millis(500),
+        ..Knobs::default()
+    })
+    .await;
+    let env = env_for(
+        &h,
+        &format!("slow-{}", unique()),
+        &[
+            ("TAPTALK_TIMEOUT", "500ms"),
+            ("CONCURRENCY", "64"),
+            ("TAPTALK_RETRY_FOR", "20s"),
+        ],
+    );
+    let (messages, ledger) = traffic(250, 1, 10);
+    let _worker = WorkerProcess::spawn(&env);
+    publish_paced(&h.broker, &messages, 50, Duration::from_millis(100)).await;
+    let report = settle_and_check(&h, &ledger).await;
+    let stats = h.taptalk.stats();
+    let timed_out = stats.requests - stats.issued - stats.param_rejections;
+    assert!(timed_out > 0, "some requests timed out");
+    print(
+        "upstream-slow",
+        &format!("200–700 ms latency against a 500 ms timeout ({timed_out} requests timed out)"),
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn upstream_answering_429() {
+    let h = Harness::new(Knobs {
+        fail_429: 0.5,
+        ..quick_latency()
+    })
+    .await;
+    let env = env_for(
+        &h,
+        &format!("429-{}", unique()),
+        &[("TAPTALK_RETRY_FOR", "20s")],
+    );
+    let (messages, ledger) = traffic(250, 1, 10);
+    let _worker = WorkerProcess::spawn(&env);
+    publish_paced(&h.broker, &messages, 50, Duration::from_millis(50)).await;
+    let report = settle_and_check(&h, &ledger).await;
+    print(
+        "upstream-429",
+        &format!(
+            "half of all requests answered 429 ({} of them)",
+            h.taptalk.stats().injected_429
+        ),
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn upstream_rejects_the_key_for_a_while() {
+    let h = Harness::new(quick_latency()).await;
+    let env = env_for(&h, &format!("key-{}", unique()), &[]);
+    let (messages, ledger) = traffic(300, 1, 10);
+    let worker = WorkerProcess::spawn(&env);
+    let faults = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        h.taptalk.set_knobs(Knobs {
+            wrong_key: true,
+            ..quick_latency()
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        h.taptalk.set_knobs(quick_latency());
+    };
+    tokio::join!(
+        publish_paced(&h.broker, &messages, 30, Duration::from_millis(100)),
+        faults
+    );
+    let report = settle_and_check(&h, &ledger).await;
+    let logs = worker.logs();
+    let paused = logs.matches("intake paused").count();
+    assert!(paused >= 1, "the wrong key paused intake");
+    print(
+        "wrong-key",
+        &format!(
+            "HeaderValidationFailed for 3 s ({} rejections, intake paused {paused}×)",
+            h.taptalk.stats().key_rejections
+        ),
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn malformed_messages_mixed_into_valid_traffic() {
+    let h = Harness::new(quick_latency()).await;
+    let env = env_for(&h, &format!("mixed-{}", unique()), &[]);
+    let (messages, ledger) = traffic(300, 1, 60);
+    let _worker = WorkerProcess::spawn(&env);
+    publish_paced(&h.broker, &messages, 60, Duration::from_millis(20)).await;
+    let report = settle_and_check(&h, &ledger).await;
+    print(
+        "malformed",
+        "60 malformed messages of 6 kinds shuffled into 300 valid ones",
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn duplicate_event_ids() {
+    let h = Harness::new(quick_latency()).await;
+    let env = env_for(&h, &format!("dup-{}", unique()), &[("CONCURRENCY", "32")]);
+    let (messages, ledger) = traffic(150, 3, 0);
+    let _worker = WorkerProcess::spawn(&env);
+    publish_paced(&h.broker, &messages, 90, Duration::from_millis(20)).await;
+    let report = settle_and_check(&h, &ledger).await;
+    assert!(report.upstream_tickets >= 150);
+    print(
+        "duplicates",
+        "every event published 3 times, shuffled, 32 in flight",
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn sigterm_under_load() {
+    let h = Harness::new(Knobs {
+        latency: Duration::from_millis(150),
+        latency_jitter: Duration::from_millis(100),
+        ..Knobs::default()
+    })
+    .await;
+    let env = env_for(
+        &h,
+        &format!("term-{}", unique()),
+        &[("CONCURRENCY", "16"), ("SHUTDOWN_GRACE", "3s")],
+    );
+    let (messages, ledger) = traffic(300, 1, 10);
+    let mut first = WorkerProcess::spawn(&env);
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        first.signal("TERM");
+        let started = Instant::now();
+        let status = first
+            .wait(Duration::from_secs(10))
+            .await
+            .expect("exits within the grace period");
+        (status, started.elapsed())
+    };
+    let (_, (status, took)) = tokio::join!(
+        publish_paced(&h.broker, &messages, 30, Duration::from_millis(100)),
+        stop
+    );
+    assert_eq!(status.code(), Some(0), "{}", first.logs());
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+    let logs = first.logs();
+    assert!(logs.contains("letting in-flight messages finish"), "{logs}");
+    let mut second = WorkerProcess::spawn(&env);
+    let report = settle_and_check(&h, &ledger).await;
+    print(
+        "sigterm",
+        &format!(
+            "SIGTERM with 16 in flight; exit 0 after {took:.1?}; a second worker finished the rest"
+        ),
+        &report,
+    );
+    second.signal("TERM");
+    assert_eq!(
+        second
+            .wait(Duration::from_secs(10))
+            .await
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+
+    // A grace period shorter than the work: unfinished events go back to the
+    // queue and the worker exits promptly; the next worker finishes them.
+    h.taptalk.set_knobs(Knobs {
+        latency: Duration::from_secs(3),
+        ..Knobs::default()
+    });
+    let mut third = WorkerProcess::spawn(&env_for(
+        &h,
+        &format!("term2-{}", unique()),
+        &[("SHUTDOWN_GRACE", "500ms"), ("TAPTALK_TIMEOUT", "10s")],
+    ));
+    eventually(
+        Duration::from_secs(30),
+        "the third worker consumes",
+        || async { third.logs().contains("connected to RabbitMQ").then_some(()) },
+    )
+    .await;
+    let (messages, ledger2) = traffic(20, 1, 0);
+    publish_paced(&h.broker, &messages, 20, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    third.signal("TERM");
+    let started = Instant::now();
+    let status = third
+        .wait(Duration::from_secs(5))
+        .await
+        .expect("prompt exit");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        third.logs().contains("shutdown grace is over"),
+        "{}",
+        third.logs()
+    );
+    h.taptalk.set_knobs(Knobs::default());
+    let _fourth = WorkerProcess::spawn(&env);
+    let all = Ledger {
+        valid: ledger.valid.union(&ledger2.valid).cloned().collect(),
+        invalid: ledger.invalid.clone(),
+        messages: ledger.messages + ledger2.messages,
+    };
+    let report = settle_and_check(&h, &all).await;
+    print(
+        "sigterm-short-grace",
+        &format!(
+            "SIGTERM with 3 s requests in flight and a 500 ms grace: exit 0 after {took:.1?}, events returned and finished by the next worker"
+        ),
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_crashing_consumers_is_dead_lettered_by_the_delivery_limit() {
+    let broker = TestBroker::with_delivery_limit(3).await;
+    broker
+        .publish_raw(
+            b"{\"eventID\": \"crasher\"}",
+            json_properties().with_message_id("crasher".into()),
+        )
+        .await;
+    // A consumer that takes the message and dies before acknowledging it,
+    // again and again: to RabbitMQ this is a worker crashing on it.
+    let mut deliveries = 0;
+    for _ in 0..10 {
+        let channel = broker.connection.create_channel().await.expect("channel");
+        let got = channel
+            .basic_get(
+                broker.topology.work_queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await
+            .expect("get");
+        if got.is_none() {
+            break;
+        }
+        deliveries += 1;
+        let _ = channel.close(200, "crash".into()).await;
+    }
+    let dead = broker
+        .wait_for_dead_letters(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(deliveries, 4, "delivered the limit (3) plus the first time");
+    let reason =
+        dead[0]
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| match h.inner().get("x-death") {
+                Some(AMQPValue::FieldArray(deaths)) => {
+                    deaths.as_slice().iter().find_map(|d| match d {
+                        AMQPValue::FieldTable(t) => match t.inner().get("reason") {
+                            Some(AMQPValue::LongString(r)) => Some(r.to_string()),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                }
+                _ => None,
+            });
+    assert_eq!(reason.as_deref(), Some("delivery_limit"));
+    println!(
+        "scenario delivery-limit: 1 message; faults: 4 consumer crashes before ack; outcome: dead-lettered by RabbitMQ (x-death reason delivery_limit), 0 rows"
+    );
+}
