@@ -8,7 +8,7 @@
 use backoff::ExponentialBackoffBuilder;
 use backoff::backoff::Backoff as _;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How to space retries: pauses start at `first_pause`, double (with ±50%
 /// jitter) up to `max_pause`, and stop once `give_up_after` has passed since the
@@ -41,7 +41,8 @@ impl RetryPolicy {
             .build();
         Schedule {
             backoff,
-            max_pause: self.max_pause,
+            policy: *self,
+            started: Instant::now(),
         }
     }
 }
@@ -50,16 +51,25 @@ impl RetryPolicy {
 #[derive(Debug)]
 pub struct Schedule {
     backoff: backoff::ExponentialBackoff,
-    max_pause: Duration,
+    policy: RetryPolicy,
+    started: Instant,
 }
 
 impl Schedule {
-    /// The pause before the next attempt, at least `at_least` (a server's
-    /// `Retry-After`, capped at the policy's `max_pause`), or `None` when the
-    /// time budget is spent.
+    /// The pause before the next attempt, or `None` when the time budget is
+    /// spent. Jittered pauses never exceed the policy's `max_pause`; a server's
+    /// `Retry-After` (`at_least`) is honoured in full, unless waiting that long
+    /// would overrun the budget, which ends the retries at once.
     pub fn next_pause(&mut self, at_least: Option<Duration>) -> Option<Duration> {
-        let pause = self.backoff.next_backoff()?;
-        Some(pause.max(at_least.unwrap_or_default().min(self.max_pause)))
+        let pause = self
+            .backoff
+            .next_backoff()?
+            .min(self.policy.max_pause)
+            .max(at_least.unwrap_or_default());
+        match self.policy.give_up_after {
+            Some(budget) if self.started.elapsed() + pause > budget => None,
+            _ => Some(pause),
+        }
     }
 }
 
@@ -154,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn pauses_grow_within_bounds_and_honour_retry_after_up_to_the_cap() {
+    fn pauses_grow_within_bounds_and_honour_retry_after() {
         let policy = RetryPolicy::forever(Duration::from_millis(100), Duration::from_secs(2));
         let mut schedule = policy.schedule();
         let pauses: Vec<Duration> = (0..12).filter_map(|_| schedule.next_pause(None)).collect();
@@ -162,15 +172,19 @@ mod tests {
         assert!(
             pauses
                 .iter()
-                .all(|p| *p >= Duration::from_millis(50) && *p <= Duration::from_secs(3))
+                .all(|p| *p >= Duration::from_millis(50) && *p <= Duration::from_secs(2))
         );
         assert!(pauses[11] > pauses[0]);
-        let pause = schedule
-            .next_pause(Some(Duration::from_secs(60)))
-            .unwrap_or_default();
-        assert!(
-            pause >= Duration::from_secs(2) && pause <= Duration::from_secs(3),
-            "{pause:?}"
+        assert_eq!(
+            schedule.next_pause(Some(Duration::from_secs(60))),
+            Some(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_budget_ends_the_retries() {
+        let mut schedule = quick(Some(Duration::from_secs(5))).schedule();
+        assert!(schedule.next_pause(Some(Duration::from_secs(2))).is_some());
+        assert_eq!(schedule.next_pause(Some(Duration::from_secs(60))), None);
     }
 }
