@@ -1,15 +1,42 @@
-//! The breaker: notices when TapTalk fails for *every* event, not just one, so
-//! the worker stops taking work instead of burning through the queue.
+//! The breaker: notices when a dependency (TapTalk or Postgres) fails for
+//! *every* event, not just one, so the worker stops taking work instead of
+//! burning through the queue.
 //!
-//! It opens at once when TapTalk refuses the configuration (a wrong server key,
-//! a wrong endpoint), and after a streak of transient failures that lasted at
-//! least [`BreakerSettings::trip_after`] with no success in between. It closes
-//! only when the worker's probe says TapTalk answers again.
+//! It opens at once when a dependency refuses the configuration (a wrong
+//! server key or endpoint, a wrong database password, a missing table or
+//! privilege), and after a streak of transient failures that lasted at least
+//! [`BreakerSettings::trip_after`] with no success in between. It closes only
+//! when the worker's probe says the dependency answers again.
 
-use super::TicketError;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// What the worker depends on for every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dependency {
+    Taptalk,
+    Postgres,
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dependency::Taptalk => "TapTalk",
+            Dependency::Postgres => "Postgres",
+        })
+    }
+}
+
+/// A failure that says something about a dependency as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// May pass: a timeout, a 5xx, a dropped connection.
+    Transient(String),
+    /// Will not pass until an operator acts: every event fails the same way.
+    Misconfigured(String),
+}
 
 /// When a streak of transient failures counts as an outage.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,13 +56,14 @@ impl Default for BreakerSettings {
     }
 }
 
-/// What the breaker currently believes about TapTalk.
+/// What the breaker currently believes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
-    /// Requests may go out.
+    /// Work may be taken.
     Serving,
-    /// TapTalk fails for everybody; hold the work until it answers again.
+    /// A dependency fails for everybody; hold the work until it answers again.
     Down {
+        dependency: Dependency,
         /// The configuration is wrong (not a passing outage).
         misconfigured: bool,
         reason: String,
@@ -47,7 +75,7 @@ pub enum Health {
 pub struct Breaker {
     settings: BreakerSettings,
     health: Arc<watch::Sender<Health>>,
-    streak: Arc<Mutex<Option<Streak>>>,
+    streaks: Arc<Mutex<[Option<Streak>; 2]>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -56,45 +84,50 @@ struct Streak {
     failures: u32,
 }
 
+fn slot(dependency: Dependency) -> usize {
+    match dependency {
+        Dependency::Taptalk => 0,
+        Dependency::Postgres => 1,
+    }
+}
+
 impl Breaker {
     pub fn new(settings: BreakerSettings) -> Breaker {
         Breaker {
             settings,
             health: Arc::new(watch::channel(Health::Serving).0),
-            streak: Arc::new(Mutex::new(None)),
+            streaks: Arc::new(Mutex::new([None, None])),
         }
     }
 
-    /// A request succeeded: any failure streak is over.
-    pub fn record_success(&self) {
-        *self.lock_streak() = None;
+    /// A call to `dependency` succeeded (or failed for reasons of the event
+    /// alone): any failure streak of that dependency is over.
+    pub fn record_success(&self, dependency: Dependency) {
+        self.lock_streaks()[slot(dependency)] = None;
     }
 
-    /// A request failed. Returns `true` when this failure opened the breaker.
-    pub fn record_failure(&self, error: &TicketError) -> bool {
-        match error {
-            TicketError::Rejected { .. } => {
-                // One bad event says nothing about TapTalk itself.
-                self.record_success();
-                false
-            }
-            TicketError::Misconfigured(reason) => self.open(true, reason.clone()),
-            TicketError::Transient { detail, .. } => {
+    /// A call to `dependency` failed. Returns `true` when this failure opened
+    /// the breaker.
+    pub fn record_failure(&self, dependency: Dependency, failure: &Failure) -> bool {
+        match failure {
+            Failure::Misconfigured(reason) => self.open(dependency, true, reason.clone()),
+            Failure::Transient(detail) => {
                 let outage = {
-                    let mut streak = self.lock_streak();
-                    let current = streak.get_or_insert(Streak {
+                    let mut streaks = self.lock_streaks();
+                    let streak = streaks[slot(dependency)].get_or_insert(Streak {
                         since: Instant::now(),
                         failures: 0,
                     });
-                    current.failures += 1;
-                    current.failures >= self.settings.min_failures
-                        && current.since.elapsed() >= self.settings.trip_after
+                    streak.failures += 1;
+                    streak.failures >= self.settings.min_failures
+                        && streak.since.elapsed() >= self.settings.trip_after
                 };
                 outage
                     && self.open(
+                        dependency,
                         false,
                         format!(
-                            "every TapTalk request failed for at least {} (last: {detail})",
+                            "every {dependency} call failed for at least {} (last: {detail})",
                             humantime::format_duration(self.settings.trip_after)
                         ),
                     )
@@ -103,10 +136,11 @@ impl Breaker {
     }
 
     /// Opens the breaker; returns `true` if it was closed before.
-    pub fn open(&self, misconfigured: bool, reason: String) -> bool {
+    pub fn open(&self, dependency: Dependency, misconfigured: bool, reason: String) -> bool {
         self.health.send_if_modified(|health| match health {
             Health::Serving => {
                 *health = Health::Down {
+                    dependency,
                     misconfigured,
                     reason,
                 };
@@ -118,7 +152,7 @@ impl Breaker {
 
     /// Closes the breaker after a successful probe.
     pub fn close(&self) {
-        self.record_success();
+        *self.lock_streaks() = [None, None];
         self.health.send_if_modified(|health| {
             let was_down = *health != Health::Serving;
             *health = Health::Serving;
@@ -141,8 +175,8 @@ impl Breaker {
         let _ = watcher.wait_for(|h| *h != Health::Serving).await;
     }
 
-    fn lock_streak(&self) -> std::sync::MutexGuard<'_, Option<Streak>> {
-        self.streak
+    fn lock_streaks(&self) -> std::sync::MutexGuard<'_, [Option<Streak>; 2]> {
+        self.streaks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -152,21 +186,20 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    fn transient() -> TicketError {
-        TicketError::Transient {
-            detail: "503".into(),
-            retry_after: None,
-        }
+    fn transient() -> Failure {
+        Failure::Transient("503".into())
     }
 
     #[test]
     fn misconfiguration_opens_at_once_and_only_once() {
         let breaker = Breaker::new(BreakerSettings::default());
-        assert!(breaker.record_failure(&TicketError::Misconfigured("bad key".into())));
-        assert!(!breaker.record_failure(&TicketError::Misconfigured("bad key".into())));
+        let bad_key = Failure::Misconfigured("bad key".into());
+        assert!(breaker.record_failure(Dependency::Taptalk, &bad_key));
+        assert!(!breaker.record_failure(Dependency::Postgres, &bad_key));
         assert_eq!(
             breaker.health(),
             Health::Down {
+                dependency: Dependency::Taptalk,
                 misconfigured: true,
                 reason: "bad key".into()
             }
@@ -182,29 +215,32 @@ mod tests {
             min_failures: 3,
         });
         for _ in 0..10 {
-            assert!(!breaker.record_failure(&transient()));
+            assert!(!breaker.record_failure(Dependency::Postgres, &transient()));
         }
         std::thread::sleep(Duration::from_millis(50));
-        assert!(breaker.record_failure(&transient()));
-        assert!(breaker.is_open());
+        assert!(breaker.record_failure(Dependency::Postgres, &transient()));
+        assert!(matches!(
+            breaker.health(),
+            Health::Down {
+                dependency: Dependency::Postgres,
+                misconfigured: false,
+                ..
+            }
+        ));
     }
 
     #[test]
-    fn a_success_or_a_rejection_ends_the_streak() {
+    fn a_success_ends_only_its_own_dependency_streak() {
         let breaker = Breaker::new(BreakerSettings {
             trip_after: Duration::from_millis(20),
             min_failures: 2,
         });
-        breaker.record_failure(&transient());
+        breaker.record_failure(Dependency::Taptalk, &transient());
+        breaker.record_failure(Dependency::Postgres, &transient());
         std::thread::sleep(Duration::from_millis(30));
-        breaker.record_success();
-        assert!(!breaker.record_failure(&transient()));
-        breaker.record_failure(&TicketError::Rejected {
-            field: None,
-            message: "x".into(),
-        });
-        assert!(!breaker.record_failure(&transient()));
-        assert!(!breaker.is_open());
+        breaker.record_success(Dependency::Taptalk);
+        assert!(!breaker.record_failure(Dependency::Taptalk, &transient()));
+        assert!(breaker.record_failure(Dependency::Postgres, &transient()));
     }
 
     #[tokio::test]
@@ -215,7 +251,7 @@ mod tests {
             async move { breaker.opened().await }
         });
         tokio::task::yield_now().await;
-        breaker.open(false, "down".into());
+        breaker.open(Dependency::Taptalk, false, "down".into());
         tokio::time::timeout(Duration::from_secs(2), waiter)
             .await
             .ok()

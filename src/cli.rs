@@ -124,7 +124,7 @@ async fn run(args: &RunArgs) -> Result<(), CommandError> {
     let settings = Settings::from_args(args)?;
     tracing::info!(
         amqp = %crate::configuration::redact_url(secrecy::ExposeSecret::expose_secret(&settings.broker.amqp_url)),
-        taptalk = %settings.taptalk.base_url,
+        taptalk = %crate::configuration::redact_url(settings.taptalk.base_url.as_str()),
         server_key_id = settings.taptalk.server_key.id(),
         "starting ticket-worker {}",
         env!("CARGO_PKG_VERSION")

@@ -3,10 +3,11 @@
 //! [`Settings`]. A missing or malformed setting is a [`ConfigError`] that names
 //! the variable and says how to fix it; the binary exits with code 2.
 
+use crate::breaker::BreakerSettings;
 use crate::broker::Topology;
 use crate::purge::PurgeSettings;
 use crate::retry::RetryPolicy;
-use crate::taptalk::{BreakerSettings, ServerKey};
+use crate::taptalk::ServerKey;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -196,14 +197,22 @@ pub struct RunArgs {
         default_value = "30s"
     )]
     pub taptalk_retry_for: String,
-    /// How long TapTalk must fail every request before intake pauses
+    /// How long TapTalk or Postgres must fail every call before intake pauses
     #[arg(
         long,
-        env = "TAPTALK_OUTAGE_AFTER",
-        value_name = "TAPTALK_OUTAGE_AFTER",
+        env = "OUTAGE_AFTER",
+        value_name = "OUTAGE_AFTER",
         default_value = "15s"
     )]
-    pub taptalk_outage_after: String,
+    pub outage_after: String,
+    /// Times one event may go back to the queue, failing while others succeed, before it is failed and dead-lettered; 0: never
+    #[arg(
+        long,
+        env = "MAX_REQUEUES",
+        value_name = "MAX_REQUEUES",
+        default_value_t = 50
+    )]
+    pub max_requeues: u32,
     /// Unacknowledged messages RabbitMQ hands one worker at a time
     #[arg(long, env = "PREFETCH", value_name = "PREFETCH", default_value_t = 128)]
     pub prefetch: u16,
@@ -255,17 +264,62 @@ pub struct RunArgs {
     pub skip_migrations: bool,
 }
 
+impl RunArgs {
+    /// What `run` would read with no flags: the environment, then the defaults.
+    /// The demo starts from here, so it runs with the worker's own defaults.
+    pub fn from_environment() -> Result<RunArgs, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        <Wrapper as clap::Parser>::try_parse_from(["ticket-worker"]).map(|w| w.run)
+    }
+}
+
 /// TapTalk connection settings, validated.
 #[derive(Debug, Clone)]
 pub struct TaptalkSettings {
     pub base_url: Url,
     pub server_key: ServerKey,
     pub timeout: Duration,
+    /// Retries of one request: 200 ms doubling to 5 s, for `retry_for`.
     pub retry: RetryPolicy,
-    pub breaker: BreakerSettings,
-    /// Pauses between probes while TapTalk is down.
-    pub probe: RetryPolicy,
 }
+
+impl TaptalkSettings {
+    pub fn new(
+        base_url: Url,
+        server_key: ServerKey,
+        timeout: Duration,
+        retry_for: Duration,
+    ) -> TaptalkSettings {
+        TaptalkSettings {
+            base_url,
+            server_key,
+            timeout,
+            retry: RetryPolicy {
+                first_pause: Duration::from_millis(200),
+                max_pause: Duration::from_secs(5),
+                give_up_after: Some(retry_for),
+            },
+        }
+    }
+}
+
+/// Pauses between probes of a dependency that is down: 1 s growing to 60 s.
+pub const PROBE_PAUSES: RetryPolicy = RetryPolicy {
+    first_pause: Duration::from_secs(1),
+    max_pause: Duration::from_secs(60),
+    give_up_after: None,
+};
+
+/// Pauses between attempts to reach RabbitMQ: 0.5 s growing to 30 s.
+pub const RECONNECT_PAUSES: RetryPolicy = RetryPolicy {
+    first_pause: Duration::from_millis(500),
+    max_pause: Duration::from_secs(30),
+    give_up_after: None,
+};
 
 /// Broker settings, validated.
 #[derive(Clone)]
@@ -309,6 +363,12 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub database: DatabaseSettings,
     pub taptalk: TaptalkSettings,
+    /// When TapTalk or Postgres counts as down for everybody.
+    pub breaker: BreakerSettings,
+    /// Pauses between probes while a dependency is down.
+    pub probe: RetryPolicy,
+    /// Times an event may be put back before it is given up; `None`: never.
+    pub max_requeues: Option<u32>,
     pub prefetch: u16,
     pub concurrency: usize,
     pub max_event_bytes: usize,
@@ -341,21 +401,18 @@ impl Settings {
         Ok(Settings {
             broker: BrokerSettings::from_args(&args.broker, None)?,
             database: DatabaseSettings::from_args(&args.database, None)?,
-            taptalk: TaptalkSettings {
-                base_url: taptalk_base_url(args.taptalk.taptalk_base_url.as_deref())?,
-                server_key: server_key(&args.taptalk.key)?,
-                timeout: positive_duration("TAPTALK_TIMEOUT", &args.taptalk_timeout)?,
-                retry: RetryPolicy {
-                    first_pause: Duration::from_millis(200),
-                    max_pause: Duration::from_secs(5),
-                    give_up_after: Some(retry_for),
-                },
-                breaker: BreakerSettings {
-                    trip_after: duration("TAPTALK_OUTAGE_AFTER", &args.taptalk_outage_after)?,
-                    ..BreakerSettings::default()
-                },
-                probe: RetryPolicy::forever(Duration::from_secs(1), Duration::from_secs(60)),
+            taptalk: TaptalkSettings::new(
+                taptalk_base_url(args.taptalk.taptalk_base_url.as_deref())?,
+                server_key(&args.taptalk.key)?,
+                positive_duration("TAPTALK_TIMEOUT", &args.taptalk_timeout)?,
+                retry_for,
+            ),
+            breaker: BreakerSettings {
+                trip_after: duration("OUTAGE_AFTER", &args.outage_after)?,
+                ..BreakerSettings::default()
             },
+            probe: PROBE_PAUSES,
+            max_requeues: (args.max_requeues > 0).then_some(args.max_requeues),
             prefetch: args.prefetch,
             concurrency,
             max_event_bytes: args.max_event_bytes,
@@ -408,7 +465,7 @@ impl BrokerSettings {
             amqp_url,
             connection_name: args.amqp_connection_name.clone(),
             topology: Topology::from_args(&args.names)?,
-            reconnect: RetryPolicy::forever(Duration::from_millis(500), Duration::from_secs(30)),
+            reconnect: RECONNECT_PAUSES,
         })
     }
 }
@@ -598,17 +655,35 @@ fn positive_duration(setting: &'static str, raw: &str) -> Result<Duration, Confi
     Ok(value)
 }
 
-/// A URL with its password replaced by `***`, for logs and `Debug`.
+/// A URL with its passwords replaced by `***`, for logs and `Debug`: the one
+/// in the user info and any `password`-like query parameter (Postgres
+/// accepts `?password=` and `?sslpassword=`).
 pub fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            url.to_string()
-        }
-        Err(_) => "[unparseable URL]".to_owned(),
+    let Ok(mut url) = Url::parse(raw) else {
+        return "[unparseable URL]".to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    let secret_key = |key: &str| {
+        let key = key.to_ascii_lowercase();
+        key.contains("password") || key.contains("secret") || key == "pass"
+    };
+    if url.query_pairs().any(|(key, _)| secret_key(&key)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let value = if secret_key(&k) {
+                    "***".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -795,5 +870,9 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("::"), "[unparseable URL]");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=hunter2&sslpassword=x"),
+            "postgres://u@h/db?sslmode=require&password=***&sslpassword=***"
+        );
     }
 }

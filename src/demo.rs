@@ -6,7 +6,8 @@
 use crate::broker::{Topology, connect};
 use crate::cli::CommandError;
 use crate::configuration::{
-    BrokerArgs, BrokerSettings, DatabaseArgs, DatabaseSettings, Settings, TaptalkSettings,
+    BrokerArgs, BrokerSettings, DatabaseArgs, DatabaseSettings, RunArgs, ServerKeyArgs, Settings,
+    TaptalkArgs,
 };
 use crate::domain::{EventId, TicketRecord};
 use crate::fake_taptalk::{FakeTaptalk, Knobs};
@@ -14,7 +15,7 @@ use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
 use crate::startup::Application;
 use crate::storage::TicketStore;
-use crate::taptalk::{BreakerSettings, ServerKey};
+use crate::taptalk::ServerKey;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
@@ -24,7 +25,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use rand::Rng;
 use rand::seq::IndexedRandom;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::io::Write;
@@ -72,10 +73,8 @@ pub async fn run(args: &DemoArgs) -> Result<(), CommandError> {
     let topology = broker.topology.clone();
     let amqp_url = broker.amqp_url.clone();
 
-    let key = ServerKey::new(
-        "demo-key",
-        SecretString::from(uuid::Uuid::new_v4().to_string()),
-    );
+    let secret = SecretString::from(uuid::Uuid::new_v4().to_string());
+    let key = ServerKey::new("demo-key", secret.clone());
     let knobs = Knobs {
         latency: args.latency,
         latency_jitter: args.latency * 2,
@@ -92,31 +91,40 @@ pub async fn run(args: &DemoArgs) -> Result<(), CommandError> {
         args.fail_503 * 100.0
     ));
 
-    let settings = Settings {
-        broker,
-        database: database.clone(),
-        taptalk: TaptalkSettings {
-            base_url: fake.base_url(),
-            server_key: key,
-            timeout: Duration::from_secs(5),
-            retry: RetryPolicy {
-                first_pause: Duration::from_millis(100),
-                max_pause: Duration::from_secs(2),
-                give_up_after: Some(Duration::from_secs(20)),
-            },
-            breaker: BreakerSettings::default(),
-            probe: RetryPolicy::forever(Duration::from_millis(500), Duration::from_secs(5)),
+    // The worker's own defaults, on the demo's services, with quicker retries
+    // so that the injected 503s do not hold the demo up.
+    let mut run = RunArgs::from_environment().map_err(|e| anyhow::anyhow!("{e}"))?;
+    run.broker = args.broker.clone();
+    run.database = args.database.clone();
+    if run.broker.amqp_url_file.is_none() {
+        run.broker
+            .amqp_url
+            .get_or_insert_with(|| LOCAL_AMQP_URL.to_owned());
+    }
+    if run.database.database_url_file.is_none() {
+        run.database
+            .database_url
+            .get_or_insert_with(|| LOCAL_DATABASE_URL.to_owned());
+    }
+    run.taptalk = TaptalkArgs {
+        taptalk_base_url: Some(fake.base_url().to_string()),
+        key: ServerKeyArgs {
+            taptalk_server_key_id: Some(key.id().to_owned()),
+            taptalk_server_key_secret: Some(secret.expose_secret().to_owned()),
+            taptalk_server_key_secret_file: None,
         },
-        prefetch: u16::try_from(args.concurrency.saturating_mul(2))
-            .unwrap_or(u16::MAX)
-            .max(1),
-        concurrency: args.concurrency.max(1),
-        max_event_bytes: crate::events::DEFAULT_MAX_EVENT_BYTES,
-        max_event_age: Some(Duration::from_secs(15 * 60)),
-        shutdown_grace: Duration::from_secs(5),
-        migrate: true,
-        purge: None,
     };
+    run.concurrency = args.concurrency.max(1);
+    run.prefetch = u16::try_from(run.concurrency.saturating_mul(2)).unwrap_or(u16::MAX);
+    let mut settings = Settings::from_args(&run)?;
+    settings.taptalk.retry = RetryPolicy {
+        first_pause: Duration::from_millis(100),
+        max_pause: Duration::from_secs(2),
+        give_up_after: Some(Duration::from_secs(20)),
+    };
+    settings.probe = RetryPolicy::forever(Duration::from_millis(500), Duration::from_secs(5));
+    settings.shutdown_grace = Duration::from_secs(5);
+    settings.purge = None;
     let app = Application::build(settings)?;
     let shutdown = Shutdown::new();
     shutdown

@@ -8,8 +8,9 @@
 //! 2. [`pipeline`] decides what happens to it and settles it;
 //! 3. [`events::LoginEvent`] parses and checks it into [`domain`] values;
 //! 4. [`storage`] looks for a ticket already stored for its `eventID`;
-//! 5. [`taptalk::TaptalkClient`] requests the ticket, retried by [`retry`],
-//!    watched by [`taptalk::Breaker`];
+//! 5. [`taptalk::TaptalkClient`] requests the ticket, retried by [`retry`];
+//!    every TapTalk and Postgres call reports to the [`breaker`], which pauses
+//!    intake when one of them fails for everybody;
 //! 6. [`storage`] saves the row; [`broker::Publisher`] publishes
 //!    [`events::TicketReady`] with a confirm; the delivery is acknowledged.
 //!
@@ -19,6 +20,7 @@
 //! (commands), [`fake_taptalk`] (the TapTalk stand-in), [`demo`] and
 //! [`publish`] (the `demo` and `publish` commands).
 
+pub mod breaker;
 pub mod broker;
 pub mod cli;
 pub mod configuration;

@@ -2,25 +2,30 @@
 //! delivered to the acknowledgement.
 //!
 //! ```text
-//! parse ─▶ stale? ─▶ already stored? ─▶ TapTalk (retry) ─▶ store ─▶ ticket.ready ─▶ ack
-//!   │         │            │                 │
-//!   │         │            └─ re-publish     ├─ ParamValidationFailed ─▶ ticket.failed + dead letter
-//!   │         └─ ticket.failed "expired"     └─ down / misconfigured ─▶ back to the queue
+//! parse ─▶ already stored? ─▶ stale? ─▶ TapTalk (retry) ─▶ store ─▶ ticket.ready ─▶ ack
+//!   │            │               │            │
+//!   │            └─ re-announce  │            ├─ ParamValidationFailed ─▶ ticket.failed + dead letter
+//!   │                            │            └─ unavailable ─▶ back to the queue
+//!   │                            └─ ticket.failed "expired"
 //!   └─ ticket.failed "invalid" + dead letter
 //! ```
 //!
 //! [`Pipeline::handle`] decides and then settles the delivery; the worker only
-//! feeds it deliveries and watches the outcome.
+//! feeds it deliveries and watches the outcome. Every call to TapTalk or
+//! Postgres reports to the [`Breaker`], which pauses the worker when one of
+//! them fails for everybody.
 
-use crate::broker::{DeadLetterNote, PublishError, Publisher};
+use crate::breaker::{Breaker, Dependency};
+use crate::broker::{DeadLetterNote, Publisher, retries};
 use crate::domain::{IssuedTicket, TicketRecord, TicketRequest};
 use crate::events::{Envelope, FailureReason, InvalidEvent, LoginEvent, TicketFailed, TicketReady};
 use crate::retry::{RetryPolicy, Verdict, retry};
 use crate::storage::{Saved, StoreError, TicketStore};
-use crate::taptalk::{Breaker, TaptalkClient, TicketError};
+use crate::taptalk::{TaptalkClient, TicketError};
 use chrono::Utc;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use std::future::Future;
 use std::time::Duration;
 
 /// The rules the pipeline applies to each event.
@@ -29,9 +34,12 @@ pub struct EventPolicy {
     pub max_event_bytes: usize,
     /// Older events (by `occurredAt`) are answered `expired`; `None`: never.
     pub max_event_age: Option<Duration>,
+    /// Times an event may go back to the queue for its own failures before it
+    /// is given up (`retries_exhausted`); `None`: never.
+    pub max_requeues: Option<u32>,
     /// Retries of one TapTalk request.
     pub upstream_retry: RetryPolicy,
-    /// Retries of one Postgres write.
+    /// Retries of one Postgres statement.
     pub store_retry: RetryPolicy,
 }
 
@@ -43,7 +51,7 @@ pub enum Outcome {
     Issued,
     /// The event already had a ticket; it was announced again.
     AlreadyIssued,
-    /// `ticket.failed` (invalid or rejected upstream) and a dead letter.
+    /// `ticket.failed` (invalid, rejected upstream, retries exhausted) and a dead letter.
     DeadLettered(FailureReason),
     /// `ticket.failed` "expired"; nothing else.
     Expired,
@@ -62,19 +70,14 @@ enum Decision {
     Ready(TicketRecord, Outcome),
     Fail {
         failed: Option<TicketFailed>,
-        dead_letter: Option<DeadLetter>,
+        dead_letter: Option<DeadLetterNote>,
         outcome: Outcome,
     },
-    RetryLater,
+    /// Back to the queue; `count`: the event's own failure, not an outage.
+    RetryLater {
+        count: bool,
+    },
     Requeue,
-}
-
-#[derive(Debug)]
-struct DeadLetter {
-    reason: FailureReason,
-    problem: Option<&'static str>,
-    message: String,
-    field: Option<String>,
 }
 
 /// The services one event needs, shared by all in-flight deliveries.
@@ -109,6 +112,10 @@ impl Pipeline {
         &self.taptalk
     }
 
+    pub fn store(&self) -> &TicketStore {
+        &self.store
+    }
+
     /// Processes one delivery and settles it (ack, nack or republish).
     #[tracing::instrument(
         name = "pipeline.handle",
@@ -117,16 +124,9 @@ impl Pipeline {
     )]
     pub async fn handle(&self, delivery: &Delivery, bus: &Publisher) -> Outcome {
         let decision = self.decide(delivery).await;
-        match self.settle(delivery, bus, decision).await {
-            Ok(outcome) => {
-                tracing::debug!(?outcome, "settled");
-                outcome
-            }
-            Err(error) => {
-                tracing::warn!(%error, "could not settle the delivery; RabbitMQ will redeliver it");
-                Outcome::Abandoned
-            }
-        }
+        let outcome = self.settle(delivery, bus, decision).await;
+        tracing::debug!(?outcome, "settled");
+        outcome
     }
 
     async fn decide(&self, delivery: &Delivery) -> Decision {
@@ -143,30 +143,25 @@ impl Pipeline {
         };
         tracing::Span::current().record("event_id", tracing::field::display(&event.event_id));
 
-        if let (Some(age), Some(max)) = (event.age(Utc::now()), self.policy.max_event_age)
-            && age.to_std().is_ok_and(|age| age > max)
-        {
-            let message = format!(
-                "the login happened {} ago, more than MAX_EVENT_AGE ({})",
-                humantime::format_duration(Duration::from_secs(age.num_seconds().max(0) as u64)),
-                humantime::format_duration(max)
-            );
-            let failed = TicketFailed::new(&event.event_id, FailureReason::Expired, message, None)
-                .about(
-                    Some(event.request.xc_user_id()),
-                    Some(event.request.user_device_id()),
+        // A stored ticket wins over everything else: the event was answered.
+        match self.stored(&event).await {
+            Ok(Some(record)) => return Decision::Ready(record, Outcome::AlreadyIssued),
+            Ok(None) => {}
+            Err(error) => {
+                return self.later(
+                    delivery,
+                    &event,
+                    &error.to_string(),
+                    error.is_transient() || error.failure().is_some(),
                 );
+            }
+        }
+        if let Some(failed) = self.stale(&event) {
             return Decision::Fail {
                 failed: Some(failed),
                 dead_letter: None,
                 outcome: Outcome::Expired,
             };
-        }
-
-        match self.stored(&event).await {
-            Ok(Some(record)) => return Decision::Ready(record, Outcome::AlreadyIssued),
-            Ok(None) => {}
-            Err(decision) => return decision,
         }
 
         let issued = match self.request_ticket(&event.request).await {
@@ -184,8 +179,8 @@ impl Pipeline {
                 );
                 return Decision::Fail {
                     failed: Some(failed),
-                    dead_letter: Some(DeadLetter {
-                        reason: FailureReason::RejectedByUpstream,
+                    dead_letter: Some(DeadLetterNote {
+                        reason: FailureReason::RejectedByUpstream.as_str(),
                         problem: None,
                         message,
                         field,
@@ -193,58 +188,121 @@ impl Pipeline {
                     outcome: Outcome::DeadLettered(FailureReason::RejectedByUpstream),
                 };
             }
-            Err(error) => {
-                tracing::debug!(%error, "no ticket now; the event goes back to the queue");
-                return Decision::RetryLater;
-            }
+            Err(error) => return self.later(delivery, &event, &error.to_string(), true),
         };
 
-        let record = TicketRecord::new(event.event_id, &event.request, issued);
+        let record = TicketRecord::new(event.event_id.clone(), &event.request, issued);
         match self.save(&record).await {
             Ok(Saved::Inserted(record)) => Decision::Ready(record, Outcome::Issued),
             Ok(Saved::Existing(record)) => Decision::Ready(record, Outcome::AlreadyIssued),
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, "cannot store the ticket; the event goes back to the queue");
-                Decision::RetryLater
+            Err(error) => self.later(
+                delivery,
+                &event,
+                &error.to_string(),
+                error.is_transient() || error.failure().is_some(),
+            ),
+        }
+    }
+
+    /// `ticket.failed` "expired" when the login is older than `MAX_EVENT_AGE`.
+    fn stale(&self, event: &LoginEvent) -> Option<TicketFailed> {
+        let max = self.policy.max_event_age?;
+        let age = event
+            .age(Utc::now())?
+            .to_std()
+            .ok()
+            .filter(|age| *age > max)?;
+        let message = format!(
+            "the login happened {} ago, more than MAX_EVENT_AGE ({})",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(max)
+        );
+        Some(
+            TicketFailed::new(&event.event_id, FailureReason::Expired, message, None).about(
+                Some(event.request.xc_user_id()),
+                Some(event.request.user_device_id()),
+            ),
+        )
+    }
+
+    /// No ticket now. `retryable` false: an unexpected error, nacked so the
+    /// delivery limit ends a loop. Otherwise back to the queue: uncounted while
+    /// a dependency is down for everybody, counted (up to `MAX_REQUEUES`) when
+    /// this event failed while others did not.
+    fn later(
+        &self,
+        delivery: &Delivery,
+        event: &LoginEvent,
+        detail: &str,
+        retryable: bool,
+    ) -> Decision {
+        if !retryable {
+            tracing::error!(%detail, "unexpected failure; the event goes back to the queue");
+            return Decision::Requeue;
+        }
+        if self.breaker.is_open() {
+            return Decision::RetryLater { count: false };
+        }
+        let attempts = retries(delivery);
+        match self.policy.max_requeues {
+            Some(max) if attempts >= u64::from(max) => {
+                let message = format!(
+                    "no ticket after {} rounds of retries; last error: {detail}",
+                    attempts + 1
+                );
+                tracing::warn!(%message, "giving the event up");
+                let failed = TicketFailed::new(
+                    &event.event_id,
+                    FailureReason::RetriesExhausted,
+                    message.clone(),
+                    None,
+                )
+                .about(
+                    Some(event.request.xc_user_id()),
+                    Some(event.request.user_device_id()),
+                );
+                Decision::Fail {
+                    failed: Some(failed),
+                    dead_letter: Some(DeadLetterNote {
+                        reason: FailureReason::RetriesExhausted.as_str(),
+                        problem: None,
+                        message,
+                        field: None,
+                    }),
+                    outcome: Outcome::DeadLettered(FailureReason::RetriesExhausted),
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot store the ticket");
-                Decision::Requeue
+            _ => {
+                tracing::debug!(%detail, attempts, "no ticket now; the event goes back to the queue");
+                Decision::RetryLater { count: true }
             }
         }
     }
 
     /// The stored ticket of a redelivered event, if any.
-    async fn stored(&self, event: &LoginEvent) -> Result<Option<TicketRecord>, Decision> {
-        retry(
-            &self.policy.store_retry,
-            || self.store.find(&event.event_id),
-            |error: &StoreError| {
-                if error.is_transient() {
-                    Verdict::Retry(None)
-                } else {
-                    Verdict::Stop
-                }
-            },
-        )
-        .await
-        .map_err(|error| {
-            tracing::warn!(%error, "cannot look the event up");
-            if error.is_transient() {
-                Decision::RetryLater
-            } else {
-                Decision::Requeue
-            }
-        })
+    async fn stored(&self, event: &LoginEvent) -> Result<Option<TicketRecord>, StoreError> {
+        self.store_call(|| self.store.find(&event.event_id)).await
     }
 
     async fn save(&self, record: &TicketRecord) -> Result<Saved, StoreError> {
+        self.store_call(|| self.store.save(record)).await
+    }
+
+    /// Runs a storage call, retrying while Postgres is briefly unavailable,
+    /// and reports every attempt to the breaker.
+    async fn store_call<T, Fut>(&self, call: impl Fn() -> Fut) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
         retry(
             &self.policy.store_retry,
-            || self.store.save(record),
+            || async {
+                let result = call().await;
+                self.observe_store(&result);
+                result
+            },
             |error: &StoreError| {
-                if error.is_transient() {
-                    tracing::debug!(%error, "storing failed; retrying");
+                if error.is_transient() && !self.breaker.is_open() {
                     Verdict::Retry(None)
                 } else {
                     Verdict::Stop
@@ -254,23 +312,33 @@ impl Pipeline {
         .await
     }
 
+    fn observe_store<T>(&self, result: &Result<T, StoreError>) {
+        match result.as_ref().map_err(StoreError::failure) {
+            Ok(_) | Err(None) => self.breaker.record_success(Dependency::Postgres),
+            Err(Some(failure)) => {
+                self.breaker.record_failure(Dependency::Postgres, &failure);
+            }
+        }
+    }
+
     /// Requests a ticket, retrying transient failures, and gives up early when
-    /// the breaker opens (TapTalk is down for everybody).
+    /// the breaker opens (a dependency is down for everybody).
     async fn request_ticket(&self, request: &TicketRequest) -> Result<IssuedTicket, TicketError> {
+        let marked_down = || TicketError::Transient {
+            detail: "intake is paused: a dependency is down".into(),
+            retry_after: None,
+        };
         if self.breaker.is_open() {
-            return Err(TicketError::Transient {
-                detail: "TapTalk is marked down".into(),
-                retry_after: None,
-            });
+            return Err(marked_down());
         }
         let attempts = retry(
             &self.policy.upstream_retry,
             || async {
                 let result = self.taptalk.request_ticket(request).await;
-                match &result {
-                    Ok(_) => self.breaker.record_success(),
-                    Err(error) => {
-                        self.breaker.record_failure(error);
+                match result.as_ref().map_err(TicketError::failure) {
+                    Ok(_) | Err(None) => self.breaker.record_success(Dependency::Taptalk),
+                    Err(Some(failure)) => {
+                        self.breaker.record_failure(Dependency::Taptalk, &failure);
                     }
                 }
                 result
@@ -289,71 +357,72 @@ impl Pipeline {
         tokio::select! {
             biased;
             result = attempts => result,
-            _ = self.breaker.opened() => Err(TicketError::Transient { detail: "TapTalk is marked down".into(), retry_after: None }),
+            _ = self.breaker.opened() => Err(marked_down()),
         }
     }
 
     /// Carries a decision out on the broker and settles the delivery.
-    async fn settle(
-        &self,
-        delivery: &Delivery,
-        bus: &Publisher,
-        decision: Decision,
-    ) -> Result<Outcome, SettleError> {
-        let outcome = match decision {
-            Decision::Ready(record, outcome) => {
-                bus.ticket_ready(&TicketReady::for_record(&record)).await?;
-                outcome
-            }
+    async fn settle(&self, delivery: &Delivery, bus: &Publisher, decision: Decision) -> Outcome {
+        let published = match decision {
+            Decision::Ready(record, outcome) => bus
+                .ticket_ready(&TicketReady::for_record(&record))
+                .await
+                .map(|()| outcome),
             Decision::Fail {
                 failed,
                 dead_letter,
                 outcome,
             } => {
-                if let Some(failed) = failed {
-                    bus.ticket_failed(&failed).await?;
+                async {
+                    if let Some(failed) = failed {
+                        bus.ticket_failed(&failed).await?;
+                    }
+                    if let Some(note) = dead_letter {
+                        bus.dead_letter(delivery, &note).await?;
+                    }
+                    Ok(outcome)
                 }
-                if let Some(dl) = dead_letter {
-                    let note = DeadLetterNote {
-                        reason: dl.reason.as_str(),
-                        problem: dl.problem,
-                        message: &dl.message,
-                        field: dl.field.as_deref(),
-                    };
-                    bus.dead_letter(delivery, note).await?;
-                }
-                outcome
+                .await
             }
-            Decision::RetryLater => {
-                bus.retry_later(delivery).await?;
-                Outcome::RetryLater
-            }
-            Decision::Requeue => {
-                let options = BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
-                return match delivery.acker.nack(options).await {
-                    Ok(true) => Ok(Outcome::Requeued),
-                    Ok(false) => Err(SettleError::ChannelGone),
-                    Err(error) => Err(SettleError::Publish(error.into())),
-                };
-            }
+            Decision::RetryLater { count } => bus
+                .retry_later(delivery, count)
+                .await
+                .map(|()| Outcome::RetryLater),
+            Decision::Requeue => return nack(delivery).await,
         };
-        match delivery.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(outcome),
-            Ok(false) => Err(SettleError::ChannelGone),
-            Err(error) => Err(SettleError::Publish(error.into())),
+        match published {
+            Ok(outcome) => match delivery.acker.ack(BasicAckOptions::default()).await {
+                Ok(true) => outcome,
+                _ => abandoned("the acknowledgement failed"),
+            },
+            Err(error) if error.is_broker_failure() => abandoned(&error.to_string()),
+            Err(error) => {
+                // The broker is fine but refused this message: try it again later.
+                tracing::warn!(%error, "publishing for this delivery failed; it goes back to the queue");
+                nack(delivery).await
+            }
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum SettleError {
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-    #[error("the consuming channel is closed")]
-    ChannelGone,
+/// Returns a delivery to the queue, spending one of its deliveries.
+async fn nack(delivery: &Delivery) -> Outcome {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    match delivery.acker.nack(options).await {
+        Ok(true) => Outcome::Requeued,
+        _ => abandoned("the negative acknowledgement failed"),
+    }
+}
+
+fn abandoned(why: &str) -> Outcome {
+    tracing::warn!(
+        why,
+        "could not settle the delivery; RabbitMQ will redeliver it"
+    );
+    Outcome::Abandoned
 }
 
 /// The answer to an event that failed parsing: `ticket.failed` when it has an
@@ -374,8 +443,8 @@ fn invalid_event(invalid: InvalidEvent) -> Decision {
     });
     Decision::Fail {
         failed,
-        dead_letter: Some(DeadLetter {
-            reason: FailureReason::Invalid,
+        dead_letter: Some(DeadLetterNote {
+            reason: FailureReason::Invalid.as_str(),
             problem: Some(invalid.problem.code()),
             message: invalid.message,
             field: invalid.field.map(str::to_owned),

@@ -134,13 +134,13 @@ pub async fn publish_lines(
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_message_id(crate::broker::publisher::short(&message_id))
+            .with_message_id(crate::broker::short(&message_id))
             .with_app_id("ticket-worker publish".into())
             .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default());
         let confirm = channel
             .basic_publish(
                 topology.login_exchange.as_str().into(),
-                crate::broker::publisher::short(&args.routing_key),
+                crate::broker::short(&args.routing_key),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()

@@ -1,13 +1,14 @@
 //! Startup: builds the worker's parts from [`Settings`] and runs them until
 //! shutdown. `main` and the integration tests both go through here.
 
+use crate::breaker::Breaker;
 use crate::configuration::Settings;
 use crate::pipeline::{EventPolicy, Pipeline};
 use crate::purge::PurgeSettings;
 use crate::retry::{RetryPolicy, Verdict, retry};
 use crate::shutdown::Shutdown;
 use crate::storage::TicketStore;
-use crate::taptalk::{Breaker, TaptalkClient};
+use crate::taptalk::TaptalkClient;
 use crate::worker::{Worker, WorkerSettings, WorkerStats};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ impl Application {
         let policy = EventPolicy {
             max_event_bytes: settings.max_event_bytes,
             max_event_age: settings.max_event_age,
+            max_requeues: settings.max_requeues,
             upstream_retry: taptalk.retry,
             store_retry: RetryPolicy {
                 first_pause: Duration::from_millis(100),
@@ -43,14 +45,19 @@ impl Application {
                 give_up_after: Some(Duration::from_secs(10)),
             },
         };
-        let pipeline = Pipeline::new(store.clone(), client, Breaker::new(taptalk.breaker), policy);
+        let pipeline = Pipeline::new(
+            store.clone(),
+            client,
+            Breaker::new(settings.breaker),
+            policy,
+        );
         let worker = Worker::new(
             WorkerSettings {
                 broker: settings.broker.clone(),
                 prefetch: settings.prefetch,
                 concurrency: settings.concurrency,
                 shutdown_grace: settings.shutdown_grace,
-                probe: taptalk.probe,
+                probe: settings.probe,
             },
             pipeline,
         );

@@ -1,6 +1,7 @@
 //! Postgres storage of tickets: the `auth_tickets` table, its migrations, and
 //! the two queries the pipeline needs (look an event up, save its ticket).
 
+use crate::breaker::Failure;
 use crate::domain::{AuthTicket, EventId, Platform, TicketRecord};
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -12,14 +13,20 @@ use std::time::Duration;
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// A storage failure, sorted by whether trying again can help.
+/// A storage failure, sorted by what the worker does about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The connection dropped, the server restarted, the pool ran dry:
     /// trying again later can succeed.
     #[error("Postgres is unavailable: {0}")]
     Unavailable(sqlx::Error),
-    /// Anything else: a bug, a schema problem, a row that makes no sense.
+    /// Every event will fail the same way until an operator acts: a wrong
+    /// password, a missing database, table or privilege.
+    #[error(
+        "Postgres refuses the worker's configuration: {0}; check DATABASE_URL, the migrations and the user's privileges"
+    )]
+    Misconfigured(String),
+    /// Anything else: a bug, a row that makes no sense.
     #[error("Postgres query failed: {0}")]
     Failed(String),
 }
@@ -28,17 +35,42 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// What the error says about Postgres as a whole; `None` when it concerns
+    /// one event only.
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            StoreError::Unavailable(error) => Some(Failure::Transient(error.to_string())),
+            StoreError::Misconfigured(reason) => Some(Failure::Misconfigured(reason.clone())),
+            StoreError::Failed(_) => None,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> StoreError {
+        // sqlx's Display shows the server's message only, never row contents
+        // (which could include a ticket).
         if is_transient(&error) {
             StoreError::Unavailable(error)
+        } else if is_misconfiguration(&error) {
+            StoreError::Misconfigured(error.to_string())
         } else {
-            // sqlx's Display shows the server's message only, never row
-            // contents (which could include a ticket).
             StoreError::Failed(error.to_string())
         }
+    }
+}
+
+/// Whether a sqlx error means the worker's database setup is wrong: SQLSTATE
+/// class 28 (authorization), 3D (no such database), 42 (no such table or
+/// column, no privilege), or a bad connection option.
+fn is_misconfiguration(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Configuration(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("28") || code.starts_with("3D") || code.starts_with("42")
+        }),
+        _ => false,
     }
 }
 
@@ -149,6 +181,23 @@ impl TicketStore {
     #[tracing::instrument(name = "storage.migrate", skip_all)]
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
+    }
+
+    /// Checks, without side effects, that the worker can use the table: the
+    /// connection works and the user may read and write `auth_tickets`.
+    #[tracing::instrument(name = "storage.probe", skip_all)]
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let allowed: bool =
+            sqlx::query_scalar("SELECT has_table_privilege('auth_tickets', 'SELECT, INSERT')")
+                .fetch_one(&self.pool)
+                .await?;
+        if allowed {
+            Ok(())
+        } else {
+            Err(StoreError::Misconfigured(
+                "the database user may not SELECT and INSERT on auth_tickets".into(),
+            ))
+        }
     }
 
     /// The stored ticket of an event, if it has one.

@@ -6,14 +6,16 @@
 //!   connection or a channel fails, the session ends, in-flight work is dropped
 //!   unacknowledged (RabbitMQ redelivers it; idempotency prevents doubles) and
 //!   a new session starts after a backoff pause, re-declaring the topology.
-//! - **Outages.** When the breaker opens (TapTalk refuses our key, or fails
-//!   everything), the worker cancels its consumer, lets in-flight messages go
-//!   back to the queue, and probes TapTalk with growing pauses; it consumes
-//!   again once TapTalk answers.
+//! - **Outages.** When the [`Breaker`](crate::breaker::Breaker) opens (TapTalk
+//!   or Postgres refuses the configuration, or fails everything), the worker
+//!   cancels its consumer, lets in-flight messages go back to the queue, and
+//!   probes the failing dependency with growing pauses; it consumes again once
+//!   the dependency answers.
 //! - **Shutdown.** On [`Shutdown`], it cancels the consumer, gives in-flight
 //!   messages `SHUTDOWN_GRACE` to finish, then closes the connection, which
 //!   returns whatever is left to the queue.
 
+use crate::breaker::{Dependency, Health};
 use crate::broker::{Publisher, connect};
 use crate::configuration::BrokerSettings;
 use crate::pipeline::{Outcome, Pipeline};
@@ -27,10 +29,17 @@ use lapin::{Channel, Connection, Consumer};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// A session that lasted this long was healthy: the next reconnect starts
+/// again from the shortest pause.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// How long closing a connection, or draining a cancelled consumer, may take.
+const BROKER_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the worker consumes.
 #[derive(Debug, Clone)]
@@ -39,7 +48,7 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     pub concurrency: usize,
     pub shutdown_grace: Duration,
-    /// Pauses between TapTalk probes while it is down.
+    /// Pauses between probes while a dependency is down.
     pub probe: RetryPolicy,
 }
 
@@ -71,7 +80,7 @@ pub struct StatsSnapshot {
     pub panicked: u64,
     /// Broker sessions opened (1 + reconnects).
     pub sessions: u64,
-    /// Times intake paused because TapTalk was down.
+    /// Times intake paused because a dependency was down.
     pub pauses: u64,
 }
 
@@ -153,7 +162,7 @@ impl Worker {
     /// broker is unreachable or a session is lost.
     pub async fn run(&self, shutdown: &Shutdown) {
         tokio::select! {
-            _ = self.check_taptalk() => {}
+            _ = self.check_dependencies() => {}
             _ = shutdown.triggered() => return,
         }
         let mut reconnect = self.settings.broker.reconnect.schedule();
@@ -165,20 +174,24 @@ impl Worker {
             match opened {
                 Ok(session) => {
                     self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-                    reconnect = self.settings.broker.reconnect.schedule();
-                    match self.run_session(&session, shutdown).await {
+                    let started = Instant::now();
+                    let end = self.run_session(&session, shutdown).await;
+                    close(&session.connection, "session over").await;
+                    match end {
                         SessionEnd::Shutdown => break,
                         SessionEnd::Lost(reason) => {
                             tracing::warn!(%reason, "lost the RabbitMQ session; in-flight messages will be redelivered");
-                            let _ = session.connection.close(320, "session lost".into()).await;
                         }
+                    }
+                    if started.elapsed() >= HEALTHY_SESSION {
+                        reconnect = self.settings.broker.reconnect.schedule();
                     }
                 }
                 Err(error) => tracing::warn!(%error, "cannot start a RabbitMQ session"),
             }
             let pause = reconnect
                 .next_pause(None)
-                .unwrap_or(Duration::from_secs(30));
+                .unwrap_or(self.settings.broker.reconnect.max_pause);
             tracing::info!(pause = %humantime::format_duration(pause), "reconnecting to RabbitMQ after a pause");
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
@@ -188,24 +201,49 @@ impl Worker {
         tracing::info!("worker stopped");
     }
 
-    /// One probe at start: a wrong key or an unreachable TapTalk pauses intake
-    /// before the first message is taken.
-    async fn check_taptalk(&self) {
-        let taptalk = self.pipeline.taptalk();
-        match taptalk.probe().await {
-            Ok(()) => tracing::info!(endpoint = %taptalk.endpoint(), "TapTalk answers"),
-            Err(error) => {
-                let misconfigured = matches!(error, crate::taptalk::TicketError::Misconfigured(_));
-                tracing::error!(
-                    endpoint = %taptalk.endpoint(),
-                    misconfigured,
-                    %error,
-                    "TapTalk is not usable at start: intake waits, probing until it answers"
-                );
-                self.pipeline
-                    .breaker()
-                    .open(misconfigured, error.to_string());
+    /// One probe of each dependency at start: a wrong key, a wrong database
+    /// password or an unreachable TapTalk pauses intake before the first
+    /// message is taken.
+    async fn check_dependencies(&self) {
+        for dependency in [Dependency::Taptalk, Dependency::Postgres] {
+            match self.probe(dependency).await {
+                Ok(()) => tracing::info!(%dependency, "{dependency} answers"),
+                Err((misconfigured, error)) => {
+                    tracing::error!(
+                        %dependency,
+                        misconfigured,
+                        %error,
+                        "{dependency} is not usable at start: intake waits, probing until it answers"
+                    );
+                    self.pipeline
+                        .breaker()
+                        .open(dependency, misconfigured, error);
+                    return;
+                }
             }
+        }
+    }
+
+    /// Asks a dependency, without side effects, whether it would serve us;
+    /// on failure says whether the configuration is to blame.
+    async fn probe(&self, dependency: Dependency) -> Result<(), (bool, String)> {
+        let failure = match dependency {
+            Dependency::Taptalk => self
+                .pipeline
+                .taptalk()
+                .probe()
+                .await
+                .err()
+                .and_then(|e| e.failure()),
+            Dependency::Postgres => self.pipeline.store().probe().await.err().map(|e| {
+                e.failure()
+                    .unwrap_or(crate::breaker::Failure::Transient(e.to_string()))
+            }),
+        };
+        match failure {
+            None => Ok(()),
+            Some(crate::breaker::Failure::Misconfigured(reason)) => Err((true, reason)),
+            Some(crate::breaker::Failure::Transient(reason)) => Err((false, reason)),
         }
     }
 
@@ -215,6 +253,7 @@ impl Worker {
         let consume = connection.create_channel().await?;
         if let Err(error) = broker.topology.declare(&consume).await {
             tracing::error!(%error, "RabbitMQ refused the topology; if a queue exists with other arguments (such as x-delivery-limit), align DELIVERY_LIMIT or delete the queue");
+            close(&connection, "topology refused").await;
             return Err(error);
         }
         consume
@@ -230,12 +269,12 @@ impl Worker {
         })
     }
 
-    /// Consumes in phases (paused while TapTalk is down) until shutdown or loss.
+    /// Consumes in phases (paused while a dependency is down) until shutdown or loss.
     async fn run_session(&self, session: &Session, shutdown: &Shutdown) -> SessionEnd {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut tasks = JoinSet::new();
         loop {
-            if self.pipeline.breaker().is_open() && !self.wait_for_taptalk(shutdown).await {
+            if self.pipeline.breaker().is_open() && !self.wait_for_recovery(shutdown).await {
                 break;
             }
             let mut consumer = match self.consume(session).await {
@@ -261,7 +300,7 @@ impl Worker {
                 }
             }
         }
-        self.finish(session, &mut tasks).await;
+        self.finish(&mut tasks).await;
         SessionEnd::Shutdown
     }
 
@@ -331,21 +370,23 @@ impl Worker {
                     // spending one delivery, so the delivery limit ends a loop.
                     stats.panicked.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("handling a delivery panicked; it goes back to the queue");
-                    let requeue = BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    };
-                    if !matches!(delivery.acker.nack(requeue).await, Ok(true)) {
-                        broken.cancel();
+                    if delivery.acker.usable() {
+                        let requeue = BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        };
+                        if delivery.acker.nack(requeue).await.is_err() {
+                            broken.cancel();
+                        }
                     }
                 }
             }
         });
     }
 
-    /// TapTalk is down: stop the consumer, send what was prefetched and what is
-    /// in flight back to the queue (the pipeline does that while the breaker is
-    /// open), then wait for TapTalk.
+    /// A dependency is down: stop the consumer, send what was prefetched and
+    /// what is in flight back to the queue (the pipeline does that while the
+    /// breaker is open).
     async fn pause(
         &self,
         session: &Session,
@@ -354,29 +395,38 @@ impl Worker {
         tasks: &mut JoinSet<()>,
     ) -> Result<(), String> {
         self.stats.pauses.fetch_add(1, Ordering::Relaxed);
-        if let crate::taptalk::Health::Down {
+        if let Health::Down {
+            dependency,
             misconfigured,
             reason,
         } = self.pipeline.breaker().health()
         {
             tracing::error!(
+                %dependency,
                 misconfigured,
                 %reason,
-                "TapTalk is failing every request: intake paused, in-flight messages go back to the queue; probing until it answers"
+                "{dependency} is failing for every event: intake paused, in-flight messages go back to the queue; probing until it answers"
             );
         }
-        session
-            .consume
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        loop {
-            let (permit, next) = next_delivery(permits, &mut consumer).await;
-            match next {
-                Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
-                Some(Err(error)) => return Err(error.to_string()),
-                None => break,
+        let drained = tokio::time::timeout(BROKER_STEP_TIMEOUT, async {
+            session
+                .consume
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            loop {
+                let (permit, next) = next_delivery(permits, &mut consumer).await;
+                match next {
+                    Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
+                    Some(Err(error)) => return Err(error.to_string()),
+                    None => return Ok(()),
+                }
             }
+        })
+        .await;
+        match drained {
+            Ok(result) => result?,
+            Err(_) => return Err("RabbitMQ did not confirm the consumer's cancellation".into()),
         }
         while let Some(joined) = tasks.join_next().await {
             report(joined);
@@ -387,24 +437,29 @@ impl Worker {
         Ok(())
     }
 
-    /// Probes TapTalk with growing pauses until it answers (`true`) or shutdown
-    /// is asked for (`false`).
-    async fn wait_for_taptalk(&self, shutdown: &Shutdown) -> bool {
+    /// Probes the dependency that is down, with growing pauses, until it
+    /// answers (`true`) or shutdown is asked for (`false`).
+    async fn wait_for_recovery(&self, shutdown: &Shutdown) -> bool {
         let mut schedule = self.settings.probe.schedule();
         loop {
-            let pause = schedule.next_pause(None).unwrap_or(Duration::from_secs(60));
+            let Health::Down { dependency, .. } = self.pipeline.breaker().health() else {
+                return true;
+            };
+            let pause = schedule
+                .next_pause(None)
+                .unwrap_or(self.settings.probe.max_pause);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.triggered() => return false,
             }
-            match self.pipeline.taptalk().probe().await {
+            match self.probe(dependency).await {
                 Ok(()) => {
                     self.pipeline.breaker().close();
-                    tracing::info!("TapTalk answers again; resuming intake");
+                    tracing::info!(%dependency, "{dependency} answers again; resuming intake");
                     return true;
                 }
-                Err(error) => {
-                    tracing::info!(%error, "TapTalk still unavailable; intake stays paused")
+                Err((_, error)) => {
+                    tracing::info!(%dependency, %error, "{dependency} still unavailable; intake stays paused")
                 }
             }
         }
@@ -417,9 +472,9 @@ impl Worker {
         SessionEnd::Lost(reason)
     }
 
-    /// Shutdown: give in-flight messages the grace period, then close, which
-    /// returns anything unfinished to the queue.
-    async fn finish(&self, session: &Session, tasks: &mut JoinSet<()>) {
+    /// Shutdown: give in-flight messages the grace period; what is unfinished
+    /// then goes back to the queue when the connection closes.
+    async fn finish(&self, tasks: &mut JoinSet<()>) {
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, grace = %humantime::format_duration(self.settings.shutdown_grace), "letting in-flight messages finish");
@@ -438,14 +493,17 @@ impl Worker {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        let _ = session.consume.close(200, "shutdown".into()).await;
-        let _ = session
-            .publisher
-            .channel()
-            .close(200, "shutdown".into())
-            .await;
-        let _ = session.connection.close(200, "shutdown".into()).await;
     }
+}
+
+/// Closes a connection (which closes its channels and returns every
+/// unacknowledged delivery to the queue), without waiting forever.
+async fn close(connection: &Connection, why: &str) {
+    let _ = tokio::time::timeout(
+        BROKER_STEP_TIMEOUT,
+        connection.close(200, crate::broker::short(why)),
+    )
+    .await;
 }
 
 /// Waits for a free permit, then for the next delivery.

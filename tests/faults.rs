@@ -449,7 +449,7 @@ async fn upstream_down_for_a_while() {
     let env = env_for(
         &h,
         &format!("down-{}", unique()),
-        &[("TAPTALK_OUTAGE_AFTER", "1s"), ("TAPTALK_RETRY_FOR", "2s")],
+        &[("OUTAGE_AFTER", "1s"), ("TAPTALK_RETRY_FOR", "2s")],
     );
     let (messages, ledger) = traffic(300, 1, 10);
     let worker = WorkerProcess::spawn(&env);

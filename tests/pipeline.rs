@@ -518,7 +518,7 @@ async fn transient_upstream_failures_are_retried_until_every_event_has_its_ticke
     let mut settings = h.settings();
     settings.taptalk.timeout = Duration::from_millis(400);
     settings.taptalk.retry.give_up_after = Some(Duration::from_secs(20));
-    settings.taptalk.breaker.trip_after = Duration::from_secs(3600);
+    settings.breaker.trip_after = Duration::from_secs(3600);
     let worker = TestWorker::spawn(settings);
 
     let events: Vec<Value> = (0..60).map(|i| login_event(&format!("cust-{i}"))).collect();
@@ -546,8 +546,8 @@ async fn an_upstream_that_stays_down_loses_nothing_and_pauses_intake() {
     let h = Harness::new(Knobs::default()).await;
     let mut settings = h.settings();
     settings.taptalk.retry.give_up_after = Some(Duration::from_millis(500));
-    settings.taptalk.breaker.trip_after = Duration::from_millis(800);
-    settings.taptalk.breaker.min_failures = 3;
+    settings.breaker.trip_after = Duration::from_millis(800);
+    settings.breaker.min_failures = 3;
     let worker = TestWorker::spawn(settings);
     eventually(WAIT, "the worker is consuming", || async {
         (worker.stats().sessions == 1).then_some(())
@@ -593,7 +593,7 @@ async fn when_retries_run_out_the_event_goes_back_to_the_queue_not_to_the_dead_l
     let h = Harness::new(Knobs::default()).await;
     let mut settings = h.settings();
     settings.taptalk.retry.give_up_after = Some(Duration::from_millis(300));
-    settings.taptalk.breaker.trip_after = Duration::from_secs(3600);
+    settings.breaker.trip_after = Duration::from_secs(3600);
     let worker = TestWorker::spawn(settings);
     eventually(WAIT, "the worker is consuming", || async {
         (worker.stats().sessions == 1).then_some(())
@@ -765,5 +765,95 @@ async fn the_worker_purges_long_expired_tickets() {
     })
     .await;
     assert_eq!(h.db.count().await, 1, "the fresh ticket stays");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_event_that_has_a_ticket_is_announced_even_when_it_is_old_by_now() {
+    let h = Harness::new(Knobs::default()).await;
+    let mut settings = h.settings();
+    settings.max_event_age = Some(Duration::from_secs(2));
+    let worker = TestWorker::spawn(settings);
+    let event = login_event("cust-slow-ack");
+    h.broker.publish_event(&event).await;
+    h.tap.wait_for("ticket.ready", 1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    h.broker.publish_event(&event).await;
+    let ready = h.tap.wait_for("ticket.ready", 2, WAIT).await;
+    assert_eq!(ready[0].body, ready[1].body);
+    assert!(
+        h.tap.failed().is_empty(),
+        "not answered expired after it was answered ready"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_that_keeps_failing_alone_is_given_up_after_max_requeues() {
+    let h = Harness::new(Knobs::default()).await;
+    let mut settings = h.settings();
+    settings.taptalk.retry.give_up_after = Some(Duration::from_millis(200));
+    settings.breaker.trip_after = Duration::from_secs(3600);
+    settings.max_requeues = Some(2);
+    let worker = TestWorker::spawn(settings);
+    eventually(WAIT, "the worker is consuming", || async {
+        (worker.stats().sessions == 1).then_some(())
+    })
+    .await;
+
+    h.taptalk.set_knobs(Knobs::down());
+    let event = login_event("cust-unlucky");
+    h.broker.publish_event(&event).await;
+    let failed = h.tap.wait_for("ticket.failed", 1, WAIT).await;
+    assert_eq!(failed[0].body["eventID"], event["eventID"]);
+    assert_eq!(failed[0].body["reason"], "retries_exhausted");
+    let dead = h.broker.wait_for_dead_letters(1, WAIT).await;
+    assert_eq!(
+        header(&dead[0], "x-ticket-worker-reason").as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(
+        worker.stats().retry_later,
+        2,
+        "two rounds back to the queue, then given up"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_table_pauses_intake_and_loses_nothing() {
+    let h = Harness::new(Knobs::default()).await;
+    let worker = h.worker();
+    eventually(WAIT, "the worker is consuming", || async {
+        (worker.stats().sessions == 1).then_some(())
+    })
+    .await;
+
+    // As if a DBA dropped or renamed the table: a configuration error, not an outage.
+    sqlx::query("ALTER TABLE auth_tickets RENAME TO auth_tickets_elsewhere")
+        .execute(&h.db.pool)
+        .await
+        .expect("rename");
+    let events: Vec<Value> = (0..10).map(|i| login_event(&format!("cust-{i}"))).collect();
+    h.broker.publish_events(&events).await;
+    eventually(WAIT, "paused with every event queued", || async {
+        let queued = h.broker.ready_count(&h.broker.topology.work_queue).await;
+        (worker.stats().pauses == 1 && queued == 10).then_some(())
+    })
+    .await;
+    assert!(h.tap.all().is_empty());
+    assert!(h.broker.drain_dead_letters().await.is_empty());
+    assert_eq!(
+        worker.stats().requeued,
+        0,
+        "the delivery limit is not spent on a configuration error"
+    );
+
+    sqlx::query("ALTER TABLE auth_tickets_elsewhere RENAME TO auth_tickets")
+        .execute(&h.db.pool)
+        .await
+        .expect("rename back");
+    h.tap.wait_for("ticket.ready", 10, WAIT).await;
+    assert_eq!(h.db.count().await, 10);
     worker.stop().await;
 }

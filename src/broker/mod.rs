@@ -7,5 +7,31 @@ pub mod publisher;
 pub mod topology;
 
 pub use connection::connect;
-pub use publisher::{DeadLetterNote, PublishError, Publisher};
+pub use publisher::{DeadLetterNote, PublishError, Publisher, retries};
 pub use topology::Topology;
+
+use lapin::types::ShortString;
+
+/// An AMQP short string from any text, cut at 255 bytes on a character
+/// boundary (converting longer text directly would panic).
+pub fn short(value: &str) -> ShortString {
+    let mut end = value.len().min(255);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_strings_are_cut_on_a_character_boundary() {
+        assert_eq!(short("abc").as_str(), "abc");
+        let long = "é".repeat(200);
+        let cut = short(&long);
+        assert!(cut.as_str().len() <= 255);
+        assert_eq!(cut.as_str().chars().count(), 127);
+    }
+}

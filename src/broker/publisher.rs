@@ -3,11 +3,11 @@
 //! the original delivery is acknowledged. Many tasks publish on one channel at
 //! once, so confirms are pipelined rather than taken one at a time.
 
-use super::Topology;
+use super::{Topology, short};
 use crate::events::{TicketFailed, TicketReady};
 use lapin::message::Delivery;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, ShortString};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,9 @@ pub enum PublishError {
     /// The channel or connection failed: the session is over.
     #[error("RabbitMQ publish failed: {0}")]
     Broker(#[from] lapin::Error),
+    /// The event could not be encoded (a bug).
+    #[error("cannot encode the event: {0}")]
+    Encode(#[from] serde_json::Error),
     /// The broker refused the message (it could not store it).
     #[error("RabbitMQ refused (nacked) the message published to {0:?}")]
     Nacked(String),
@@ -40,13 +43,23 @@ pub enum PublishError {
     },
 }
 
+impl PublishError {
+    /// Whether the channel or connection is unusable (rather than this one
+    /// message refused).
+    pub fn is_broker_failure(&self) -> bool {
+        matches!(self, PublishError::Broker(_))
+    }
+}
+
 /// What the dead-letter headers say about a message.
-#[derive(Debug, Clone, Copy)]
-pub struct DeadLetterNote<'a> {
-    pub reason: &'a str,
-    pub problem: Option<&'a str>,
-    pub message: &'a str,
-    pub field: Option<&'a str>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterNote {
+    /// `invalid`, `rejected_by_upstream`, `retries_exhausted`.
+    pub reason: &'static str,
+    /// For invalid events, the finer problem code (`not_json`, …).
+    pub problem: Option<&'static str>,
+    pub message: String,
+    pub field: Option<String>,
 }
 
 /// A confirm-mode channel for everything the worker publishes. Cheap to clone.
@@ -98,7 +111,7 @@ impl Publisher {
         event_id: &str,
         body: &impl serde::Serialize,
     ) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(body).unwrap_or_default();
+        let body = serde_json::to_vec(body)?;
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -136,15 +149,15 @@ impl Publisher {
     pub async fn dead_letter(
         &self,
         delivery: &Delivery,
-        note: DeadLetterNote<'_>,
+        note: &DeadLetterNote,
     ) -> Result<(), PublishError> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(REASON_HEADER.into(), long(note.reason));
-        headers.insert(ERROR_HEADER.into(), long(note.message));
+        headers.insert(ERROR_HEADER.into(), long(&note.message));
         if let Some(problem) = note.problem {
             headers.insert(PROBLEM_HEADER.into(), long(problem));
         }
-        if let Some(field) = note.field {
+        if let Some(field) = &note.field {
             headers.insert(FIELD_HEADER.into(), long(field));
         }
         headers.insert(
@@ -169,20 +182,24 @@ impl Publisher {
         .await
     }
 
-    /// Puts a copy of `delivery` back at the tail of the work queue, counting
-    /// the retry in a header. Unlike a nack, this does not spend the queue's
-    /// delivery limit, which is kept for messages that crash the worker.
+    /// Puts a copy of `delivery` back at the tail of the work queue. Unlike a
+    /// nack, this does not spend the queue's delivery limit, which is kept for
+    /// messages that crash the worker. `count` adds one to the retries header
+    /// (see [`retries`]): the event itself failed, rather than being sent back
+    /// because a dependency is down for everybody.
     #[tracing::instrument(name = "broker.retry_later", skip_all)]
-    pub async fn retry_later(&self, delivery: &Delivery) -> Result<(), PublishError> {
+    pub async fn retry_later(&self, delivery: &Delivery, count: bool) -> Result<(), PublishError> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        let retries = match headers.inner().get(RETRIES_HEADER) {
-            Some(AMQPValue::LongLongInt(n)) => *n,
-            _ => 0,
-        };
-        headers.insert(
-            RETRIES_HEADER.into(),
-            AMQPValue::LongLongInt(retries.saturating_add(1)),
-        );
+        if count {
+            headers.insert(
+                RETRIES_HEADER.into(),
+                AMQPValue::LongLongInt(
+                    i64::try_from(retries(delivery))
+                        .unwrap_or(i64::MAX)
+                        .saturating_add(1),
+                ),
+            );
+        }
         let properties = delivery.properties.clone().with_headers(headers);
         self.publish("", &self.topology.work_queue, &delivery.data, properties)
             .await
@@ -223,13 +240,15 @@ impl Publisher {
     }
 }
 
-/// A short string, cut at 255 bytes on a character boundary.
-pub(crate) fn short(value: &str) -> ShortString {
-    let mut end = value.len().min(255);
-    while !value.is_char_boundary(end) {
-        end -= 1;
+/// How often the worker has put this message back because it could not get
+/// a ticket for it (the `x-ticket-worker-retries` header).
+pub fn retries(delivery: &Delivery) -> u64 {
+    let headers = delivery.properties.headers().as_ref();
+    match headers.and_then(|h| h.inner().get(RETRIES_HEADER)) {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
     }
-    value[..end].into()
 }
 
 fn long(value: &str) -> AMQPValue {
@@ -238,18 +257,4 @@ fn long(value: &str) -> AMQPValue {
 
 fn now_seconds() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_strings_are_cut_on_a_character_boundary() {
-        assert_eq!(short("abc").as_str(), "abc");
-        let long = "é".repeat(200);
-        let cut = short(&long);
-        assert!(cut.as_str().len() <= 255);
-        assert_eq!(cut.as_str().chars().count(), 127);
-    }
 }

@@ -51,6 +51,9 @@ pub enum FailureReason {
     Expired,
     /// TapTalk answered `ParamValidationFailed` for `field`.
     RejectedByUpstream,
+    /// The event went back to the queue `MAX_REQUEUES` times without TapTalk
+    /// or Postgres serving it, while they served other events.
+    RetriesExhausted,
 }
 
 impl FailureReason {
@@ -59,6 +62,7 @@ impl FailureReason {
             FailureReason::Invalid => "invalid",
             FailureReason::Expired => "expired",
             FailureReason::RejectedByUpstream => "rejected_by_upstream",
+            FailureReason::RetriesExhausted => "retries_exhausted",
         }
     }
 }

@@ -6,6 +6,7 @@ use super::api::{
     AUTH_TICKET_PATH, ApiEnvelope, HEADER_VALIDATION_FAILED, PARAM_VALIDATION_FAILED,
     SERVER_KEY_HEADER, ServerKey, TicketData,
 };
+use crate::breaker::Failure;
 use crate::domain::{AuthTicket, Field, IssuedTicket, TicketRequest};
 use chrono::{SubsecRound, Utc};
 use reqwest::StatusCode;
@@ -39,6 +40,16 @@ pub enum TicketError {
 }
 
 impl TicketError {
+    /// What the error says about TapTalk as a whole; `None` when it concerns
+    /// this event only.
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            TicketError::Rejected { .. } => None,
+            TicketError::Misconfigured(reason) => Some(Failure::Misconfigured(reason.clone())),
+            TicketError::Transient { detail, .. } => Some(Failure::Transient(detail.clone())),
+        }
+    }
+
     fn transient(detail: String) -> TicketError {
         TicketError::Transient {
             detail,
@@ -64,10 +75,18 @@ impl TaptalkClient {
         let mut key_header = HeaderValue::from_str(key.header_value().expose_secret())
             .map_err(|_| anyhow::anyhow!("the server key cannot be sent as an HTTP header"))?;
         key_header.set_sensitive(true);
+        if endpoint.scheme() == "http" && !is_loopback(&endpoint) {
+            tracing::warn!(
+                endpoint = %crate::configuration::redact_url(endpoint.as_str()),
+                "TAPTALK_BASE_URL is plain http: the server key travels unencrypted; use https outside a test setup"
+            );
+        }
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("taptalk-ticket-worker/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the Server-Key header to another URL.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {}", chain(&e)))?;
         Ok(TaptalkClient {
@@ -123,10 +142,7 @@ impl TaptalkClient {
             .map_err(|e| transport_error("request", e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error("response", e))?;
+        let body = read_limited(response, MAX_RESPONSE_BYTES).await?;
         classify(status, retry_after, &body).map_err(|e| self.scrubbed(e))
     }
 
@@ -135,7 +151,7 @@ impl TaptalkClient {
     fn scrubbed(&self, error: TicketError) -> TicketError {
         match error {
             TicketError::Rejected { field, message } => TicketError::Rejected {
-                field,
+                field: field.map(|f| self.key.scrub(&f)),
                 message: self.key.scrub(&message),
             },
             TicketError::Misconfigured(detail) => {
@@ -171,7 +187,7 @@ fn classify(
         if error.is(PARAM_VALIDATION_FAILED) {
             let field = Field::lookup(&error.field)
                 .map(|f| f.name().to_owned())
-                .or_else(|| Some(error.field.clone()).filter(|f| !f.is_empty()));
+                .or_else(|| Some(clip(&error.field)).filter(|f| !f.is_empty()));
             return Err(TicketError::Rejected {
                 field,
                 message: clip(&error.message),
@@ -196,8 +212,8 @@ fn classify(
             "{}; check TAPTALK_SERVER_KEY_ID and TAPTALK_SERVER_KEY_SECRET",
             answered()
         ))),
-        404 | 405 => Err(TicketError::Misconfigured(format!(
-            "{}; check TAPTALK_BASE_URL",
+        300..=399 | 404 | 405 => Err(TicketError::Misconfigured(format!(
+            "{}; check TAPTALK_BASE_URL (redirects are not followed)",
             answered()
         ))),
         429 => Err(TicketError::Transient {
@@ -208,6 +224,40 @@ fn classify(
             detail: answered(),
             retry_after: None,
         }),
+    }
+}
+
+/// The most of an answer the client reads; TapTalk's answers are tiny.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Reads a response body, refusing one larger than `limit`.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, TicketError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error("response", e))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(TicketError::transient(format!(
+                "TapTalk answered HTTP {} with a body over {limit} bytes",
+                response.status()
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -362,6 +412,8 @@ mod tests {
             ),
             (403, "forbidden"),
             (404, "not found"),
+            (301, ""),
+            (307, ""),
         ] {
             assert!(
                 matches!(sort(status, body), Err(TicketError::Misconfigured(_))),

@@ -21,13 +21,14 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use std::future::Future;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
+use ticket_worker::breaker::BreakerSettings;
 use ticket_worker::broker::Topology;
 use ticket_worker::configuration::{BrokerSettings, DatabaseSettings, Settings, TaptalkSettings};
 use ticket_worker::fake_taptalk::{FakeTaptalk, Knobs};
 use ticket_worker::retry::RetryPolicy;
 use ticket_worker::shutdown::Shutdown;
 use ticket_worker::startup::Application;
-use ticket_worker::taptalk::{BreakerSettings, ServerKey};
+use ticket_worker::taptalk::ServerKey;
 use ticket_worker::worker::{StatsSnapshot, WorkerStats};
 use tokio::task::JoinHandle;
 
@@ -555,12 +556,13 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
                 max_pause: Duration::from_millis(200),
                 give_up_after: Some(Duration::from_secs(5)),
             },
-            breaker: BreakerSettings {
-                trip_after: Duration::from_secs(2),
-                min_failures: 5,
-            },
-            probe: RetryPolicy::forever(Duration::from_millis(100), Duration::from_millis(500)),
         },
+        breaker: BreakerSettings {
+            trip_after: Duration::from_secs(2),
+            min_failures: 5,
+        },
+        probe: RetryPolicy::forever(Duration::from_millis(100), Duration::from_millis(500)),
+        max_requeues: Some(50),
         prefetch: 32,
         concurrency: 16,
         max_event_bytes: ticket_worker::events::DEFAULT_MAX_EVENT_BYTES,
