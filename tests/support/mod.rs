@@ -179,6 +179,8 @@ pub struct TestBroker {
     pub channel: Channel,
     /// Every dead letter `all_dead_letters` has taken so far.
     dead_seen: Mutex<Vec<Delivery>>,
+    /// Queues a test declared besides the topology, deleted on drop too.
+    extra_queues: Mutex<Vec<String>>,
 }
 
 impl TestBroker {
@@ -217,6 +219,7 @@ impl TestBroker {
             connection,
             channel,
             dead_seen: Mutex::new(Vec::new()),
+            extra_queues: Mutex::new(Vec::new()),
         }
     }
 
@@ -273,6 +276,38 @@ impl TestBroker {
                 "the broker took the event"
             );
         }
+    }
+
+    /// A durable queue bound to the ticket exchange, which (unlike [`tap`])
+    /// survives a broker restart; deleted when this broker is dropped.
+    pub async fn durable_tap_queue(&self) -> String {
+        let name = format!("{}.durable-tap", self.topology.work_queue);
+        self.channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("durable tap queue");
+        self.channel
+            .queue_bind(
+                name.as_str().into(),
+                self.topology.ticket_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the durable tap");
+        self.extra_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.clone());
+        name
     }
 
     /// Starts collecting ticket events (bind before publishing).
@@ -356,6 +391,8 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let topology = self.topology.clone();
+        let extra =
+            std::mem::take(&mut *self.extra_queues.lock().unwrap_or_else(|p| p.into_inner()));
         let _ = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -368,6 +405,11 @@ impl Drop for TestBroker {
                     Connection::connect(&amqp_url(), ConnectionProperties::default()).await
                 {
                     if let Ok(channel) = connection.create_channel().await {
+                        for queue in extra {
+                            let _ = channel
+                                .queue_delete(queue.as_str().into(), Default::default())
+                                .await;
+                        }
                         let _ = topology.delete(&channel).await;
                     }
                     let _ = connection.close(200, "".into()).await;
