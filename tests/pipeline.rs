@@ -718,8 +718,10 @@ async fn a_wrong_server_key_pauses_intake_until_taptalk_accepts_it_again() {
     .await;
     let rejected = h.taptalk.stats().key_rejections;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Probe pauses start at 50-150 ms and double, so one second holds at most
+    // four or five probes; ten queued events would make at least ten requests.
     assert!(
-        h.taptalk.stats().key_rejections - rejected <= 4,
+        h.taptalk.stats().key_rejections - rejected <= 5,
         "only probes reach TapTalk while paused"
     );
     assert!(h.tap.all().is_empty());
