@@ -142,26 +142,31 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let admin = admin_database_url();
-        // The pool belongs to the test's runtime, which is blocked here: leave
-        // it alone; DROP ... WITH (FORCE) ends its connections.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut connection) = PgConnection::connect(&admin).await {
-                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                        .execute(&mut connection)
-                        .await;
-                }
-            });
-        })
-        .join();
+        // The pool belongs to the test's runtime, which may be the one blocked
+        // here: leave it alone; DROP ... WITH (FORCE) ends its connections.
+        run_detached(async move {
+            if let Ok(mut connection) = PgConnection::connect(&admin).await {
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut connection)
+                    .await;
+            }
+        });
     }
+}
+
+/// Runs a clean-up to completion on a runtime and thread of its own: `Drop`
+/// cannot await, and the test's own runtime may be the one dropping.
+fn run_detached(cleanup: impl Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(cleanup);
+        }
+    })
+    .join();
 }
 
 fn database_url_for(admin: &str, database: &str) -> String {
@@ -393,30 +398,21 @@ impl Drop for TestBroker {
         let topology = self.topology.clone();
         let extra =
             std::mem::take(&mut *self.extra_queues.lock().unwrap_or_else(|p| p.into_inner()));
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(connection) =
-                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-                {
-                    if let Ok(channel) = connection.create_channel().await {
-                        for queue in extra {
-                            let _ = channel
-                                .queue_delete(queue.as_str().into(), Default::default())
-                                .await;
-                        }
-                        let _ = topology.delete(&channel).await;
+        run_detached(async move {
+            if let Ok(connection) =
+                Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            {
+                if let Ok(channel) = connection.create_channel().await {
+                    for queue in extra {
+                        let _ = channel
+                            .queue_delete(queue.as_str().into(), Default::default())
+                            .await;
                     }
-                    let _ = connection.close(200, "".into()).await;
+                    let _ = topology.delete(&channel).await;
                 }
-            });
-        })
-        .join();
+                let _ = connection.close(200, "".into()).await;
+            }
+        });
     }
 }
 
