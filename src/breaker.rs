@@ -5,8 +5,10 @@
 //! It opens at once when a dependency refuses the configuration (a wrong
 //! server key or endpoint, a wrong database password, a missing table or
 //! privilege), and after a streak of transient failures that lasted at least
-//! [`BreakerSettings::trip_after`] with no success in between. It closes only
-//! when the worker's probe says the dependency answers again.
+//! [`BreakerSettings::trip_after`], with no success in between, no gap longer
+//! than that, and failures of more than one event (one event that keeps
+//! failing alone is that event's problem, not an outage). It closes only when
+//! the worker's probe says the dependency answers again.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -78,10 +80,15 @@ pub struct Breaker {
     streaks: Arc<Mutex<[Option<Streak>; 2]>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Streak {
     since: Instant,
+    last: Instant,
     failures: u32,
+    /// The event behind the first failure, if any.
+    first_source: Option<String>,
+    /// Whether a second event (or an unattributed call) failed too.
+    several: bool,
 }
 
 fn slot(dependency: Dependency) -> usize {
@@ -106,21 +113,52 @@ impl Breaker {
         self.lock_streaks()[slot(dependency)] = None;
     }
 
-    /// A call to `dependency` failed. Returns `true` when this failure opened
-    /// the breaker.
-    pub fn record_failure(&self, dependency: Dependency, failure: &Failure) -> bool {
+    /// A call to `dependency` made for `source` (an event id; `None` when the
+    /// call served no event in particular) failed. Returns `true` when this
+    /// failure opened the breaker.
+    pub fn record_failure(
+        &self,
+        dependency: Dependency,
+        failure: &Failure,
+        source: Option<&str>,
+    ) -> bool {
+        self.record_failure_at(dependency, failure, source, Instant::now())
+    }
+
+    /// [`Breaker::record_failure`] at a given moment (tests use it so as not to
+    /// depend on the machine's speed).
+    fn record_failure_at(
+        &self,
+        dependency: Dependency,
+        failure: &Failure,
+        source: Option<&str>,
+        now: Instant,
+    ) -> bool {
         match failure {
             Failure::Misconfigured(reason) => self.open(dependency, true, reason.clone()),
             Failure::Transient(detail) => {
                 let outage = {
                     let mut streaks = self.lock_streaks();
-                    let streak = streaks[slot(dependency)].get_or_insert(Streak {
-                        since: Instant::now(),
+                    let entry = &mut streaks[slot(dependency)];
+                    if entry
+                        .as_ref()
+                        .is_some_and(|s| now - s.last > self.settings.trip_after)
+                    {
+                        *entry = None;
+                    }
+                    let streak = entry.get_or_insert_with(|| Streak {
+                        since: now,
+                        last: now,
                         failures: 0,
+                        first_source: source.map(str::to_owned),
+                        several: source.is_none(),
                     });
                     streak.failures += 1;
-                    streak.failures >= self.settings.min_failures
-                        && streak.since.elapsed() >= self.settings.trip_after
+                    streak.last = now;
+                    streak.several |= source.is_none() || streak.first_source.as_deref() != source;
+                    streak.several
+                        && streak.failures >= self.settings.min_failures
+                        && now - streak.since >= self.settings.trip_after
                 };
                 outage
                     && self.open(
@@ -176,6 +214,7 @@ impl Breaker {
     }
 
     fn lock_streaks(&self) -> std::sync::MutexGuard<'_, [Option<Streak>; 2]> {
+        // A panic elsewhere cannot leave a streak half-written: take it as is.
         self.streaks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -194,8 +233,8 @@ mod tests {
     fn misconfiguration_opens_at_once_and_only_once() {
         let breaker = Breaker::new(BreakerSettings::default());
         let bad_key = Failure::Misconfigured("bad key".into());
-        assert!(breaker.record_failure(Dependency::Taptalk, &bad_key));
-        assert!(!breaker.record_failure(Dependency::Postgres, &bad_key));
+        assert!(breaker.record_failure(Dependency::Taptalk, &bad_key, Some("e1")));
+        assert!(!breaker.record_failure(Dependency::Postgres, &bad_key, Some("e1")));
         assert_eq!(
             breaker.health(),
             Health::Down {
@@ -208,17 +247,38 @@ mod tests {
         assert_eq!(breaker.health(), Health::Serving);
     }
 
+    fn ms(start: Instant, millis: u64) -> Instant {
+        start + Duration::from_millis(millis)
+    }
+
     #[test]
     fn transient_failures_need_both_count_and_time() {
         let breaker = Breaker::new(BreakerSettings {
             trip_after: Duration::from_millis(40),
             min_failures: 3,
         });
-        for _ in 0..10 {
-            assert!(!breaker.record_failure(Dependency::Postgres, &transient()));
+        let t0 = Instant::now();
+        for i in 0..10 {
+            let event = format!("e{i}");
+            assert!(!breaker.record_failure_at(
+                Dependency::Postgres,
+                &transient(),
+                Some(&event),
+                ms(t0, i)
+            ));
         }
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(breaker.record_failure(Dependency::Postgres, &transient()));
+        assert!(!breaker.record_failure_at(
+            Dependency::Postgres,
+            &transient(),
+            Some("a"),
+            ms(t0, 30)
+        ));
+        assert!(breaker.record_failure_at(
+            Dependency::Postgres,
+            &transient(),
+            Some("b"),
+            ms(t0, 45)
+        ));
         assert!(matches!(
             breaker.health(),
             Health::Down {
@@ -235,12 +295,53 @@ mod tests {
             trip_after: Duration::from_millis(20),
             min_failures: 2,
         });
-        breaker.record_failure(Dependency::Taptalk, &transient());
-        breaker.record_failure(Dependency::Postgres, &transient());
-        std::thread::sleep(Duration::from_millis(30));
+        let t0 = Instant::now();
+        breaker.record_failure_at(Dependency::Taptalk, &transient(), None, t0);
+        breaker.record_failure_at(Dependency::Postgres, &transient(), None, t0);
+        breaker.record_failure_at(Dependency::Postgres, &transient(), None, ms(t0, 12));
         breaker.record_success(Dependency::Taptalk);
-        assert!(!breaker.record_failure(Dependency::Taptalk, &transient()));
-        assert!(breaker.record_failure(Dependency::Postgres, &transient()));
+        assert!(!breaker.record_failure_at(Dependency::Taptalk, &transient(), None, ms(t0, 24)));
+        assert!(breaker.record_failure_at(Dependency::Postgres, &transient(), None, ms(t0, 24)));
+    }
+
+    #[test]
+    fn one_event_failing_alone_is_not_an_outage() {
+        let breaker = Breaker::new(BreakerSettings {
+            trip_after: Duration::from_millis(20),
+            min_failures: 2,
+        });
+        let t0 = Instant::now();
+        for i in 0..5 {
+            assert!(!breaker.record_failure_at(
+                Dependency::Taptalk,
+                &transient(),
+                Some("poison"),
+                ms(t0, i * 10)
+            ));
+        }
+        assert!(breaker.record_failure_at(
+            Dependency::Taptalk,
+            &transient(),
+            Some("another"),
+            ms(t0, 50)
+        ));
+    }
+
+    #[test]
+    fn a_gap_longer_than_trip_after_starts_a_new_streak() {
+        let breaker = Breaker::new(BreakerSettings {
+            trip_after: Duration::from_millis(30),
+            min_failures: 2,
+        });
+        let t0 = Instant::now();
+        breaker.record_failure_at(Dependency::Taptalk, &transient(), Some("a"), t0);
+        assert!(!breaker.record_failure_at(
+            Dependency::Taptalk,
+            &transient(),
+            Some("b"),
+            ms(t0, 50)
+        ));
+        assert!(!breaker.is_open());
     }
 
     #[tokio::test]

@@ -2,13 +2,19 @@
 //! delivered to the acknowledgement.
 //!
 //! ```text
-//! parse ─▶ already stored? ─▶ stale? ─▶ TapTalk (retry) ─▶ store ─▶ ticket.ready ─▶ ack
-//!   │            │               │            │
-//!   │            └─ re-announce  │            ├─ ParamValidationFailed ─▶ ticket.failed + dead letter
-//!   │                            │            └─ unavailable ─▶ back to the queue
-//!   │                            └─ ticket.failed "expired"
+//! parse ─▶ outcome recorded? ─▶ stale? ─▶ TapTalk (retry) ─▶ store ─▶ ticket.ready ─▶ ack
+//!   │            │                 │            │               │
+//!   │            └─ answer again   │            │               └─ a copy failed first: its failure
+//!   │                              │            ├─ ParamValidationFailed ─▶ failure + dead letter
+//!   │                              │            └─ unavailable ─▶ back to the queue (… retries_exhausted)
+//!   │                              └─ failure "expired"
 //!   └─ ticket.failed "invalid" + dead letter
 //! ```
+//!
+//! Outcomes are recorded in Postgres before they are announced, first writer
+//! wins ([`storage`](crate::storage)), so all copies of an event end the same
+//! way: one stored ticket and `ticket.ready`, or one recorded failure and
+//! `ticket.failed`.
 //!
 //! [`Pipeline::handle`] decides and then settles the delivery; the worker only
 //! feeds it deliveries and watches the outcome. Every call to TapTalk or
@@ -17,10 +23,10 @@
 
 use crate::breaker::{Breaker, Dependency};
 use crate::broker::{DeadLetterNote, Publisher, retries};
-use crate::domain::{IssuedTicket, TicketRecord, TicketRequest};
+use crate::domain::{IssuedTicket, TicketRecord};
 use crate::events::{Envelope, FailureReason, InvalidEvent, LoginEvent, TicketFailed, TicketReady};
 use crate::retry::{RetryPolicy, Verdict, retry};
-use crate::storage::{Saved, StoreError, TicketStore};
+use crate::storage::{Known, Saved, StoreError, StoredFailure, TicketStore};
 use crate::taptalk::{TaptalkClient, TicketError};
 use chrono::Utc;
 use lapin::message::Delivery;
@@ -142,70 +148,50 @@ impl Pipeline {
             Err(invalid) => return invalid_event(invalid),
         };
         tracing::Span::current().record("event_id", tracing::field::display(&event.event_id));
-
-        // A stored ticket wins over everything else: the event was answered.
-        match self.stored(&event).await {
-            Ok(Some(record)) => return Decision::Ready(record, Outcome::AlreadyIssued),
-            Ok(None) => {}
-            Err(error) => {
-                return self.later(
-                    delivery,
-                    &event,
-                    &error.to_string(),
-                    error.is_transient() || error.failure().is_some(),
-                );
-            }
-        }
-        if let Some(failed) = self.stale(&event) {
-            return Decision::Fail {
-                failed: Some(failed),
-                dead_letter: None,
-                outcome: Outcome::Expired,
-            };
+        if self.breaker.is_open() {
+            // Intake is pausing: hand the event back without touching anything.
+            return Decision::RetryLater { count: false };
         }
 
-        let issued = match self.request_ticket(&event.request).await {
+        // An outcome already recorded wins over everything else: every copy of
+        // an event ends the same way.
+        match self
+            .store_call(&event, || self.store.known(&event.event_id))
+            .await
+        {
+            Ok(Known::Issued(record)) => return Decision::Ready(record, Outcome::AlreadyIssued),
+            Ok(Known::Failed(failure)) => return failed(&event, &failure),
+            Ok(Known::Nothing) => {}
+            Err(error) => return self.unavailable(delivery, &event, &error).await,
+        }
+        if let Some(failure) = self.stale(&event) {
+            return self.fail(&event, failure).await;
+        }
+
+        let issued = match self.request_ticket(&event).await {
             Ok(issued) => issued,
             Err(TicketError::Rejected { field, message }) => {
-                let failed = TicketFailed::new(
-                    &event.event_id,
-                    FailureReason::RejectedByUpstream,
-                    message.clone(),
-                    field.as_deref(),
-                )
-                .about(
-                    Some(event.request.xc_user_id()),
-                    Some(event.request.user_device_id()),
-                );
-                return Decision::Fail {
-                    failed: Some(failed),
-                    dead_letter: Some(DeadLetterNote {
-                        reason: FailureReason::RejectedByUpstream.as_str(),
-                        problem: None,
-                        message,
-                        field,
-                    }),
-                    outcome: Outcome::DeadLettered(FailureReason::RejectedByUpstream),
+                let failure = StoredFailure {
+                    reason: FailureReason::RejectedByUpstream,
+                    message,
+                    field,
                 };
+                return self.fail(&event, failure).await;
             }
-            Err(error) => return self.later(delivery, &event, &error.to_string(), true),
+            Err(error) => return self.unavailable(delivery, &event, &error).await,
         };
 
         let record = TicketRecord::new(event.event_id.clone(), &event.request, issued);
-        match self.save(&record).await {
+        match self.store_call(&event, || self.store.save(&record)).await {
             Ok(Saved::Inserted(record)) => Decision::Ready(record, Outcome::Issued),
             Ok(Saved::Existing(record)) => Decision::Ready(record, Outcome::AlreadyIssued),
-            Err(error) => self.later(
-                delivery,
-                &event,
-                &error.to_string(),
-                error.is_transient() || error.failure().is_some(),
-            ),
+            Ok(Saved::Failed(failure)) => failed(&event, &failure),
+            Err(error) => self.unavailable(delivery, &event, &error).await,
         }
     }
 
-    /// `ticket.failed` "expired" when the login is older than `MAX_EVENT_AGE`.
-    fn stale(&self, event: &LoginEvent) -> Option<TicketFailed> {
+    /// The `expired` failure when the login is older than `MAX_EVENT_AGE`.
+    fn stale(&self, event: &LoginEvent) -> Option<StoredFailure> {
         let max = self.policy.max_event_age?;
         let age = event
             .age(Utc::now())?
@@ -217,80 +203,85 @@ impl Pipeline {
             humantime::format_duration(Duration::from_secs(age.as_secs())),
             humantime::format_duration(max)
         );
-        Some(
-            TicketFailed::new(&event.event_id, FailureReason::Expired, message, None).about(
-                Some(event.request.xc_user_id()),
-                Some(event.request.user_device_id()),
-            ),
-        )
+        Some(StoredFailure {
+            reason: FailureReason::Expired,
+            message,
+            field: None,
+        })
     }
 
-    /// No ticket now. `retryable` false: an unexpected error, nacked so the
-    /// delivery limit ends a loop. Otherwise back to the queue: uncounted while
-    /// a dependency is down for everybody, counted (up to `MAX_REQUEUES`) when
-    /// this event failed while others did not.
-    fn later(
+    /// Records a failure as the event's outcome and answers with whichever
+    /// outcome stands: ours, or the one another copy recorded first.
+    async fn fail(&self, event: &LoginEvent, failure: StoredFailure) -> Decision {
+        match self
+            .store_call(event, || {
+                self.store.record_failure(&event.event_id, &failure)
+            })
+            .await
+        {
+            Ok(Known::Failed(stored)) => failed(event, &stored),
+            Ok(Known::Issued(record)) => Decision::Ready(record, Outcome::AlreadyIssued),
+            Ok(Known::Nothing) => Decision::RetryLater { count: false },
+            Err(error) if error.is_transient() || error.failure().is_some() => {
+                tracing::warn!(%error, "cannot record the failure; the event goes back to the queue");
+                Decision::RetryLater { count: false }
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot record the failure");
+                Decision::Requeue
+            }
+        }
+    }
+
+    /// No ticket now, because TapTalk or Postgres did not serve this event.
+    /// Back to the queue: uncounted while a dependency is down for everybody,
+    /// counted when this event failed while others did not, and given up
+    /// after `MAX_REQUEUES` rounds. An error that no retry can fix (neither
+    /// transient nor a configuration problem) is nacked instead, so the
+    /// delivery limit ends a loop.
+    async fn unavailable(
         &self,
         delivery: &Delivery,
         event: &LoginEvent,
-        detail: &str,
-        retryable: bool,
+        error: &(dyn Unavailable + Sync),
     ) -> Decision {
-        if !retryable {
+        let detail = error.to_string();
+        if !error.retryable() {
             tracing::error!(%detail, "unexpected failure; the event goes back to the queue");
             return Decision::Requeue;
         }
         if self.breaker.is_open() {
             return Decision::RetryLater { count: false };
         }
-        let attempts = retries(delivery);
+        let rounds = retries(delivery);
         match self.policy.max_requeues {
-            Some(max) if attempts >= u64::from(max) => {
+            Some(max) if rounds >= u64::from(max) => {
                 let message = format!(
                     "no ticket after {} rounds of retries; last error: {detail}",
-                    attempts + 1
+                    rounds + 1
                 );
                 tracing::warn!(%message, "giving the event up");
-                let failed = TicketFailed::new(
-                    &event.event_id,
-                    FailureReason::RetriesExhausted,
-                    message.clone(),
-                    None,
-                )
-                .about(
-                    Some(event.request.xc_user_id()),
-                    Some(event.request.user_device_id()),
-                );
-                Decision::Fail {
-                    failed: Some(failed),
-                    dead_letter: Some(DeadLetterNote {
-                        reason: FailureReason::RetriesExhausted.as_str(),
-                        problem: None,
-                        message,
-                        field: None,
-                    }),
-                    outcome: Outcome::DeadLettered(FailureReason::RetriesExhausted),
-                }
+                let failure = StoredFailure {
+                    reason: FailureReason::RetriesExhausted,
+                    message,
+                    field: None,
+                };
+                self.fail(event, failure).await
             }
             _ => {
-                tracing::debug!(%detail, attempts, "no ticket now; the event goes back to the queue");
+                tracing::debug!(%detail, rounds, "no ticket now; the event goes back to the queue");
                 Decision::RetryLater { count: true }
             }
         }
     }
 
-    /// The stored ticket of a redelivered event, if any.
-    async fn stored(&self, event: &LoginEvent) -> Result<Option<TicketRecord>, StoreError> {
-        self.store_call(|| self.store.find(&event.event_id)).await
-    }
-
-    async fn save(&self, record: &TicketRecord) -> Result<Saved, StoreError> {
-        self.store_call(|| self.store.save(record)).await
-    }
-
     /// Runs a storage call, retrying while Postgres is briefly unavailable,
     /// and reports every attempt to the breaker.
-    async fn store_call<T, Fut>(&self, call: impl Fn() -> Fut) -> Result<T, StoreError>
+    async fn store_call<T, Fut>(
+        &self,
+        event: &LoginEvent,
+        call: impl Fn() -> Fut,
+    ) -> Result<T, StoreError>
     where
         Fut: Future<Output = Result<T, StoreError>>,
     {
@@ -298,7 +289,7 @@ impl Pipeline {
             &self.policy.store_retry,
             || async {
                 let result = call().await;
-                self.observe_store(&result);
+                self.observe_store(&result, event.event_id.as_str());
                 result
             },
             |error: &StoreError| {
@@ -312,18 +303,19 @@ impl Pipeline {
         .await
     }
 
-    fn observe_store<T>(&self, result: &Result<T, StoreError>) {
+    fn observe_store<T>(&self, result: &Result<T, StoreError>, source: &str) {
         match result.as_ref().map_err(StoreError::failure) {
             Ok(_) | Err(None) => self.breaker.record_success(Dependency::Postgres),
             Err(Some(failure)) => {
-                self.breaker.record_failure(Dependency::Postgres, &failure);
+                self.breaker
+                    .record_failure(Dependency::Postgres, &failure, Some(source));
             }
         }
     }
 
     /// Requests a ticket, retrying transient failures, and gives up early when
     /// the breaker opens (a dependency is down for everybody).
-    async fn request_ticket(&self, request: &TicketRequest) -> Result<IssuedTicket, TicketError> {
+    async fn request_ticket(&self, event: &LoginEvent) -> Result<IssuedTicket, TicketError> {
         let marked_down = || TicketError::Transient {
             detail: "intake is paused: a dependency is down".into(),
             retry_after: None,
@@ -334,11 +326,15 @@ impl Pipeline {
         let attempts = retry(
             &self.policy.upstream_retry,
             || async {
-                let result = self.taptalk.request_ticket(request).await;
+                let result = self.taptalk.request_ticket(&event.request).await;
                 match result.as_ref().map_err(TicketError::failure) {
                     Ok(_) | Err(None) => self.breaker.record_success(Dependency::Taptalk),
                     Err(Some(failure)) => {
-                        self.breaker.record_failure(Dependency::Taptalk, &failure);
+                        self.breaker.record_failure(
+                            Dependency::Taptalk,
+                            &failure,
+                            Some(event.event_id.as_str()),
+                        );
                     }
                 }
                 result
@@ -402,6 +398,59 @@ impl Pipeline {
                 nack(delivery).await
             }
         }
+    }
+}
+
+/// An error that left an event without its ticket for now.
+trait Unavailable: std::fmt::Display {
+    /// Whether trying again later can help.
+    fn retryable(&self) -> bool;
+}
+
+impl Unavailable for TicketError {
+    fn retryable(&self) -> bool {
+        // Rejections are answered before; everything else may pass.
+        true
+    }
+}
+
+impl Unavailable for StoreError {
+    fn retryable(&self) -> bool {
+        self.is_transient() || self.failure().is_some()
+    }
+}
+
+/// The answer for an event whose outcome is a failure.
+fn failed(event: &LoginEvent, failure: &StoredFailure) -> Decision {
+    let ticket_failed = TicketFailed::new(
+        &event.event_id,
+        failure.reason,
+        failure.message.clone(),
+        failure.field.as_deref(),
+    )
+    .about(
+        Some(event.request.xc_user_id()),
+        Some(event.request.user_device_id()),
+    );
+    let dead_letter = matches!(
+        failure.reason,
+        FailureReason::RejectedByUpstream | FailureReason::RetriesExhausted
+    )
+    .then(|| DeadLetterNote {
+        reason: failure.reason.as_str(),
+        problem: None,
+        message: failure.message.clone(),
+        field: failure.field.clone(),
+    });
+    let outcome = if dead_letter.is_some() {
+        Outcome::DeadLettered(failure.reason)
+    } else {
+        Outcome::Expired
+    };
+    Decision::Fail {
+        failed: Some(ticket_failed),
+        dead_letter,
+        outcome,
     }
 }
 

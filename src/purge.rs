@@ -1,6 +1,7 @@
-//! Purging: deletes tickets long after they expired, so `auth_tickets` does
-//! not grow forever. Every replica runs it; deleting is idempotent, so
-//! replicas racing each other only repeat an empty `DELETE`.
+//! Purging: deletes events (their ticket and their outcome) long after the
+//! ticket expired, so the tables do not grow forever. Every replica runs it;
+//! deleting is idempotent, so replicas racing each other only repeat an
+//! empty `DELETE`.
 
 use crate::shutdown::Shutdown;
 use crate::storage::TicketStore;
@@ -9,14 +10,14 @@ use std::time::Duration;
 /// When and what to purge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeSettings {
-    /// Rows whose ticket expired more than this long ago are deleted.
+    /// Events whose ticket expired more than this long ago are deleted.
     pub after: Duration,
     /// How often to look.
     pub every: Duration,
 }
 
-/// Rows deleted per statement.
-const BATCH: i64 = 5_000;
+/// Events deleted per statement, so no statement holds many locks.
+pub const BATCH: i64 = 5_000;
 
 /// Purges every `settings.every` until shutdown.
 pub async fn run(store: TicketStore, settings: PurgeSettings, shutdown: Shutdown) {
@@ -25,7 +26,7 @@ pub async fn run(store: TicketStore, settings: PurgeSettings, shutdown: Shutdown
             _ = tokio::time::sleep(settings.every) => {}
             _ = shutdown.triggered() => return,
         }
-        match store.purge_expired(settings.after, BATCH).await {
+        match purge(&store, settings.after, BATCH, &shutdown).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "purged expired tickets"),
             Err(error) => {
@@ -33,4 +34,22 @@ pub async fn run(store: TicketStore, settings: PurgeSettings, shutdown: Shutdown
             }
         }
     }
+}
+
+/// Deletes batch after batch until none is full, or shutdown is asked for.
+pub async fn purge(
+    store: &TicketStore,
+    after: Duration,
+    batch: i64,
+    shutdown: &Shutdown,
+) -> Result<u64, crate::storage::StoreError> {
+    let mut total = 0;
+    while !shutdown.is_triggered() {
+        let deleted = store.purge_batch(after, batch).await?;
+        total += deleted;
+        if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
+            break;
+        }
+    }
+    Ok(total)
 }

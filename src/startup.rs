@@ -39,10 +39,15 @@ impl Application {
             max_event_age: settings.max_event_age,
             max_requeues: settings.max_requeues,
             upstream_retry: taptalk.retry,
+            // Longer than OUTAGE_AFTER, so that in a real outage the breaker
+            // opens before an event's retries run out (and counts against it).
             store_retry: RetryPolicy {
                 first_pause: Duration::from_millis(100),
                 max_pause: Duration::from_secs(2),
-                give_up_after: Some(Duration::from_secs(10)),
+                give_up_after: Some(
+                    settings.breaker.trip_after.max(Duration::from_secs(5))
+                        + Duration::from_secs(5),
+                ),
             },
         };
         let pipeline = Pipeline::new(
@@ -100,15 +105,20 @@ impl Application {
     }
 }
 
-/// Applies the migrations, waiting (with backoff) for Postgres to come up.
+/// Applies the migrations, waiting (with backoff) while Postgres is down or
+/// refuses the configuration (a wrong password, no such database): like an
+/// outage later on, that waits for an operator instead of exiting.
 pub async fn migrate(store: &TicketStore) -> anyhow::Result<()> {
-    let patience = RetryPolicy::forever(Duration::from_millis(500), Duration::from_secs(30));
     retry(
-        &patience,
+        &crate::configuration::PROBE_PAUSES,
         || store.migrate(),
         |error| match error {
             sqlx::migrate::MigrateError::Execute(e) if crate::storage::is_transient(e) => {
                 tracing::warn!(%error, "cannot reach Postgres to apply migrations; retrying");
+                Verdict::Retry(None)
+            }
+            sqlx::migrate::MigrateError::Execute(e) if crate::storage::is_misconfiguration(e) => {
+                tracing::error!(%error, "Postgres refuses the worker's configuration; check DATABASE_URL; retrying");
                 Verdict::Retry(None)
             }
             _ => Verdict::Stop,

@@ -19,7 +19,7 @@ use crate::breaker::{Dependency, Health};
 use crate::broker::{Publisher, connect};
 use crate::configuration::BrokerSettings;
 use crate::pipeline::{Outcome, Pipeline};
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, Schedule};
 use crate::shutdown::Shutdown;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -27,8 +27,8 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, 
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -38,8 +38,13 @@ use tokio_util::sync::CancellationToken;
 /// again from the shortest pause.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
-/// How long closing a connection, or draining a cancelled consumer, may take.
+/// How long one step with the broker (cancelling a consumer, closing a
+/// connection) may take before the worker gives up on it.
 const BROKER_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long returning prefetched and in-flight messages may take when intake
+/// pauses.
+const PAUSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the worker consumes.
 #[derive(Debug, Clone)]
@@ -121,6 +126,17 @@ pub struct Worker {
     settings: Arc<WorkerSettings>,
     pipeline: Arc<Pipeline>,
     stats: Arc<WorkerStats>,
+    probing: Arc<Mutex<ProbeMemory>>,
+}
+
+/// The probe pauses of the last outage, kept so that an outage that returns
+/// soon after intake resumed continues with long pauses instead of starting
+/// over at one second (a dependency that passes the probe but fails real
+/// calls would otherwise make the worker flap every second).
+#[derive(Debug, Default)]
+struct ProbeMemory {
+    schedule: Option<Schedule>,
+    resumed_at: Option<Instant>,
 }
 
 /// Why a consuming phase ended.
@@ -128,6 +144,13 @@ enum PhaseEnd {
     Shutdown,
     Paused,
     Lost(String),
+}
+
+/// How a pause ended.
+enum PauseEnd {
+    /// Everything in flight went back; wait for the dependency.
+    Drained,
+    Shutdown,
 }
 
 /// Why a session ended.
@@ -151,6 +174,7 @@ impl Worker {
             settings: Arc::new(settings),
             pipeline: Arc::new(pipeline),
             stats: Arc::new(WorkerStats::default()),
+            probing: Arc::new(Mutex::new(ProbeMemory::default())),
         }
     }
 
@@ -286,16 +310,21 @@ impl Worker {
                 .await
             {
                 PhaseEnd::Shutdown => {
-                    let _ = session
+                    let cancel = session
                         .consume
-                        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                        .await;
+                        .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                    let _ = tokio::time::timeout(BROKER_STEP_TIMEOUT, cancel).await;
                     break;
                 }
                 PhaseEnd::Lost(reason) => return self.lose(&mut tasks, reason).await,
                 PhaseEnd::Paused => {
-                    if let Err(reason) = self.pause(session, consumer, &permits, &mut tasks).await {
-                        return self.lose(&mut tasks, reason).await;
+                    match self
+                        .pause(session, consumer, &permits, &mut tasks, shutdown)
+                        .await
+                    {
+                        Ok(PauseEnd::Drained) => {}
+                        Ok(PauseEnd::Shutdown) => break,
+                        Err(reason) => return self.lose(&mut tasks, reason).await,
                     }
                 }
             }
@@ -385,15 +414,16 @@ impl Worker {
     }
 
     /// A dependency is down: stop the consumer, send what was prefetched and
-    /// what is in flight back to the queue (the pipeline does that while the
-    /// breaker is open).
+    /// what is in flight back to the queue (the pipeline does that at once
+    /// while the breaker is open).
     async fn pause(
         &self,
         session: &Session,
         mut consumer: Consumer,
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
-    ) -> Result<(), String> {
+        shutdown: &Shutdown,
+    ) -> Result<PauseEnd, String> {
         self.stats.pauses.fetch_add(1, Ordering::Relaxed);
         if let Health::Down {
             dependency,
@@ -408,39 +438,51 @@ impl Worker {
                 "{dependency} is failing for every event: intake paused, in-flight messages go back to the queue; probing until it answers"
             );
         }
-        let drained = tokio::time::timeout(BROKER_STEP_TIMEOUT, async {
-            session
-                .consume
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await
-                .map_err(|e| e.to_string())?;
+        let cancel = session
+            .consume
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(BROKER_STEP_TIMEOUT, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("RabbitMQ did not confirm the consumer's cancellation".into()),
+        }
+        let drain = async {
             loop {
                 let (permit, next) = next_delivery(permits, &mut consumer).await;
                 match next {
                     Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
                     Some(Err(error)) => return Err(error.to_string()),
-                    None => return Ok(()),
+                    None => break,
                 }
             }
-        })
-        .await;
-        match drained {
-            Ok(result) => result?,
-            Err(_) => return Err("RabbitMQ did not confirm the consumer's cancellation".into()),
-        }
-        while let Some(joined) = tasks.join_next().await {
-            report(joined);
+            while let Some(joined) = tasks.join_next().await {
+                report(joined);
+            }
+            Ok(())
+        };
+        tokio::select! {
+            drained = tokio::time::timeout(PAUSE_DRAIN_TIMEOUT, drain) => match drained {
+                Ok(result) => result?,
+                Err(_) => return Err("prefetched messages did not go back to the queue in time".into()),
+            },
+            _ = shutdown.triggered() => return Ok(PauseEnd::Shutdown),
         }
         if session.broken.is_cancelled() {
             return Err("a channel failed while returning messages to the queue".into());
         }
-        Ok(())
+        Ok(PauseEnd::Drained)
     }
 
     /// Probes the dependency that is down, with growing pauses, until it
     /// answers (`true`) or shutdown is asked for (`false`).
     async fn wait_for_recovery(&self, shutdown: &Shutdown) -> bool {
-        let mut schedule = self.settings.probe.schedule();
+        let mut schedule = {
+            let mut memory = self.probing.lock().unwrap_or_else(|p| p.into_inner());
+            match (memory.schedule.take(), memory.resumed_at) {
+                (Some(schedule), Some(at)) if at.elapsed() < HEALTHY_SESSION => schedule,
+                _ => self.settings.probe.schedule(),
+            }
+        };
         loop {
             let Health::Down { dependency, .. } = self.pipeline.breaker().health() else {
                 return true;
@@ -448,14 +490,20 @@ impl Worker {
             let pause = schedule
                 .next_pause(None)
                 .unwrap_or(self.settings.probe.max_pause);
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+            let probed = tokio::select! {
+                probed = async {
+                    tokio::time::sleep(pause).await;
+                    self.probe(dependency).await
+                } => probed,
                 _ = shutdown.triggered() => return false,
-            }
-            match self.probe(dependency).await {
+            };
+            match probed {
                 Ok(()) => {
                     self.pipeline.breaker().close();
                     tracing::info!(%dependency, "{dependency} answers again; resuming intake");
+                    let mut memory = self.probing.lock().unwrap_or_else(|p| p.into_inner());
+                    memory.schedule = Some(schedule);
+                    memory.resumed_at = Some(Instant::now());
                     return true;
                 }
                 Err((_, error)) => {

@@ -379,3 +379,48 @@ async fn demo_runs_end_to_end_and_prints_the_table() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn run_waits_for_a_database_that_does_not_exist_yet_instead_of_exiting() {
+    let h = Harness::new(Knobs::default()).await;
+    let missing = format!("tw_test_{}", unique());
+    let url = h.db.url.replace(&h.db.name, &missing);
+    let env = worker_env(
+        &url,
+        &h.broker,
+        &h.taptalk.base_url(),
+        &format!("nodb-{}", unique()),
+    );
+    let mut worker = WorkerProcess::spawn(&env);
+    eventually(WAIT, "the configuration error is reported", || async {
+        worker
+            .logs()
+            .contains("Postgres refuses the worker's configuration")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        worker.wait(Duration::from_millis(500)).await.is_none(),
+        "still running, waiting"
+    );
+
+    // The database appears (an operator fixed it): the worker carries on.
+    let create = format!("CREATE DATABASE {missing}");
+    let _drop_it_afterwards = DropDatabase(missing.clone());
+    sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&h.db.pool)
+        .await
+        .expect("create");
+    eventually(WAIT, "migrations applied", || async {
+        worker
+            .logs()
+            .contains("database migrations applied")
+            .then_some(())
+    })
+    .await;
+    h.broker.publish_event(&login_event("cust-late-db")).await;
+    h.tap.wait_for("ticket.ready", 1, WAIT).await;
+    worker.signal("TERM");
+    let status = worker.wait(Duration::from_secs(20)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}

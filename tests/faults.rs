@@ -370,6 +370,13 @@ async fn two_replicas_share_the_queue_with_duplicates_and_malformed_messages() {
     let (messages, ledger) = traffic(300, 2, 20);
     let first = WorkerProcess::spawn(&env);
     let second = WorkerProcess::spawn(&env);
+    eventually(Duration::from_secs(30), "both replicas consume", || async {
+        [&first, &second]
+            .iter()
+            .all(|w| w.logs().contains("connected to RabbitMQ"))
+            .then_some(())
+    })
+    .await;
     publish_paced(&h.broker, &messages, 60, Duration::from_millis(50)).await;
     let report = settle_and_check(&h, &ledger).await;
     for (n, worker) in [&first, &second].into_iter().enumerate() {
@@ -617,7 +624,13 @@ async fn sigterm_under_load() {
     let (messages, ledger) = traffic(300, 1, 10);
     let mut first = WorkerProcess::spawn(&env);
     let stop = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Once it is working (and, with 150 ms+ per request, has events in flight).
+        eventually(
+            Duration::from_secs(30),
+            "the first worker settles events",
+            || async { first.logs().contains("outcome=Issued").then_some(()) },
+        )
+        .await;
         first.signal("TERM");
         let started = Instant::now();
         let status = first

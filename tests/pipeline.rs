@@ -774,12 +774,16 @@ async fn the_worker_purges_long_expired_tickets() {
 async fn a_redelivered_event_that_has_a_ticket_is_announced_even_when_it_is_old_by_now() {
     let h = Harness::new(Knobs::default()).await;
     let mut settings = h.settings();
-    settings.max_event_age = Some(Duration::from_secs(2));
+    settings.max_event_age = Some(Duration::from_secs(4));
     let worker = TestWorker::spawn(settings);
+    eventually(WAIT, "the worker is consuming", || async {
+        (worker.stats().sessions == 1).then_some(())
+    })
+    .await;
     let event = login_event("cust-slow-ack");
     h.broker.publish_event(&event).await;
     h.tap.wait_for("ticket.ready", 1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     h.broker.publish_event(&event).await;
     let ready = h.tap.wait_for("ticket.ready", 2, WAIT).await;
     assert_eq!(ready[0].body, ready[1].body);
@@ -857,5 +861,47 @@ async fn a_missing_table_pauses_intake_and_loses_nothing() {
         .expect("rename back");
     h.tap.wait_for("ticket.ready", 10, WAIT).await;
     assert_eq!(h.db.count().await, 10);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn copies_of_one_event_never_end_both_ready_and_failed() {
+    // Copy A is slow at TapTalk; copy B arrives once the event is too old and
+    // is answered expired. A's ticket must then not be stored or announced.
+    let h = Harness::new(Knobs {
+        latency: Duration::from_secs(3),
+        ..Knobs::default()
+    })
+    .await;
+    let mut settings = h.settings();
+    settings.max_event_age = Some(Duration::from_secs(2));
+    settings.taptalk.timeout = Duration::from_secs(10);
+    let worker = TestWorker::spawn(settings);
+    eventually(WAIT, "the worker is consuming", || async {
+        (worker.stats().sessions == 1).then_some(())
+    })
+    .await;
+
+    let event = login_event("cust-twice");
+    h.broker.publish_event(&event).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    h.broker.publish_event(&event).await;
+    let failed = h.tap.wait_for("ticket.failed", 2, WAIT).await;
+    assert!(
+        failed
+            .iter()
+            .all(|f| f.body["reason"] == "expired" && f.body["eventID"] == event["eventID"])
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        h.tap.ready().is_empty(),
+        "no ticket.ready beside ticket.failed"
+    );
+    assert_eq!(h.db.count().await, 0, "the late ticket was not kept");
+    assert_eq!(
+        h.taptalk.stats().issued,
+        1,
+        "copy A did get a ticket upstream"
+    );
     worker.stop().await;
 }

@@ -62,38 +62,60 @@ impl Drop for Restore {
 
 #[tokio::test]
 async fn rabbitmq_and_postgres_restarts_are_survived() {
+    if std::env::var_os("TEST_SKIP_SERVICE_RESTARTS").is_some() {
+        eprintln!("TEST_SKIP_SERVICE_RESTARTS is set: not restarting the shared services");
+        return;
+    }
+    // Slow enough that both restarts land while events are in flight:
+    // 8 at a time, about 0.5 s each, 200 events: about 12 s of work.
     let h = Harness::new(Knobs {
-        latency: Duration::from_millis(100),
-        latency_jitter: Duration::from_millis(100),
+        latency: Duration::from_millis(400),
+        latency_jitter: Duration::from_millis(200),
         ..Knobs::default()
     })
     .await;
     // The harness's own tap dies with the broker: keep ticket events in a
     // durable queue instead, read after the restarts.
     let tap_queue = h.broker.durable_tap_queue().await;
-
-    let env = worker_env(
+    ticket_worker::storage::MIGRATOR
+        .run(&h.db.pool)
+        .await
+        .expect("migrate");
+    let mut env = worker_env(
         &h.db.url,
         &h.broker,
         &h.taptalk.base_url(),
         &format!("restart-{}", unique()),
     );
+    env.push(("CONCURRENCY", "8".into()));
     let worker = WorkerProcess::spawn(&env);
-    let events: Vec<Value> = (0..300)
+    let first: Vec<Value> = (0..200)
         .map(|i| login_event(&format!("cust-{}", i % 50)))
         .collect();
-    let ids: HashSet<String> = events
-        .iter()
-        .filter_map(|e| e["eventID"].as_str().map(str::to_owned))
-        .collect();
-    h.broker.publish_events(&events).await;
+    h.broker.publish_events(&first).await;
 
     let _restore = Restore;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    eventually(Duration::from_secs(30), "work under way", || async {
+        (h.db.count().await >= 10).then_some(())
+    })
+    .await;
+    let before_broker = h.db.count().await;
+    assert!(
+        before_broker < 150,
+        "the broker restart lands mid-flight ({before_broker} done)"
+    );
     assert!(run("rabbitmqctl", &["-q", "stop_app"]), "stop RabbitMQ");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(run("rabbitmqctl", &["-q", "start_app"]), "start RabbitMQ");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(Duration::from_secs(60), "work resumed", || async {
+        (h.db.count().await >= before_broker + 10).then_some(())
+    })
+    .await;
+    let before_postgres = h.db.count().await;
+    assert!(
+        before_postgres < 200,
+        "the Postgres restart lands mid-flight ({before_postgres} done)"
+    );
     assert!(
         run(
             "pg_ctlcluster",
@@ -107,7 +129,31 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
         "restart Postgres"
     );
 
-    // Every event gets its row, once.
+    // A second batch, published on a new connection after both restarts.
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("reconnect");
+    let channel = connection.create_channel().await.expect("channel");
+    let second: Vec<Value> = (0..20).map(|i| login_event(&format!("late-{i}"))).collect();
+    for event in &second {
+        channel
+            .basic_publish(
+                h.broker.topology.login_exchange.as_str().into(),
+                "login".into(),
+                Default::default(),
+                event.to_string().as_bytes(),
+                json_properties(),
+            )
+            .await
+            .expect("publish");
+    }
+    let ids: HashSet<String> = first
+        .iter()
+        .chain(&second)
+        .filter_map(|e| e["eventID"].as_str().map(str::to_owned))
+        .collect();
+
+    // Every event gets its row, once, and its ticket.ready.
     eventually(Duration::from_secs(120), "every event stored", || async {
         (h.db.count().await == ids.len() as i64).then_some(())
     })
@@ -117,12 +163,6 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
         .await
         .expect("rows");
     assert_eq!(stored.into_iter().collect::<HashSet<_>>(), ids);
-
-    // And its ticket.ready, after the last restart too.
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("reconnect");
-    let channel = connection.create_channel().await.expect("channel");
     let mut announced = HashSet::new();
     let started = Instant::now();
     while announced != ids && started.elapsed() < Duration::from_secs(60) {
@@ -161,7 +201,8 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
         "the worker reconnected ({sessions} sessions)"
     );
     println!(
-        "scenario restarts: sent {} events; faults: RabbitMQ stop_app/start_app, then a Postgres restart; outcome: {} rows, {} announced, {sessions} broker sessions",
+        "scenario restarts: sent {} events; faults: RabbitMQ stop_app/start_app after {before_broker} were stored, \
+         a Postgres restart after {before_postgres}, 20 more published after both; outcome: {} rows, {} announced, {sessions} broker sessions",
         ids.len(),
         ids.len(),
         announced.len()

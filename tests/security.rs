@@ -41,11 +41,13 @@ impl RabbitUser {
                 .is_ok_and(|s| s.success())
         };
         assert!(ok(&["add_user", &name, &password]), "rabbitmqctl add_user");
+        // From here on the guard deletes the user, whatever happens next.
+        let user = RabbitUser { name, password };
         assert!(
-            ok(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]),
+            ok(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]),
             "rabbitmqctl set_permissions"
         );
-        RabbitUser { name, password }
+        user
     }
 
     fn url(&self, password: &str, host_port: &str, scheme: &str) -> String {
@@ -341,9 +343,15 @@ async fn tls_to_rabbitmq_postgres_and_taptalk() {
 
     // Without the CA the certificate is refused: TLS is verified, not just used.
     let mut untrusted = WorkerProcess::spawn(&env);
-    eventually(WAIT, "the untrusted certificate is refused", || async {
+    eventually(WAIT, "the untrusted certificates are refused", || async {
         let logs = untrusted.logs().to_lowercase();
-        (logs.contains("not usable at start") && logs.contains("certificate")).then_some(())
+        let taptalk = logs
+            .lines()
+            .any(|l| l.contains("not usable at start") && l.contains("certificate"));
+        let rabbitmq = logs
+            .lines()
+            .any(|l| l.contains("cannot start a rabbitmq session") && l.contains("certificate"));
+        (taptalk && rabbitmq).then_some(())
     })
     .await;
     untrusted.signal("TERM");

@@ -5,9 +5,12 @@
 mod support;
 
 use chrono::{SubsecRound, TimeDelta, Utc};
+use std::time::Duration;
 use support::TestDb;
 use ticket_worker::domain::{AuthTicket, EventId, Platform, TicketRecord};
-use ticket_worker::storage::{MIGRATOR, Saved, TicketStore};
+use ticket_worker::events::FailureReason;
+use ticket_worker::shutdown::Shutdown;
+use ticket_worker::storage::{Known, MIGRATOR, Saved, StoredFailure, TicketStore};
 
 fn record(
     event: &str,
@@ -74,8 +77,15 @@ async fn saving_is_idempotent_per_event_even_under_concurrency() {
     let mut tickets = std::collections::HashSet::new();
     for racer in racers {
         let saved = racer.await.expect("task").expect("save");
-        inserted += usize::from(matches!(saved, Saved::Inserted(_)));
-        tickets.insert(saved.record().ticket.expose().to_owned());
+        let record = match saved {
+            Saved::Inserted(record) => {
+                inserted += 1;
+                record
+            }
+            Saved::Existing(record) => record,
+            Saved::Failed(failure) => panic!("no failure was recorded: {failure:?}"),
+        };
+        tickets.insert(record.ticket.expose().to_owned());
     }
     assert_eq!((inserted, tickets.len()), (1, 1));
     assert_eq!(db.count().await, 2);
@@ -198,6 +208,7 @@ async fn the_ticket_reader_role_reads_tickets_and_nothing_else() {
     for forbidden in [
         "SELECT * FROM customer_secrets",
         "SELECT * FROM _sqlx_migrations",
+        "SELECT * FROM event_outcomes",
         "DELETE FROM auth_tickets",
         "UPDATE auth_tickets SET ticket = 'x'",
         "INSERT INTO auth_tickets (event_id) VALUES ('x')",
@@ -225,7 +236,7 @@ async fn the_ticket_reader_role_reads_tickets_and_nothing_else() {
 }
 
 #[tokio::test]
-async fn tickets_long_expired_are_purged_and_current_ones_kept() {
+async fn events_long_decided_are_purged_with_their_tickets_and_recent_ones_kept() {
     let db = TestDb::migrated().await;
     let store = TicketStore::from_pool(db.pool.clone());
     let mut records: Vec<TicketRecord> = (0..7)
@@ -234,10 +245,19 @@ async fn tickets_long_expired_are_purged_and_current_ones_kept() {
     records.push(record("recently-expired", "ana", "phone", "t", 90));
     records.push(record("current", "ana", "phone", "t", 5));
     insert(&store, &records).await;
-    let deleted = store
-        .purge_expired(std::time::Duration::from_secs(24 * 3600), 3)
+    let failure = StoredFailure {
+        reason: FailureReason::Expired,
+        message: "late".into(),
+        field: None,
+    };
+    store
+        .record_failure(&EventId::parse("failed-just-now").expect("id"), &failure)
         .await
-        .expect("purge");
+        .expect("record");
+    let deleted =
+        ticket_worker::purge::purge(&store, Duration::from_secs(24 * 3600), 3, &Shutdown::new())
+            .await
+            .expect("purge");
     assert_eq!(deleted, 7, "in batches of 3");
     let left: Vec<String> =
         sqlx::query_scalar("SELECT event_id FROM auth_tickets ORDER BY event_id")
@@ -245,4 +265,101 @@ async fn tickets_long_expired_are_purged_and_current_ones_kept() {
             .await
             .expect("rows");
     assert_eq!(left, ["current", "recently-expired"]);
+    let outcomes: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outcomes")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        outcomes, 3,
+        "outcomes go with their tickets; the recent failure stays"
+    );
+}
+
+#[tokio::test]
+async fn the_first_outcome_recorded_for_an_event_wins() {
+    let db = TestDb::migrated().await;
+    let store = TicketStore::from_pool(db.pool.clone());
+    let expired = StoredFailure {
+        reason: FailureReason::Expired,
+        message: "too late".into(),
+        field: None,
+    };
+
+    // A failure first: a later ticket for the event is not kept.
+    let id = EventId::parse("failed-first").expect("id");
+    assert_eq!(
+        store.record_failure(&id, &expired).await.expect("record"),
+        Known::Failed(expired.clone())
+    );
+    assert_eq!(
+        store
+            .save(&record("failed-first", "ana", "phone", "t-late", 0))
+            .await
+            .expect("save"),
+        Saved::Failed(expired.clone())
+    );
+    assert_eq!(store.find(&id).await.expect("find"), None);
+    assert_eq!(
+        store.known(&id).await.expect("known"),
+        Known::Failed(expired.clone())
+    );
+
+    // A ticket first: a later failure gives way to it.
+    let issued = record("issued-first", "ana", "phone", "t-1", 0);
+    store.save(&issued).await.expect("save");
+    let id = issued.event_id.clone();
+    assert_eq!(
+        store.record_failure(&id, &expired).await.expect("record"),
+        Known::Issued(issued.clone())
+    );
+    assert_eq!(
+        store.known(&id).await.expect("known"),
+        Known::Issued(issued)
+    );
+
+    // Racing: a failure and tickets for one event at once; one outcome stands.
+    for round in 0..20 {
+        let event = format!("race-{round}");
+        let saves: Vec<_> = (0..4)
+            .map(|i| {
+                let store = store.clone();
+                let record = record(&event, "u", "d", &format!("t-{i}"), 0);
+                tokio::spawn(async move {
+                    store
+                        .save(&record)
+                        .await
+                        .map(|s| matches!(s, Saved::Inserted(_)))
+                })
+            })
+            .collect();
+        let failure = {
+            let (store, expired, id) = (
+                store.clone(),
+                expired.clone(),
+                EventId::parse(&event).expect("id"),
+            );
+            tokio::spawn(async move { store.record_failure(&id, &expired).await })
+        };
+        let inserted: usize = futures_util::future::join_all(saves)
+            .await
+            .into_iter()
+            .map(|r| usize::from(r.expect("task").expect("save")))
+            .sum();
+        let known = failure.await.expect("task").expect("record");
+        let id = EventId::parse(&event).expect("id");
+        match store.known(&id).await.expect("known") {
+            Known::Issued(_) => {
+                assert_eq!((inserted, matches!(known, Known::Issued(_))), (1, true))
+            }
+            Known::Failed(_) => {
+                assert_eq!(inserted, 0);
+                assert_eq!(
+                    store.find(&id).await.expect("find"),
+                    None,
+                    "no ticket beside a failure"
+                );
+            }
+            Known::Nothing => panic!("an outcome was recorded"),
+        }
+    }
 }

@@ -57,6 +57,17 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    pub fn parse(raw: &str) -> Option<FailureReason> {
+        [
+            FailureReason::Invalid,
+            FailureReason::Expired,
+            FailureReason::RejectedByUpstream,
+            FailureReason::RetriesExhausted,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == raw)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::Invalid => "invalid",

@@ -140,10 +140,20 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = admin_database_url();
         // The pool belongs to the test's runtime, which may be the one blocked
         // here: leave it alone; DROP ... WITH (FORCE) ends its connections.
+        drop(DropDatabase(self.name.clone()));
+    }
+}
+
+/// Drops the database of this name when dropped (for databases a test
+/// creates itself, rather than through [`TestDb`]).
+pub struct DropDatabase(pub String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let admin = admin_database_url();
         run_detached(async move {
             if let Ok(mut connection) = PgConnection::connect(&admin).await {
                 let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");

@@ -1,0 +1,171 @@
+//! `event_outcomes`: the final outcome of each login event, first writer wins.
+//!
+//! Several copies of one event can be in flight at once (a duplicate publish,
+//! a redelivery, another replica). Whichever copy first records an outcome —
+//! a stored ticket or a failure — decides it for all of them, so one event
+//! never gets both `ticket.ready` and `ticket.failed`.
+
+use super::tickets::Row;
+use super::{StoreError, TicketStore};
+use crate::domain::{EventId, TicketRecord};
+use crate::events::FailureReason;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// A failure recorded as an event's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFailure {
+    pub reason: FailureReason,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+/// What the database knows about an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Known {
+    /// No outcome yet.
+    Nothing,
+    /// Its ticket is stored.
+    Issued(TicketRecord),
+    /// It failed; every copy answers with this failure.
+    Failed(StoredFailure),
+}
+
+#[derive(sqlx::FromRow)]
+struct OutcomeRow {
+    outcome: String,
+    reason: Option<String>,
+    message: Option<String>,
+    field: Option<String>,
+    t_event_id: Option<String>,
+    xc_user_id: Option<String>,
+    user_id: Option<String>,
+    user_device_id: Option<String>,
+    user_platform: Option<String>,
+    ticket: Option<String>,
+    issued_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl TicketStore {
+    /// The outcome of an event, with its ticket when it was issued.
+    #[tracing::instrument(name = "storage.known", skip_all, fields(event_id = %event_id))]
+    pub async fn known(&self, event_id: &EventId) -> Result<Known, StoreError> {
+        let row: Option<OutcomeRow> = sqlx::query_as(
+            "SELECT o.outcome, o.reason, o.message, o.field,
+                    t.event_id AS t_event_id, t.xc_user_id, t.user_id, t.user_device_id,
+                    t.user_platform, t.ticket, t.issued_at, t.expires_at
+             FROM event_outcomes o LEFT JOIN auth_tickets t ON t.event_id = o.event_id
+             WHERE o.event_id = $1",
+        )
+        .bind(event_id.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else {
+            return Ok(Known::Nothing);
+        };
+        if row.outcome == "failed" {
+            let reason = row
+                .reason
+                .as_deref()
+                .and_then(FailureReason::parse)
+                .ok_or_else(|| {
+                    StoreError::Failed("event_outcomes row has an invalid reason".into())
+                })?;
+            return Ok(Known::Failed(StoredFailure {
+                reason,
+                message: row.message.unwrap_or_default(),
+                field: row.field,
+            }));
+        }
+        let ticket = match (
+            row.t_event_id,
+            row.xc_user_id,
+            row.user_id,
+            row.user_device_id,
+            row.user_platform,
+            row.ticket,
+            row.issued_at,
+            row.expires_at,
+        ) {
+            (
+                Some(event_id),
+                Some(xc_user_id),
+                Some(user_id),
+                Some(user_device_id),
+                Some(user_platform),
+                Some(ticket),
+                Some(issued_at),
+                Some(expires_at),
+            ) => Row {
+                event_id,
+                xc_user_id,
+                user_id,
+                user_device_id,
+                user_platform,
+                ticket,
+                issued_at,
+                expires_at,
+            },
+            // Issued, but the ticket was purged in between: nothing usable.
+            _ => return Ok(Known::Nothing),
+        };
+        Ok(Known::Issued(TicketRecord::try_from(ticket)?))
+    }
+
+    /// Records a failure as the event's outcome, unless it already has one;
+    /// returns the outcome that stands (ours, or the one recorded first).
+    #[tracing::instrument(name = "storage.record_failure", skip_all, fields(event_id = %event_id, reason = failure.reason.as_str()))]
+    pub async fn record_failure(
+        &self,
+        event_id: &EventId,
+        failure: &StoredFailure,
+    ) -> Result<Known, StoreError> {
+        let recorded = sqlx::query(
+            "INSERT INTO event_outcomes (event_id, outcome, reason, message, field)
+             VALUES ($1, 'failed', $2, $3, $4)
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event_id.as_str())
+        .bind(failure.reason.as_str())
+        .bind(&failure.message)
+        .bind(&failure.field)
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            == 1;
+        if recorded {
+            return Ok(Known::Failed(failure.clone()));
+        }
+        match self.known(event_id).await? {
+            Known::Nothing => Err(StoreError::Failed(format!(
+                "event {event_id} conflicted with an outcome that is gone (purged meanwhile?)"
+            ))),
+            known => Ok(known),
+        }
+    }
+
+    /// Deletes up to `batch` events decided more than `older_than` + 1 hour ago
+    /// (for tickets: expired more than `older_than` ago), outcome and ticket
+    /// together in one statement; returns how many events went.
+    #[tracing::instrument(name = "storage.purge_batch", skip(self))]
+    pub async fn purge_batch(&self, older_than: Duration, batch: i64) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "WITH doomed AS (
+                 SELECT event_id FROM event_outcomes
+                 WHERE decided_at < now() - make_interval(secs => $1) - interval '1 hour'
+                 LIMIT $2
+             ),
+             tickets AS (
+                 DELETE FROM auth_tickets WHERE event_id IN (SELECT event_id FROM doomed)
+             )
+             DELETE FROM event_outcomes WHERE event_id IN (SELECT event_id FROM doomed)",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(batch)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(deleted)
+    }
+}
