@@ -222,7 +222,7 @@ impl Pipeline {
             Ok(Known::Failed(stored)) => failed(event, &stored),
             Ok(Known::Issued(record)) => Decision::Ready(record, Outcome::AlreadyIssued),
             Ok(Known::Nothing) => Decision::RetryLater { count: false },
-            Err(error) if error.is_transient() || error.failure().is_some() => {
+            Err(error) if error.retryable() => {
                 tracing::warn!(%error, "cannot record the failure; the event goes back to the queue");
                 Decision::RetryLater { count: false }
             }
