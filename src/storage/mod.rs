@@ -120,6 +120,9 @@ impl TicketStore {
             .max_connections(max_connections)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
+            // No ping before every statement: a dead connection fails its
+            // statement instead, which the pipeline retries on another one.
+            .test_before_acquire(false)
             .connect_lazy_with(options);
         Ok(TicketStore { pool })
     }
