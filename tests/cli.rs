@@ -120,12 +120,7 @@ async fn run_processes_events_and_exits_0_on_sigterm() {
     h.broker.publish_events(&events).await;
     h.tap.wait_for("ticket.ready", 20, WAIT).await;
 
-    worker.signal("TERM");
-    let status = worker
-        .wait(Duration::from_secs(20))
-        .await
-        .expect("exits after SIGTERM");
-    assert_eq!(status.code(), Some(0), "{}", worker.logs());
+    assert_eq!(worker.terminate().await, Some(0), "{}", worker.logs());
     let logs = worker.logs();
     assert!(
         logs.contains("shutdown requested") && logs.contains("worker stopped"),
@@ -420,7 +415,5 @@ async fn run_waits_for_a_database_that_does_not_exist_yet_instead_of_exiting() {
     .await;
     h.broker.publish_event(&login_event("cust-late-db")).await;
     h.tap.wait_for("ticket.ready", 1, WAIT).await;
-    worker.signal("TERM");
-    let status = worker.wait(Duration::from_secs(20)).await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert_eq!(worker.terminate().await, Some(0));
 }

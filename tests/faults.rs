@@ -656,14 +656,7 @@ async fn sigterm_under_load() {
         ),
         &report,
     );
-    second.signal("TERM");
-    assert_eq!(
-        second
-            .wait(Duration::from_secs(10))
-            .await
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(second.terminate().await, Some(0));
 
     // A grace period shorter than the work: unfinished events go back to the
     // queue and the worker exits promptly; the next worker finishes them.

@@ -120,14 +120,7 @@ async fn secrets_never_reach_the_logs_at_any_level() {
     .await;
     h.taptalk.set_knobs(Knobs::default());
     h.tap.wait_for("ticket.ready", 16, WAIT).await;
-    worker.signal("TERM");
-    assert_eq!(
-        worker
-            .wait(Duration::from_secs(20))
-            .await
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(worker.terminate().await, Some(0));
 
     // A worker given a wrong RabbitMQ password reports it without echoing it.
     let wrong_password = format!("Wrong-Pw-{}", unique());
@@ -145,8 +138,7 @@ async fn secrets_never_reach_the_logs_at_any_level() {
             .then_some(())
     })
     .await;
-    refused.signal("TERM");
-    refused.wait(Duration::from_secs(20)).await;
+    refused.terminate().await;
 
     let header = server_key().header_value().expose_secret().to_owned();
     let tickets: Vec<String> = h
@@ -332,14 +324,7 @@ async fn tls_to_rabbitmq_postgres_and_taptalk() {
         !encrypted.is_empty() && encrypted.iter().all(|ssl| *ssl),
         "Postgres connections use TLS: {encrypted:?}"
     );
-    worker.signal("TERM");
-    assert_eq!(
-        worker
-            .wait(Duration::from_secs(20))
-            .await
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(worker.terminate().await, Some(0));
 
     // Without the CA the certificate is refused: TLS is verified, not just used.
     let mut untrusted = WorkerProcess::spawn(&env);
@@ -354,8 +339,7 @@ async fn tls_to_rabbitmq_postgres_and_taptalk() {
         (taptalk && rabbitmq).then_some(())
     })
     .await;
-    untrusted.signal("TERM");
-    untrusted.wait(Duration::from_secs(20)).await;
+    untrusted.terminate().await;
     println!(
         "tls: {} amqps and {} https handshakes; {} Postgres connections, all with ssl",
         amqps.handshakes(),

@@ -781,6 +781,15 @@ impl WorkerProcess {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends SIGTERM and waits up to 20 s; the exit code, `None` if it did
+    /// not exit (or was killed by a signal).
+    pub async fn terminate(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.wait(Duration::from_secs(20))
+            .await
+            .and_then(|s| s.code())
+    }
 }
 
 impl Drop for WorkerProcess {
