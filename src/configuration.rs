@@ -6,6 +6,7 @@
 use crate::breaker::BreakerSettings;
 use crate::broker::Topology;
 use crate::purge::PurgeSettings;
+use crate::relay::RelaySettings;
 use crate::retry::RetryPolicy;
 use crate::taptalk::ServerKey;
 use secrecy::{ExposeSecret, SecretString};
@@ -262,6 +263,14 @@ pub struct RunArgs {
     /// Do not apply database migrations at start
     #[arg(long, env = "SKIP_MIGRATIONS", value_name = "SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
+    /// A stored outcome whose ticket event is not confirmed after this long is published from the outbox
+    #[arg(
+        long,
+        env = "OUTBOX_RELAY_AFTER",
+        value_name = "OUTBOX_RELAY_AFTER",
+        default_value = "10s"
+    )]
+    pub outbox_relay_after: String,
 }
 
 impl RunArgs {
@@ -378,6 +387,8 @@ pub struct Settings {
     pub migrate: bool,
     /// `None`: never purge.
     pub purge: Option<PurgeSettings>,
+    /// When unconfirmed ticket events are published from the outbox.
+    pub relay: RelaySettings,
 }
 
 impl Settings {
@@ -424,6 +435,10 @@ impl Settings {
                 let every = positive_duration("PURGE_EVERY", &args.purge_every)?;
                 (!after.is_zero()).then_some(PurgeSettings { after, every })
             },
+            relay: RelaySettings::new(positive_duration(
+                "OUTBOX_RELAY_AFTER",
+                &args.outbox_relay_after,
+            )?),
         })
     }
 }
@@ -467,6 +482,21 @@ impl BrokerSettings {
             topology: Topology::from_args(&args.names)?,
             reconnect: RECONNECT_PAUSES,
         })
+    }
+}
+
+impl BrokerSettings {
+    /// The RabbitMQ user the worker logs in as, when it uses a user name and
+    /// password (not `auth_mechanism=external` or `anonymous`): the `user_id` RabbitMQ lets
+    /// the worker put on the messages it publishes.
+    pub fn login_user(&self) -> Option<String> {
+        let uri = lapin::uri::AMQPUri::from_str(self.amqp_url.expose_secret()).ok()?;
+        use lapin::uri::SASLMechanism;
+        let by_password = matches!(
+            uri.query.auth_mechanism,
+            None | Some(SASLMechanism::Plain | SASLMechanism::AMQPlain)
+        );
+        by_password.then_some(uri.authority.userinfo.username)
     }
 }
 

@@ -11,8 +11,10 @@
 //! 5. [`taptalk::TaptalkClient`] requests the ticket, retried by [`retry`];
 //!    every TapTalk and Postgres call reports to the [`breaker`], which pauses
 //!    intake when one of them fails for everybody;
-//! 6. [`storage`] saves the row; [`broker::Publisher`] publishes
-//!    [`events::TicketReady`] with a confirm; the delivery is acknowledged.
+//! 6. [`storage`] saves the row and its announcement (the outbox) in one
+//!    statement; [`broker::Publisher`] publishes [`events::TicketReady`] with
+//!    a confirm; the delivery is acknowledged. The [`relay`] publishes any
+//!    announcement whose delivery was lost before that.
 //!
 //! Around it: [`configuration`] (settings and their checks), [`startup`]
 //! (wiring), [`telemetry`] (logs), [`shutdown`] (the stop signal), [`purge`]
@@ -31,6 +33,7 @@ pub mod fake_taptalk;
 pub mod pipeline;
 pub mod publish;
 pub mod purge;
+pub mod relay;
 pub mod retry;
 pub mod shutdown;
 pub mod startup;

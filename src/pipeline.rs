@@ -22,11 +22,11 @@
 //! them fails for everybody.
 
 use crate::breaker::{Breaker, Dependency};
-use crate::broker::{DeadLetterNote, Publisher, retries};
+use crate::broker::{DeadLetterNote, PublishError, Publisher, copies};
 use crate::domain::{IssuedTicket, TicketRecord};
 use crate::events::{Envelope, FailureReason, InvalidEvent, LoginEvent, TicketFailed, TicketReady};
 use crate::retry::{RetryPolicy, Verdict, retry};
-use crate::storage::{Known, Saved, StoreError, StoredFailure, TicketStore};
+use crate::storage::{Announced, Known, Saved, StoreError, StoredFailure, TicketStore};
 use crate::taptalk::{TaptalkClient, TicketError};
 use chrono::Utc;
 use lapin::message::Delivery;
@@ -78,6 +78,8 @@ enum Decision {
         failed: Option<TicketFailed>,
         dead_letter: Option<DeadLetterNote>,
         outcome: Outcome,
+        /// The failure is a recorded outcome, announced from the outbox too.
+        recorded: bool,
     },
     /// Back to the queue; `count`: the event's own failure, not an outage.
     RetryLater {
@@ -93,6 +95,8 @@ pub struct Pipeline {
     taptalk: TaptalkClient,
     breaker: Breaker,
     policy: EventPolicy,
+    /// Events whose ticket event is confirmed; their outbox rows can go.
+    announced: Announced,
 }
 
 impl Pipeline {
@@ -107,7 +111,14 @@ impl Pipeline {
             taptalk,
             breaker,
             policy,
+            announced: Announced::default(),
         }
+    }
+
+    /// The events announced so far whose outbox rows are still to be deleted
+    /// (the [relay](crate::relay) deletes them).
+    pub fn announced(&self) -> &Announced {
+        &self.announced
     }
 
     pub fn breaker(&self) -> &Breaker {
@@ -129,13 +140,13 @@ impl Pipeline {
         fields(delivery_tag = delivery.delivery_tag, redelivered = delivery.redelivered, event_id = tracing::field::Empty)
     )]
     pub async fn handle(&self, delivery: &Delivery, bus: &Publisher) -> Outcome {
-        let decision = self.decide(delivery).await;
+        let decision = self.decide(delivery, bus).await;
         let outcome = self.settle(delivery, bus, decision).await;
         tracing::debug!(?outcome, "settled");
         outcome
     }
 
-    async fn decide(&self, delivery: &Delivery) -> Decision {
+    async fn decide(&self, delivery: &Delivery, bus: &Publisher) -> Decision {
         let properties = &delivery.properties;
         let envelope = Envelope {
             content_type: properties.content_type().as_ref().map(|s| s.as_str()),
@@ -148,6 +159,17 @@ impl Pipeline {
             Err(invalid) => return invalid_event(invalid),
         };
         tracing::Span::current().record("event_id", tracing::field::display(&event.event_id));
+        if copies::is_landmine(&delivery.properties, bus.frame_max()) {
+            // Its headers fill RabbitMQ's frame: a redelivery (which adds
+            // x-delivery-count) would not fit, and would break the connection
+            // of whichever worker got it. Put a trimmed copy back first.
+            tracing::warn!(
+                header_frame_bytes = copies::header_frame_len(&delivery.properties),
+                frame_max = bus.frame_max(),
+                "a login event's headers nearly fill RabbitMQ's frame size; a copy with trimmed headers goes back to the queue in its place"
+            );
+            return Decision::RetryLater { count: false };
+        }
         if self.breaker.is_open() {
             // Intake is pausing: hand the event back without touching anything.
             return Decision::RetryLater { count: false };
@@ -162,7 +184,7 @@ impl Pipeline {
             Ok(Known::Issued(record)) => return Decision::Ready(record, Outcome::AlreadyIssued),
             Ok(Known::Failed(failure)) => return failed(&event, &failure),
             Ok(Known::Nothing) => {}
-            Err(error) => return self.unavailable(delivery, &event, &error).await,
+            Err(error) => return self.unavailable(delivery, bus, &event, &error).await,
         }
         if let Some(failure) = self.stale(&event) {
             return self.fail(&event, failure).await;
@@ -178,15 +200,22 @@ impl Pipeline {
                 };
                 return self.fail(&event, failure).await;
             }
-            Err(error) => return self.unavailable(delivery, &event, &error).await,
+            Err(error) => return self.unavailable(delivery, bus, &event, &error).await,
         };
 
         let record = TicketRecord::new(event.event_id.clone(), &event.request, issued);
-        match self.store_call(&event, || self.store.save(&record)).await {
+        let ready = match serde_json::to_string(&TicketReady::for_record(&record)) {
+            Ok(ready) => ready,
+            Err(error) => return encoding_failed(&error),
+        };
+        match self
+            .store_call(&event, || self.store.save(&record, &ready))
+            .await
+        {
             Ok(Saved::Inserted(record)) => Decision::Ready(record, Outcome::Issued),
             Ok(Saved::Existing(record)) => Decision::Ready(record, Outcome::AlreadyIssued),
             Ok(Saved::Failed(failure)) => failed(&event, &failure),
-            Err(error) => self.unavailable(delivery, &event, &error).await,
+            Err(error) => self.unavailable(delivery, bus, &event, &error).await,
         }
     }
 
@@ -213,9 +242,21 @@ impl Pipeline {
     /// Records a failure as the event's outcome and answers with whichever
     /// outcome stands: ours, or the one another copy recorded first.
     async fn fail(&self, event: &LoginEvent, failure: StoredFailure) -> Decision {
+        let announcement = match &failed(event, &failure) {
+            Decision::Fail {
+                failed: Some(failed),
+                ..
+            } => serde_json::to_string(failed),
+            _ => Ok(String::new()),
+        };
+        let announcement = match announcement {
+            Ok(announcement) => announcement,
+            Err(error) => return encoding_failed(&error),
+        };
         match self
             .store_call(event, || {
-                self.store.record_failure(&event.event_id, &failure)
+                self.store
+                    .record_failure(&event.event_id, &failure, &announcement)
             })
             .await
         {
@@ -242,6 +283,7 @@ impl Pipeline {
     async fn unavailable(
         &self,
         delivery: &Delivery,
+        bus: &Publisher,
         event: &LoginEvent,
         error: &(dyn Unavailable + Sync),
     ) -> Decision {
@@ -253,7 +295,7 @@ impl Pipeline {
         if self.breaker.is_open() {
             return Decision::RetryLater { count: false };
         }
-        let rounds = retries(delivery);
+        let rounds = bus.retries(delivery);
         match self.policy.max_requeues {
             Some(max) if rounds >= u64::from(max) => {
                 let message = format!(
@@ -363,18 +405,31 @@ impl Pipeline {
             Decision::Ready(record, outcome) => bus
                 .ticket_ready(&TicketReady::for_record(&record))
                 .await
-                .map(|()| outcome),
+                .map(|()| {
+                    self.announced.push(record.event_id.as_str());
+                    outcome
+                }),
             Decision::Fail {
                 failed,
                 dead_letter,
                 outcome,
+                recorded,
             } => {
                 async {
                     if let Some(failed) = failed {
                         bus.ticket_failed(&failed).await?;
+                        if recorded {
+                            self.announced.push(&failed.event_id);
+                        }
                     }
                     if let Some(note) = dead_letter {
-                        bus.dead_letter(delivery, &note).await?;
+                        match bus.dead_letter(delivery, &note).await {
+                            Err(PublishError::DoesNotFit(error)) => {
+                                // Not even a trimmed copy fits: drop it, loudly.
+                                tracing::error!(%error, reason = note.reason, "the message cannot be dead-lettered and is dropped");
+                            }
+                            other => other?,
+                        }
                     }
                     Ok(outcome)
                 }
@@ -451,6 +506,7 @@ fn failed(event: &LoginEvent, failure: &StoredFailure) -> Decision {
         failed: Some(ticket_failed),
         dead_letter,
         outcome,
+        recorded: true,
     }
 }
 
@@ -499,5 +555,13 @@ fn invalid_event(invalid: InvalidEvent) -> Decision {
             field: invalid.field.map(str::to_owned),
         }),
         outcome: Outcome::DeadLettered(FailureReason::Invalid),
+        recorded: false,
     }
+}
+
+/// A ticket event could not be encoded (a bug): back to the queue, spending a
+/// delivery, so the delivery limit ends a loop.
+fn encoding_failed(error: &serde_json::Error) -> Decision {
+    tracing::error!(%error, "cannot encode a ticket event");
+    Decision::Requeue
 }

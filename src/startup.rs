@@ -63,6 +63,7 @@ impl Application {
                 concurrency: settings.concurrency,
                 shutdown_grace: settings.shutdown_grace,
                 probe: settings.probe,
+                relay: settings.relay,
             },
             pipeline,
         );

@@ -19,15 +19,17 @@ use crate::breaker::{Dependency, Health};
 use crate::broker::{Publisher, connect};
 use crate::configuration::BrokerSettings;
 use crate::pipeline::{Outcome, Pipeline};
+use crate::relay::RelaySettings;
 use crate::retry::{RetryPolicy, Schedule};
 use crate::shutdown::Shutdown;
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -46,6 +48,11 @@ const BROKER_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// pauses.
 const PAUSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The pause before reconnecting after a message too large to receive broke
+/// the session: the broker is fine, and the message must be delivered again
+/// (and fail again) until RabbitMQ's delivery limit dead-letters it.
+const QUARANTINE_PAUSE: Duration = Duration::from_millis(200);
+
 /// How the worker consumes.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -55,6 +62,8 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// Pauses between probes while a dependency is down.
     pub probe: RetryPolicy,
+    /// When ticket events left in the outbox are published.
+    pub relay: RelaySettings,
 }
 
 /// Counts of what happened to deliveries, for progress reports and tests.
@@ -127,6 +136,9 @@ pub struct Worker {
     pipeline: Arc<Pipeline>,
     stats: Arc<WorkerStats>,
     probing: Arc<Mutex<ProbeMemory>>,
+    /// Sessions lost in a row to a message too large to receive (see
+    /// [`Session::quarantined`]).
+    landmines: Arc<AtomicU32>,
 }
 
 /// The probe pauses of the last outage, kept so that an outage that returns
@@ -166,6 +178,32 @@ struct Session {
     publisher: Publisher,
     /// Cancelled by a task that found the broker unusable.
     broken: CancellationToken,
+    /// The connection's events, read once the session is over to learn
+    /// whether it failed on a frame larger than `frame_max`: RabbitMQ
+    /// redelivered a message whose headers, with the `x-delivery-count` it
+    /// adds, no longer fit (see [`crate::broker::copies`]).
+    events: Mutex<BoxStream<'static, lapin::Event>>,
+    /// The session started after such a failure: one message at a time, so
+    /// that each further failure spends a delivery of that one message only,
+    /// until RabbitMQ's delivery limit dead-letters it. It ends with the first
+    /// delivery that is not a redelivery: what was returned is through.
+    quarantined: AtomicBool,
+}
+
+impl Session {
+    /// Whether the connection failed on a frame too large to receive (lapin
+    /// closes it with a FRAME_ERROR). Call once the session is over: it reads
+    /// the events that are already there, without waiting.
+    fn lost_to_oversized_frame(&self) -> bool {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut oversized = false;
+        while let Some(Some(event)) = events.next().now_or_never() {
+            if let lapin::Event::Error(error) = event {
+                oversized |= crate::broker::connection::is_oversized_frame(&error);
+            }
+        }
+        oversized
+    }
 }
 
 impl Worker {
@@ -175,6 +213,7 @@ impl Worker {
             pipeline: Arc::new(pipeline),
             stats: Arc::new(WorkerStats::default()),
             probing: Arc::new(Mutex::new(ProbeMemory::default())),
+            landmines: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -195,17 +234,23 @@ impl Worker {
                 session = self.open_session() => session,
                 _ = shutdown.triggered() => break,
             };
+            let mut quarantine = false;
             match opened {
                 Ok(session) => {
                     self.stats.sessions.fetch_add(1, Ordering::Relaxed);
                     let started = Instant::now();
+                    let relay = self.start_relay(&session);
                     let end = self.run_session(&session, shutdown).await;
+                    relay.cancel();
                     close(&session.connection, "session over").await;
-                    match end {
-                        SessionEnd::Shutdown => break,
-                        SessionEnd::Lost(reason) => {
-                            tracing::warn!(%reason, "lost the RabbitMQ session; in-flight messages will be redelivered");
-                        }
+                    if let SessionEnd::Lost(reason) = &end {
+                        tracing::warn!(%reason, "lost the RabbitMQ session; in-flight messages will be redelivered");
+                    }
+                    if session.lost_to_oversized_frame() {
+                        quarantine = self.landmine_found();
+                    }
+                    if matches!(end, SessionEnd::Shutdown) {
+                        break;
                     }
                     if started.elapsed() >= HEALTHY_SESSION {
                         reconnect = self.settings.broker.reconnect.schedule();
@@ -213,9 +258,13 @@ impl Worker {
                 }
                 Err(error) => tracing::warn!(%error, "cannot start a RabbitMQ session"),
             }
-            let pause = reconnect
-                .next_pause(None)
-                .unwrap_or(self.settings.broker.reconnect.max_pause);
+            let pause = if quarantine {
+                QUARANTINE_PAUSE
+            } else {
+                reconnect
+                    .next_pause(None)
+                    .unwrap_or(self.settings.broker.reconnect.max_pause)
+            };
             tracing::info!(pause = %humantime::format_duration(pause), "reconnecting to RabbitMQ after a pause");
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
@@ -271,9 +320,45 @@ impl Worker {
         }
     }
 
+    /// A session was lost to a message too large to receive. Returns whether
+    /// the next session should start quarantined (quickly, one message at a
+    /// time): yes, unless it keeps happening far beyond the delivery limit,
+    /// which a single message cannot explain.
+    fn landmine_found(&self) -> bool {
+        let losses = self.landmines.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self.settings.broker.topology.delivery_limit;
+        if losses == 1 {
+            tracing::error!(
+                delivery_limit = limit,
+                "RabbitMQ delivered a message whose header frame exceeds frame_max (its headers nearly filled the frame, and a redelivery added x-delivery-count); it cannot be received. Taking one message at a time until RabbitMQ's delivery limit dead-letters it"
+            );
+        }
+        losses <= limit.saturating_add(5)
+    }
+
+    /// Starts the outbox relay for this session; cancel the token to stop it.
+    fn start_relay(&self, session: &Session) -> CancellationToken {
+        let stop = CancellationToken::new();
+        tokio::spawn(crate::relay::run(
+            self.pipeline.store().clone(),
+            self.pipeline.announced().clone(),
+            session.publisher.clone(),
+            self.settings.relay,
+            stop.clone(),
+        ));
+        stop
+    }
+
     async fn open_session(&self) -> Result<Session, lapin::Error> {
         let broker = &self.settings.broker;
         let connection = connect(&broker.amqp_url, &broker.connection_name).await?;
+        let events = Mutex::new(connection.events_listener().boxed());
+        let quarantined = self.landmines.load(Ordering::Relaxed) > 0;
+        let prefetch = if quarantined {
+            1
+        } else {
+            self.settings.prefetch
+        };
         let consume = connection.create_channel().await?;
         if let Err(error) = broker.topology.declare(&consume).await {
             tracing::error!(%error, "RabbitMQ refused the topology; if a queue exists with other arguments (such as x-delivery-limit), align DELIVERY_LIMIT or delete the queue");
@@ -281,21 +366,60 @@ impl Worker {
             return Err(error);
         }
         consume
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
-        let publisher = Publisher::open(&connection, Arc::new(broker.topology.clone())).await?;
-        tracing::info!(queue = %broker.topology.work_queue, prefetch = self.settings.prefetch, concurrency = self.settings.concurrency, "connected to RabbitMQ");
+        let publisher = Publisher::open(
+            &connection,
+            Arc::new(broker.topology.clone()),
+            broker.login_user().as_deref(),
+        )
+        .await?;
+        let concurrency = if quarantined {
+            1
+        } else {
+            self.settings.concurrency
+        };
+        tracing::info!(queue = %broker.topology.work_queue, prefetch, concurrency, quarantined, "connected to RabbitMQ");
         Ok(Session {
             connection,
             consume,
             publisher,
             broken: CancellationToken::new(),
+            events,
+            quarantined: AtomicBool::new(quarantined),
         })
+    }
+
+    /// Ends the quarantine with the first fresh delivery: full prefetch and
+    /// concurrency again.
+    async fn leave_quarantine(
+        &self,
+        session: &Session,
+        permits: &Semaphore,
+    ) -> Result<(), lapin::Error> {
+        if !session.quarantined.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.landmines.store(0, Ordering::Relaxed);
+        permits.add_permits(self.settings.concurrency.saturating_sub(1));
+        tracing::info!(
+            prefetch = self.settings.prefetch,
+            "every returned message is through; consuming at full speed again"
+        );
+        session
+            .consume
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await
     }
 
     /// Consumes in phases (paused while a dependency is down) until shutdown or loss.
     async fn run_session(&self, session: &Session, shutdown: &Shutdown) -> SessionEnd {
-        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let concurrency = if session.quarantined.load(Ordering::Relaxed) {
+            1
+        } else {
+            self.settings.concurrency
+        };
+        let permits = Arc::new(Semaphore::new(concurrency));
         let mut tasks = JoinSet::new();
         loop {
             if self.pipeline.breaker().is_open() && !self.wait_for_recovery(shutdown).await {
@@ -363,7 +487,14 @@ impl Worker {
                 _ = breaker.opened() => return PhaseEnd::Paused,
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => report(joined),
                 (permit, next) = next_delivery(permits, consumer) => match next {
-                    Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
+                    Some(Ok(delivery)) => {
+                        if !delivery.redelivered
+                            && let Err(error) = self.leave_quarantine(session, permits).await
+                        {
+                            return PhaseEnd::Lost(error.to_string());
+                        }
+                        self.spawn(session, tasks, delivery, permit);
+                    }
                     Some(Err(error)) => return PhaseEnd::Lost(error.to_string()),
                     None => return PhaseEnd::Lost("RabbitMQ cancelled the consumer (was the queue deleted?)".into()),
                 },

@@ -752,7 +752,9 @@ async fn the_worker_purges_long_expired_tickets() {
         issued_at: long_ago,
         expires_at: long_ago + TimeDelta::hours(1),
     };
-    store.save(&old).await.expect("save");
+    let ready = serde_json::to_string(&ticket_worker::events::TicketReady::for_record(&old))
+        .expect("encode");
+    store.save(&old, &ready).await.expect("save");
 
     let mut settings = h.settings();
     settings.purge = Some(ticket_worker::purge::PurgeSettings {
@@ -903,5 +905,72 @@ async fn copies_of_one_event_never_end_both_ready_and_failed() {
         1,
         "copy A did get a ticket upstream"
     );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn outcomes_stored_but_never_announced_are_announced_from_the_outbox() {
+    let h = Harness::new(Knobs::default()).await;
+    ticket_worker::storage::MIGRATOR
+        .run(&h.db.pool)
+        .await
+        .expect("migrate");
+    // A worker stored these outcomes and died before announcing them (or
+    // RabbitMQ dead-lettered their login events afterwards): the rows and
+    // their announcements are in Postgres, nothing is on the bus.
+    let store = TicketStore::from_pool(h.db.pool.clone());
+    let issued_at = Utc::now() - TimeDelta::minutes(2);
+    let stranded = ticket_worker::domain::TicketRecord {
+        event_id: EventId::parse("stranded-ticket").expect("id"),
+        xc_user_id: "cust-stranded".into(),
+        user_id: "tt-stranded".into(),
+        user_device_id: "d-1".into(),
+        platform: ticket_worker::domain::Platform::Ios,
+        ticket: ticket_worker::domain::AuthTicket::new("stranded-secret-ticket".into()),
+        issued_at,
+        expires_at: issued_at + TimeDelta::hours(1),
+    };
+    let ready = serde_json::to_string(&ticket_worker::events::TicketReady::for_record(&stranded))
+        .expect("encode");
+    store.save(&stranded, &ready).await.expect("save");
+    let failure = ticket_worker::storage::StoredFailure {
+        reason: ticket_worker::events::FailureReason::Expired,
+        message: "too late".into(),
+        field: None,
+    };
+    let failed_id = EventId::parse("stranded-failure").expect("id");
+    let failed = serde_json::to_string(&ticket_worker::events::TicketFailed::new(
+        &failed_id,
+        failure.reason,
+        failure.message.clone(),
+        None,
+    ))
+    .expect("encode");
+    store
+        .record_failure(&failed_id, &failure, &failed)
+        .await
+        .expect("record");
+    assert_eq!(store.pending_announcements().await.expect("count"), 2);
+
+    let worker = h.worker();
+    // Live traffic goes the usual way and leaves nothing in the outbox.
+    h.broker.publish_events(&[login_event("cust-live")]).await;
+    let announced = h.tap.wait_for("ticket.ready", 2, WAIT).await;
+    let relayed = announced
+        .iter()
+        .find(|e| e.body["eventID"] == "stranded-ticket")
+        .expect("the stranded ticket is announced");
+    assert_eq!(relayed.raw, ready, "exactly the stored ticket.ready");
+    assert_eq!(relayed.correlation_id.as_deref(), Some("stranded-ticket"));
+    let failures = h.tap.wait_for("ticket.failed", 1, WAIT).await;
+    assert_eq!(failures[0].raw, failed, "exactly the stored ticket.failed");
+    eventually(WAIT, "the outbox to empty", || async {
+        (store.pending_announcements().await.ok()? == 0).then_some(())
+    })
+    .await;
+    // Announced once: the relay does not publish again what was confirmed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.tap.ready().len(), 2);
+    assert_eq!(h.tap.failed().len(), 1);
     worker.stop().await;
 }

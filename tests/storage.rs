@@ -12,6 +12,10 @@ use ticket_worker::events::FailureReason;
 use ticket_worker::shutdown::Shutdown;
 use ticket_worker::storage::{Known, MIGRATOR, Saved, StoredFailure, TicketStore};
 
+/// What the outbox holds for these tests' outcomes (its content is opaque to storage).
+const READY: &str = r#"{"test":"ready"}"#;
+const FAILED: &str = r#"{"test":"failed"}"#;
+
 fn record(
     event: &str,
     user: &str,
@@ -45,11 +49,11 @@ async fn saving_is_idempotent_per_event_even_under_concurrency() {
     let store = TicketStore::from_pool(db.pool.clone());
     let first = record("e-1", "u1", "d1", "ticket-one", 0);
     assert_eq!(
-        store.save(&first).await.expect("save"),
+        store.save(&first, READY).await.expect("save"),
         Saved::Inserted(first.clone())
     );
     let second = record("e-1", "u1", "d1", "ticket-two", 0);
-    match store.save(&second).await.expect("save again") {
+    match store.save(&second, READY).await.expect("save again") {
         Saved::Existing(stored) => assert_eq!(
             stored.ticket.expose(),
             "ticket-one",
@@ -68,7 +72,10 @@ async fn saving_is_idempotent_per_event_even_under_concurrency() {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .save(&record("e-race", "u2", "d2", &format!("ticket-{i}"), 0))
+                    .save(
+                        &record("e-race", "u2", "d2", &format!("ticket-{i}"), 0),
+                        READY,
+                    )
                     .await
             })
         })
@@ -93,7 +100,7 @@ async fn saving_is_idempotent_per_event_even_under_concurrency() {
 
 async fn insert(store: &TicketStore, records: &[TicketRecord]) {
     for r in records {
-        store.save(r).await.expect("save");
+        store.save(r, READY).await.expect("save");
     }
 }
 
@@ -251,7 +258,11 @@ async fn events_long_decided_are_purged_with_their_tickets_and_recent_ones_kept(
         field: None,
     };
     store
-        .record_failure(&EventId::parse("failed-just-now").expect("id"), &failure)
+        .record_failure(
+            &EventId::parse("failed-just-now").expect("id"),
+            &failure,
+            FAILED,
+        )
         .await
         .expect("record");
     let deleted =
@@ -288,12 +299,15 @@ async fn the_first_outcome_recorded_for_an_event_wins() {
     // A failure first: a later ticket for the event is not kept.
     let id = EventId::parse("failed-first").expect("id");
     assert_eq!(
-        store.record_failure(&id, &expired).await.expect("record"),
+        store
+            .record_failure(&id, &expired, FAILED)
+            .await
+            .expect("record"),
         Known::Failed(expired.clone())
     );
     assert_eq!(
         store
-            .save(&record("failed-first", "ana", "phone", "t-late", 0))
+            .save(&record("failed-first", "ana", "phone", "t-late", 0), READY)
             .await
             .expect("save"),
         Saved::Failed(expired.clone())
@@ -306,10 +320,13 @@ async fn the_first_outcome_recorded_for_an_event_wins() {
 
     // A ticket first: a later failure gives way to it.
     let issued = record("issued-first", "ana", "phone", "t-1", 0);
-    store.save(&issued).await.expect("save");
+    store.save(&issued, READY).await.expect("save");
     let id = issued.event_id.clone();
     assert_eq!(
-        store.record_failure(&id, &expired).await.expect("record"),
+        store
+            .record_failure(&id, &expired, FAILED)
+            .await
+            .expect("record"),
         Known::Issued(issued.clone())
     );
     assert_eq!(
@@ -326,7 +343,7 @@ async fn the_first_outcome_recorded_for_an_event_wins() {
                 let record = record(&event, "u", "d", &format!("t-{i}"), 0);
                 tokio::spawn(async move {
                     store
-                        .save(&record)
+                        .save(&record, READY)
                         .await
                         .map(|s| matches!(s, Saved::Inserted(_)))
                 })
@@ -338,7 +355,7 @@ async fn the_first_outcome_recorded_for_an_event_wins() {
                 expired.clone(),
                 EventId::parse(&event).expect("id"),
             );
-            tokio::spawn(async move { store.record_failure(&id, &expired).await })
+            tokio::spawn(async move { store.record_failure(&id, &expired, FAILED).await })
         };
         let inserted: usize = futures_util::future::join_all(saves)
             .await
@@ -362,4 +379,86 @@ async fn the_first_outcome_recorded_for_an_event_wins() {
             Known::Nothing => panic!("an outcome was recorded"),
         }
     }
+}
+
+#[tokio::test]
+async fn each_outcome_is_queued_for_announcement_with_it_and_only_once() {
+    let db = TestDb::migrated().await;
+    let store = TicketStore::from_pool(db.pool.clone());
+    let outbox = || async {
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT event_id, routing_key, body FROM ticket_event_outbox ORDER BY event_id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("outbox")
+    };
+    store
+        .save(&record("o-1", "ana", "phone", "t-1", 0), READY)
+        .await
+        .expect("save");
+    // A second copy of the event, and a failure for it: no second announcement.
+    store
+        .save(&record("o-1", "ana", "phone", "t-2", 0), r#"{"other":1}"#)
+        .await
+        .expect("save again");
+    let expired = StoredFailure {
+        reason: FailureReason::Expired,
+        message: "late".into(),
+        field: None,
+    };
+    let id = EventId::parse("o-1").expect("id");
+    store
+        .record_failure(&id, &expired, FAILED)
+        .await
+        .expect("record");
+    let failed_id = EventId::parse("o-2").expect("id");
+    store
+        .record_failure(&failed_id, &expired, FAILED)
+        .await
+        .expect("record");
+    assert_eq!(
+        outbox().await,
+        [
+            ("o-1".into(), "ticket.ready".into(), READY.into()),
+            ("o-2".into(), "ticket.failed".into(), FAILED.into()),
+        ]
+    );
+
+    // Fresh announcements are the pipeline's: the relay leaves them alone.
+    let due = store
+        .take_due_announcements(Duration::from_secs(60), 10)
+        .await
+        .expect("take");
+    assert!(due.is_empty());
+    // Old ones are taken once, and not again while they are being relayed.
+    sqlx::query("UPDATE ticket_event_outbox SET attempted_at = now() - interval '2 minutes'")
+        .execute(&db.pool)
+        .await
+        .expect("age");
+    let due = store
+        .take_due_announcements(Duration::from_secs(60), 1)
+        .await
+        .expect("take");
+    assert_eq!(due.len(), 1, "at most the batch");
+    let rest = store
+        .take_due_announcements(Duration::from_secs(60), 10)
+        .await
+        .expect("take");
+    assert_eq!(rest.len(), 1, "the other one");
+    assert_ne!(due[0].event_id, rest[0].event_id);
+    assert!(
+        store
+            .take_due_announcements(Duration::from_secs(60), 10)
+            .await
+            .expect("take")
+            .is_empty(),
+        "taken rows wait another minute"
+    );
+    let deleted = store
+        .delete_announced(&["o-1".into(), "o-2".into(), "o-3".into()])
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 2);
+    assert!(outbox().await.is_empty());
 }

@@ -1,13 +1,15 @@
 //! RabbitMQ: the connection ([`connection`]), the exchanges and queues the
-//! worker declares ([`topology`]), and confirmed publishing of everything the
-//! worker sends ([`publisher`]). Consuming lives in the worker.
+//! worker declares ([`topology`]), confirmed publishing of everything the
+//! worker sends ([`publisher`]), and keeping the copies it sends within
+//! RabbitMQ's frame size ([`copies`]). Consuming lives in the worker.
 
 pub mod connection;
+pub mod copies;
 pub mod publisher;
 pub mod topology;
 
 pub use connection::connect;
-pub use publisher::{DeadLetterNote, PublishError, Publisher, retries};
+pub use publisher::{DeadLetterNote, PublishError, Publisher};
 pub use topology::Topology;
 
 use lapin::types::ShortString;

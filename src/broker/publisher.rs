@@ -3,11 +3,12 @@
 //! the original delivery is acknowledged. Many tasks publish on one channel at
 //! once, so confirms are pipelined rather than taken one at a time.
 
-use super::{Topology, short};
+use super::{Topology, copies, short};
 use crate::events::{TicketFailed, TicketReady};
+use crate::storage::Announcement;
 use lapin::message::Delivery;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,27 @@ pub const ERROR_HEADER: &str = "x-ticket-worker-error";
 pub const FIELD_HEADER: &str = "x-ticket-worker-field";
 /// Header counting how often the worker put a message back for later.
 pub const RETRIES_HEADER: &str = "x-ticket-worker-retries";
+/// Header with the exchange a dead-lettered message was first published to.
+pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-original-exchange";
+/// Header with the routing key a dead-lettered message was first published with.
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
+/// Header keeping a dead-lettered message's `user_id`, which the copy cannot carry.
+pub const ORIGINAL_USER_ID_HEADER: &str = "x-original-user-id";
+/// Header with the time the worker dead-lettered a message.
+pub const DEAD_LETTERED_AT_HEADER: &str = "x-ticket-worker-dead-lettered-at";
+
+/// The headers the worker sets on a dead letter; never trimmed away.
+const OWN_HEADERS: [&str; 9] = [
+    REASON_HEADER,
+    PROBLEM_HEADER,
+    ERROR_HEADER,
+    FIELD_HEADER,
+    RETRIES_HEADER,
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    DEAD_LETTERED_AT_HEADER,
+    ORIGINAL_USER_ID_HEADER,
+];
 
 /// Why the broker did not take a message.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +57,11 @@ pub enum PublishError {
     /// The broker refused the message (it could not store it).
     #[error("RabbitMQ refused (nacked) the message published to {0:?}")]
     Nacked(String),
+    /// Even without its original headers, a copy would not fit RabbitMQ's
+    /// frame size (it cannot happen with RabbitMQ's frame sizes; handled
+    /// anyway).
+    #[error("{0}")]
+    DoesNotFit(#[from] copies::DoesNotFit),
     /// Nothing is bound where the message had to go.
     #[error("no queue is bound to exchange {exchange:?} for routing key {routing_key:?}")]
     Unroutable {
@@ -68,13 +95,21 @@ pub struct Publisher {
     channel: Channel,
     topology: Arc<Topology>,
     warned_unroutable: Arc<AtomicBool>,
+    /// The connection's negotiated frame size: every copy must fit in it.
+    frame_max: u32,
+    /// The RabbitMQ user the worker logs in as, set as the (broker-validated)
+    /// `user_id` of the copies it puts back, so a retry count can be trusted.
+    user: Option<ShortString>,
 }
 
 impl Publisher {
-    /// Opens a channel in confirm mode on `connection`.
+    /// Opens a channel in confirm mode on `connection`. `user` is the
+    /// RabbitMQ user name the connection authenticated as, when known (see
+    /// [`Publisher::retries`]).
     pub async fn open(
         connection: &Connection,
         topology: Arc<Topology>,
+        user: Option<&str>,
     ) -> Result<Publisher, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
@@ -84,6 +119,8 @@ impl Publisher {
             channel,
             topology,
             warned_unroutable: Arc::new(AtomicBool::new(false)),
+            frame_max: connection.configuration().frame_max(),
+            user: user.filter(|u| !u.is_empty()).map(short),
         })
     }
 
@@ -91,40 +128,57 @@ impl Publisher {
         &self.channel
     }
 
+    /// The negotiated `frame_max` of this publisher's connection.
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
+    }
+
     /// Publishes `ticket.ready`.
     #[tracing::instrument(name = "broker.publish_ready", skip_all, fields(event_id = %ready.event_id))]
     pub async fn ticket_ready(&self, ready: &TicketReady) -> Result<(), PublishError> {
-        self.ticket_event(TicketReady::ROUTING_KEY, &ready.event_id, ready)
+        let body = serde_json::to_vec(ready)?;
+        self.ticket_event(TicketReady::ROUTING_KEY, &ready.event_id, &body)
             .await
     }
 
     /// Publishes `ticket.failed`.
     #[tracing::instrument(name = "broker.publish_failed", skip_all, fields(event_id = %failed.event_id, reason = failed.reason.as_str()))]
     pub async fn ticket_failed(&self, failed: &TicketFailed) -> Result<(), PublishError> {
-        self.ticket_event(TicketFailed::ROUTING_KEY, &failed.event_id, failed)
+        let body = serde_json::to_vec(failed)?;
+        self.ticket_event(TicketFailed::ROUTING_KEY, &failed.event_id, &body)
             .await
+    }
+
+    /// Publishes a ticket event from the outbox, exactly as it was stored.
+    #[tracing::instrument(name = "broker.publish_announcement", skip_all, fields(event_id = %announcement.event_id, routing_key = %announcement.routing_key))]
+    pub async fn announcement(&self, announcement: &Announcement) -> Result<(), PublishError> {
+        self.ticket_event(
+            &announcement.routing_key,
+            &announcement.event_id,
+            announcement.body.as_bytes(),
+        )
+        .await
     }
 
     async fn ticket_event(
         &self,
         routing_key: &str,
         event_id: &str,
-        body: &impl serde::Serialize,
+        body: &[u8],
     ) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(body)?;
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_correlation_id(short(event_id))
             .with_message_id(uuid::Uuid::new_v4().to_string().into())
-            .with_type(routing_key.into())
+            .with_type(short(routing_key))
             .with_app_id("ticket-worker".into())
             .with_timestamp(now_seconds());
         match self
             .publish(
                 &self.topology.ticket_exchange,
                 routing_key,
-                &body,
+                body,
                 properties,
             )
             .await
@@ -144,7 +198,8 @@ impl Publisher {
     }
 
     /// Sends a copy of `delivery` to the dead-letter exchange with headers that
-    /// say why, under its original routing key.
+    /// say why, under its original routing key. Original headers that would
+    /// not fit RabbitMQ's frame size are dropped, and a header says so.
     #[tracing::instrument(name = "broker.dead_letter", skip_all, fields(reason = note.reason))]
     pub async fn dead_letter(
         &self,
@@ -161,18 +216,22 @@ impl Publisher {
             headers.insert(FIELD_HEADER.into(), long(field));
         }
         headers.insert(
-            "x-original-exchange".into(),
+            ORIGINAL_EXCHANGE_HEADER.into(),
             long(delivery.exchange.as_str()),
         );
         headers.insert(
-            "x-original-routing-key".into(),
+            ORIGINAL_ROUTING_KEY_HEADER.into(),
             long(delivery.routing_key.as_str()),
         );
         headers.insert(
-            "x-ticket-worker-dead-lettered-at".into(),
+            DEAD_LETTERED_AT_HEADER.into(),
             AMQPValue::Timestamp(now_seconds()),
         );
-        let properties = delivery.properties.clone().with_headers(headers);
+        if let Some(user_id) = delivery.properties.user_id() {
+            headers.insert(ORIGINAL_USER_ID_HEADER.into(), long(user_id.as_str()));
+        }
+        let properties = self.as_own(delivery.properties.clone().with_headers(headers));
+        let properties = self.fit(properties, &OWN_HEADERS)?;
         self.publish(
             &self.topology.dead_letter_exchange,
             delivery.routing_key.as_str(),
@@ -185,24 +244,72 @@ impl Publisher {
     /// Puts a copy of `delivery` back at the tail of the work queue. Unlike a
     /// nack, this does not spend the queue's delivery limit, which is kept for
     /// messages that crash the worker. `count` adds one to the retries header
-    /// (see [`retries`]): the event itself failed, rather than being sent back
-    /// because a dependency is down for everybody.
+    /// (see [`Publisher::retries`]): the event itself failed, rather than
+    /// being sent back because a dependency is down for everybody. The copy
+    /// carries the worker's own RabbitMQ user as its `user_id`, which RabbitMQ
+    /// checks, so the count on it can be trusted.
     #[tracing::instrument(name = "broker.retry_later", skip_all)]
     pub async fn retry_later(&self, delivery: &Delivery, count: bool) -> Result<(), PublishError> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        if count {
+        let retries = self.retries(delivery).saturating_add(u64::from(count));
+        if retries > 0 || headers.inner().contains_key(RETRIES_HEADER) {
             headers.insert(
                 RETRIES_HEADER.into(),
-                AMQPValue::LongLongInt(
-                    i64::try_from(retries(delivery))
-                        .unwrap_or(i64::MAX)
-                        .saturating_add(1),
-                ),
+                AMQPValue::LongLongInt(i64::try_from(retries).unwrap_or(i64::MAX)),
             );
         }
-        let properties = delivery.properties.clone().with_headers(headers);
+        let properties = self.as_own(delivery.properties.clone().with_headers(headers));
+        let properties = self.fit(properties, &[RETRIES_HEADER])?;
         self.publish("", &self.topology.work_queue, &delivery.data, properties)
             .await
+    }
+
+    /// How often the worker has put this message back because it could not
+    /// get a ticket for it (the `x-ticket-worker-retries` header). Only copies
+    /// the worker itself put back count: they come through the default
+    /// exchange to the work queue with the worker's own RabbitMQ user as
+    /// their `user_id` (RabbitMQ refuses a `user_id` that is not the
+    /// publisher's own). Anything else a publisher wrote there reads as 0.
+    pub fn retries(&self, delivery: &Delivery) -> u64 {
+        let trusted = self.user.is_some()
+            && delivery.exchange.as_str().is_empty()
+            && delivery.routing_key.as_str() == self.topology.work_queue
+            && delivery.properties.user_id().as_ref() == self.user.as_ref();
+        if !trusted {
+            return 0;
+        }
+        let headers = delivery.properties.headers().as_ref();
+        match headers.and_then(|h| h.inner().get(RETRIES_HEADER)) {
+            Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// A copy's properties as the worker may publish them: RabbitMQ refuses a
+    /// `user_id` that is not the publishing connection's own user (and closes
+    /// the channel), so the original's gives way to the worker's, or goes.
+    fn as_own(&self, properties: BasicProperties) -> BasicProperties {
+        copies::with_user_id(&properties, self.user.clone())
+    }
+
+    /// Fits a copy's properties into this connection's frame size, logging
+    /// what had to go.
+    fn fit(
+        &self,
+        properties: BasicProperties,
+        keep: &[&str],
+    ) -> Result<BasicProperties, PublishError> {
+        let (properties, trimmed) = copies::fit(properties, self.frame_max, keep)?;
+        if let Some(trimmed) = trimmed {
+            tracing::warn!(
+                headers = trimmed.headers,
+                bytes = trimmed.bytes,
+                "a message's headers were too large to copy whole; the copy carries the rest and says so in {}",
+                copies::TRIMMED_HEADER
+            );
+        }
+        Ok(properties)
     }
 
     /// Publishes one persistent, mandatory message and waits for its confirm.
@@ -237,17 +344,6 @@ impl Publisher {
             }),
             Confirmation::Nack(_) => Err(PublishError::Nacked(exchange.to_owned())),
         }
-    }
-}
-
-/// How often the worker has put this message back because it could not get
-/// a ticket for it (the `x-ticket-worker-retries` header).
-pub fn retries(delivery: &Delivery) -> u64 {
-    let headers = delivery.properties.headers().as_ref();
-    match headers.and_then(|h| h.inner().get(RETRIES_HEADER)) {
-        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
-        _ => 0,
     }
 }
 

@@ -1,11 +1,15 @@
 //! Postgres storage: the connection pool, the migrations, and how storage
 //! errors are sorted. The queries live beside it: [`tickets`] (the
-//! `auth_tickets` rows app backends read) and [`outcomes`] (the final outcome
-//! of each event, which keeps every copy of an event ending the same way).
+//! `auth_tickets` rows app backends read), [`outcomes`] (the final outcome
+//! of each event, which keeps every copy of an event ending the same way) and
+//! [`outbox`] (the ticket event announcing each outcome, until it is
+//! confirmed).
 
+mod outbox;
 mod outcomes;
 mod tickets;
 
+pub use outbox::{Announced, Announcement};
 pub use outcomes::{Known, StoredFailure};
 pub use tickets::Saved;
 
@@ -148,7 +152,8 @@ impl TicketStore {
     pub async fn probe(&self) -> Result<(), StoreError> {
         let allowed: bool = sqlx::query_scalar(
             "SELECT has_table_privilege('auth_tickets', 'SELECT, INSERT')
-                AND has_table_privilege('event_outcomes', 'SELECT, INSERT')",
+                AND has_table_privilege('event_outcomes', 'SELECT, INSERT')
+                AND has_table_privilege('ticket_event_outbox', 'SELECT, INSERT, UPDATE, DELETE')",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -156,7 +161,7 @@ impl TicketStore {
             Ok(())
         } else {
             Err(StoreError::Misconfigured(
-                "the database user may not SELECT and INSERT on auth_tickets and event_outcomes"
+                "the database user may not SELECT and INSERT on auth_tickets and event_outcomes, and SELECT, INSERT, UPDATE and DELETE on ticket_event_outbox"
                     .into(),
             ))
         }

@@ -113,27 +113,38 @@ impl TicketStore {
         Ok(Known::Issued(TicketRecord::try_from(ticket)?))
     }
 
-    /// Records a failure as the event's outcome, unless it already has one;
-    /// returns the outcome that stands (ours, or the one recorded first).
+    /// Records a failure as the event's outcome, unless it already has one,
+    /// and queues `failed_event` (the `ticket.failed` JSON) in the outbox in
+    /// the same statement; returns the outcome that stands (ours, or the one
+    /// recorded first).
     #[tracing::instrument(name = "storage.record_failure", skip_all, fields(event_id = %event_id, reason = failure.reason.as_str()))]
     pub async fn record_failure(
         &self,
         event_id: &EventId,
         failure: &StoredFailure,
+        failed_event: &str,
     ) -> Result<Known, StoreError> {
-        let recorded = sqlx::query(
-            "INSERT INTO event_outcomes (event_id, outcome, reason, message, field)
-             VALUES ($1, 'failed', $2, $3, $4)
-             ON CONFLICT (event_id) DO NOTHING",
+        let recorded: bool = sqlx::query_scalar(
+            "WITH recorded AS (
+                 INSERT INTO event_outcomes (event_id, outcome, reason, message, field)
+                 VALUES ($1, 'failed', $2, $3, $4)
+                 ON CONFLICT (event_id) DO NOTHING
+                 RETURNING event_id
+             ),
+             announced AS (
+                 INSERT INTO ticket_event_outbox (event_id, routing_key, body)
+                 SELECT event_id, 'ticket.failed', $5 FROM recorded
+                 ON CONFLICT (event_id) DO NOTHING
+             )
+             SELECT EXISTS (SELECT 1 FROM recorded)",
         )
         .bind(event_id.as_str())
         .bind(failure.reason.as_str())
         .bind(&failure.message)
         .bind(&failure.field)
-        .execute(self.pool())
-        .await?
-        .rows_affected()
-            == 1;
+        .bind(failed_event)
+        .fetch_one(self.pool())
+        .await?;
         if recorded {
             return Ok(Known::Failed(failure.clone()));
         }
@@ -146,8 +157,9 @@ impl TicketStore {
     }
 
     /// Deletes up to `batch` events decided more than `older_than` + 1 hour ago
-    /// (for tickets: expired more than `older_than` ago), outcome and ticket
-    /// together in one statement; returns how many events went.
+    /// (for tickets: expired more than `older_than` ago), outcome, ticket and
+    /// any announcement still waiting together in one statement; returns how
+    /// many events went.
     #[tracing::instrument(name = "storage.purge_batch", skip(self))]
     pub async fn purge_batch(&self, older_than: Duration, batch: i64) -> Result<u64, StoreError> {
         let deleted = sqlx::query(
@@ -158,6 +170,9 @@ impl TicketStore {
              ),
              tickets AS (
                  DELETE FROM auth_tickets WHERE event_id IN (SELECT event_id FROM doomed)
+             ),
+             unannounced AS (
+                 DELETE FROM ticket_event_outbox WHERE event_id IN (SELECT event_id FROM doomed)
              )
              DELETE FROM event_outcomes WHERE event_id IN (SELECT event_id FROM doomed)",
         )

@@ -82,22 +82,36 @@ impl TicketStore {
     }
 
     /// Stores a ticket, unless the event already has an outcome. One
-    /// statement, so one transaction: it claims the event's outcome and writes
-    /// the row together, or does neither. Concurrent saves of one event
+    /// statement, so one transaction: it claims the event's outcome, writes
+    /// the row and queues `ready_event` (the `ticket.ready` JSON) in the
+    /// outbox together, or does none of it. Concurrent saves of one event
     /// serialise on the outcome's primary key.
     #[tracing::instrument(name = "storage.save", skip_all, fields(event_id = %record.event_id))]
-    pub async fn save(&self, record: &TicketRecord) -> Result<Saved, StoreError> {
-        let inserted = sqlx::query(
+    pub async fn save(
+        &self,
+        record: &TicketRecord,
+        ready_event: &str,
+    ) -> Result<Saved, StoreError> {
+        let inserted: bool = sqlx::query_scalar(
             "WITH claim AS (
                  INSERT INTO event_outcomes (event_id, outcome, decided_at)
                  VALUES ($1, 'issued', $7)
                  ON CONFLICT (event_id) DO NOTHING
                  RETURNING event_id
+             ),
+             stored AS (
+                 INSERT INTO auth_tickets
+                     (event_id, xc_user_id, user_id, user_device_id, user_platform, ticket, issued_at, expires_at)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM claim
+                 ON CONFLICT (event_id) DO NOTHING
+                 RETURNING event_id
+             ),
+             announced AS (
+                 INSERT INTO ticket_event_outbox (event_id, routing_key, body)
+                 SELECT event_id, 'ticket.ready', $9 FROM stored
+                 ON CONFLICT (event_id) DO NOTHING
              )
-             INSERT INTO auth_tickets
-                 (event_id, xc_user_id, user_id, user_device_id, user_platform, ticket, issued_at, expires_at)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM claim
-             ON CONFLICT (event_id) DO NOTHING",
+             SELECT EXISTS (SELECT 1 FROM stored)",
         )
         .bind(record.event_id.as_str())
         .bind(&record.xc_user_id)
@@ -107,10 +121,9 @@ impl TicketStore {
         .bind(record.ticket.expose())
         .bind(record.issued_at)
         .bind(record.expires_at)
-        .execute(self.pool())
-        .await?
-        .rows_affected()
-            == 1;
+        .bind(ready_event)
+        .fetch_one(self.pool())
+        .await?;
         if inserted {
             return Ok(Saved::Inserted(record.clone()));
         }

@@ -25,6 +25,7 @@ use ticket_worker::breaker::BreakerSettings;
 use ticket_worker::broker::Topology;
 use ticket_worker::configuration::{BrokerSettings, DatabaseSettings, Settings, TaptalkSettings};
 use ticket_worker::fake_taptalk::{FakeTaptalk, Knobs};
+use ticket_worker::relay::RelaySettings;
 use ticket_worker::retry::RetryPolicy;
 use ticket_worker::shutdown::Shutdown;
 use ticket_worker::startup::Application;
@@ -618,6 +619,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         shutdown_grace: Duration::from_secs(5),
         migrate: true,
         purge: None,
+        relay: RelaySettings::new(Duration::from_secs(1)),
     }
 }
 
@@ -829,4 +831,85 @@ pub fn close_rabbitmq_connections(fragment: &str) -> usize {
         closed += usize::from(status.is_ok_and(|s| s.success()));
     }
     closed
+}
+
+// ---------------------------------------------------------------- oversized headers
+
+/// RabbitMQ's default `frame_max`, which the local broker uses.
+pub const FRAME_MAX: usize = 131_072;
+
+/// `base` plus one header that makes the message's content-header frame
+/// exactly `slack` bytes short of [`FRAME_MAX`]: RabbitMQ accepts it, but a
+/// redelivery (which adds the 26-byte `x-delivery-count`) no longer fits.
+pub fn filling_the_frame(base: BasicProperties, slack: usize) -> BasicProperties {
+    let target = (FRAME_MAX - slack) as isize;
+    let mut filler = 120_000isize;
+    loop {
+        let mut headers = base.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-filler".into(),
+            AMQPValue::LongString("f".repeat(filler.max(0) as usize).into()),
+        );
+        let properties = base.clone().with_headers(headers);
+        let len = header_frame_len(&properties) as isize;
+        if len == target {
+            return properties;
+        }
+        filler += target - len;
+    }
+}
+
+/// The size of the content-header frame carrying `properties`: 7 bytes of
+/// frame header, class id, weight and body size (12), the encoded
+/// properties, and the frame-end byte.
+pub fn header_frame_len(properties: &BasicProperties) -> usize {
+    let serialize = lapin::protocol::basic::gen_properties(properties);
+    let encoded = serialize(Vec::new().into())
+        .map(|written| written.write.len())
+        .expect("properties encode");
+    7 + 12 + encoded + 1
+}
+
+// ---------------------------------------------------------------- RabbitMQ users
+
+/// A RabbitMQ user that exists for one test (full permissions on `/`),
+/// deleted again on drop, also when the test fails.
+pub struct RabbitUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl RabbitUser {
+    pub fn create() -> RabbitUser {
+        let name = format!("tw-test-{}", unique());
+        let password = format!("Amqp-Pw-{}", unique());
+        let ok = |args: &[&str]| {
+            std::process::Command::new("rabbitmqctl")
+                .arg("-q")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(ok(&["add_user", &name, &password]), "rabbitmqctl add_user");
+        // From here on the guard deletes the user, whatever happens next.
+        let user = RabbitUser { name, password };
+        assert!(
+            ok(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]),
+            "rabbitmqctl set_permissions"
+        );
+        user
+    }
+
+    /// `scheme://name:password@host_port/%2f` with the given password.
+    pub fn url(&self, password: &str, host_port: &str, scheme: &str) -> String {
+        format!("{scheme}://{}:{password}@{host_port}/%2f", self.name)
+    }
+}
+
+impl Drop for RabbitUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "delete_user", &self.name])
+            .status();
+    }
 }
