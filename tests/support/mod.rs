@@ -693,6 +693,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         database: DatabaseSettings {
             url: SecretString::from(db.url.clone()),
             max_connections: 5,
+            reader_role: ticket_worker::storage::DEFAULT_READER_ROLE.to_owned(),
         },
         taptalk: TaptalkSettings {
             base_url: taptalk_url,
