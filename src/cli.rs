@@ -141,7 +141,8 @@ async fn run(args: &RunArgs) -> Result<(), CommandError> {
 
 async fn migrate(args: &DatabaseArgs) -> Result<(), CommandError> {
     let database = DatabaseSettings::from_args(args, None)?;
-    let store = TicketStore::connect_lazy(&database.url, 1).map_err(anyhow::Error::from)?;
+    let store = TicketStore::connect_lazy_with_reader_role(&database.url, 1, &database.reader_role)
+        .map_err(anyhow::Error::from)?;
     store
         .migrate()
         .await

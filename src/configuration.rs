@@ -134,6 +134,14 @@ pub struct DatabaseArgs {
         default_value_t = 10
     )]
     pub database_max_connections: u32,
+    /// Postgres role the migrations let read the tickets (and nothing else); one per database or tenant
+    #[arg(
+        long,
+        env = "READER_ROLE",
+        value_name = "READER_ROLE",
+        default_value = crate::storage::DEFAULT_READER_ROLE
+    )]
+    pub reader_role: String,
 }
 
 /// The TapTalk server key (read by `run` and by the stand-in).
@@ -355,6 +363,9 @@ impl std::fmt::Debug for BrokerSettings {
 pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
+    /// The role the migrations create and grant read access to the tickets
+    /// (a plain Postgres identifier, checked).
+    pub reader_role: String,
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -362,6 +373,7 @@ impl std::fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &redact_url(self.url.expose_secret()))
             .field("max_connections", &self.max_connections)
+            .field("reader_role", &self.reader_role)
             .finish()
     }
 }
@@ -535,8 +547,41 @@ impl DatabaseSettings {
         Ok(DatabaseSettings {
             url,
             max_connections: args.database_max_connections,
+            reader_role: reader_role(&args.reader_role)?,
         })
     }
+}
+
+/// READER_ROLE: a role name the migrations can use as it is, without
+/// quoting: 1 to 63 bytes of lowercase ASCII letters, digits and underscores,
+/// not starting with a digit. `public` and `none` are not roles in Postgres
+/// (`GRANT … TO public` grants to everybody) and `pg_` names are reserved.
+fn reader_role(raw: &str) -> Result<String, ConfigError> {
+    let plain = (1..=63).contains(&raw.len())
+        && raw
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !plain {
+        return Err(ConfigError::new(
+            "READER_ROLE",
+            format!(
+                "{raw:?} is not a plain Postgres role name; use 1 to 63 lowercase letters, digits and underscores, starting with a letter or underscore (e.g. tickets_acme_reader)"
+            ),
+        ));
+    }
+    if matches!(raw, "public" | "none") || raw.starts_with("pg_") {
+        return Err(ConfigError::new(
+            "READER_ROLE",
+            format!(
+                "{raw:?} is reserved by Postgres (public, none and pg_ names); choose a role of the app backends' own, e.g. tickets_acme_reader"
+            ),
+        ));
+    }
+    Ok(raw.to_owned())
 }
 
 impl Topology {
@@ -904,5 +949,35 @@ mod tests {
             redact_url("postgres://u@h/db?sslmode=require&password=hunter2&sslpassword=x"),
             "postgres://u@h/db?sslmode=require&password=***&sslpassword=***"
         );
+    }
+
+    #[test]
+    fn the_reader_role_is_a_plain_postgres_identifier() {
+        let longest = "r".repeat(63);
+        for good in ["tickets_acme_reader", "_r2", &longest] {
+            let mut args = complete_args();
+            args.database.reader_role = good.to_owned();
+            let settings = Settings::from_args(&args).expect(good);
+            assert_eq!(settings.database.reader_role, good);
+        }
+        let too_long = "r".repeat(64);
+        for bad in [
+            "",
+            "Tickets",
+            "1reader",
+            "tickets-reader",
+            "tickets reader",
+            "r\"; DROP ROLE postgres; --",
+            "lecteur_é",
+            &too_long,
+            "public",
+            "none",
+            "pg_read_all_data",
+        ] {
+            let mut args = complete_args();
+            args.database.reader_role = bad.to_owned();
+            let error = Settings::from_args(&args).map(|_| ()).expect_err(bad);
+            assert_eq!(error.setting, "READER_ROLE", "{bad}");
+        }
     }
 }

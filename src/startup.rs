@@ -25,9 +25,13 @@ pub struct Application {
 impl Application {
     /// Builds every part; connects to nothing yet.
     pub fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store =
-            TicketStore::connect_lazy(&settings.database.url, settings.database.max_connections)
-                .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+        let database = &settings.database;
+        let store = TicketStore::connect_lazy_with_reader_role(
+            &database.url,
+            database.max_connections,
+            &database.reader_role,
+        )
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
         let taptalk = &settings.taptalk;
         let client = TaptalkClient::new(
             &taptalk.base_url,

@@ -23,6 +23,14 @@ use std::time::Duration;
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// The role app backends read tickets through, unless READER_ROLE names
+/// another (the name the first migration used).
+pub const DEFAULT_READER_ROLE: &str = "ticket_reader";
+
+/// The custom session setting the migrations read the reader role's name
+/// from (`current_setting('ticket_worker.reader_role', true)`).
+pub const READER_ROLE_SETTING: &str = "ticket_worker.reader_role";
+
 /// A storage failure, sorted by what the worker does about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -113,13 +121,35 @@ pub struct TicketStore {
 
 impl TicketStore {
     /// A pool for `database_url` that connects lazily, so a worker can start
-    /// (and wait) while Postgres is still coming up.
+    /// (and wait) while Postgres is still coming up. Migrations applied
+    /// through it grant reading to [`DEFAULT_READER_ROLE`].
     pub fn connect_lazy(
         database_url: &SecretString,
         max_connections: u32,
     ) -> Result<TicketStore, sqlx::Error> {
-        let options = PgConnectOptions::from_str(database_url.expose_secret())?
+        TicketStore::connect_lazy_with_reader_role(
+            database_url,
+            max_connections,
+            DEFAULT_READER_ROLE,
+        )
+    }
+
+    /// Like [`TicketStore::connect_lazy`], for a pool whose migrations grant
+    /// reading to `reader_role` (a checked READER_ROLE): its connections
+    /// carry the name as the session setting [`READER_ROLE_SETTING`].
+    pub fn connect_lazy_with_reader_role(
+        database_url: &SecretString,
+        max_connections: u32,
+        reader_role: &str,
+    ) -> Result<TicketStore, sqlx::Error> {
+        let mut options = PgConnectOptions::from_str(database_url.expose_secret())?
             .application_name("ticket-worker");
+        // The default goes without saying (the migrations fall back to it),
+        // so that connection poolers that refuse the `options` startup
+        // parameter keep working for everybody who does not choose a name.
+        if reader_role != DEFAULT_READER_ROLE {
+            options = options.options([(READER_ROLE_SETTING, reader_role)]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(0)

@@ -186,6 +186,105 @@ fn database_url_for(admin: &str, database: &str) -> String {
     url.to_string()
 }
 
+/// Postgres roles of one test, dropped when this is dropped (also when the
+/// test fails). Roles are cluster-wide and a role holding privileges or
+/// objects in a live database cannot be dropped, so the clean-up ends the
+/// roles' sessions, runs `DROP OWNED BY` in every database where Postgres
+/// records something of theirs (which also revokes their privileges), and
+/// only then drops them. Databases dropped before that (a [`TestDb`] dropped
+/// first) take their records with them.
+#[derive(Default)]
+pub struct TestRoles {
+    names: Vec<String>,
+}
+
+impl TestRoles {
+    /// A fresh role name starting with `prefix`, registered for clean-up
+    /// before anything creates the role (a test may fail right after).
+    pub fn name(&mut self, prefix: &str) -> String {
+        let name = format!("{prefix}_{}", unique());
+        self.names.push(name.clone());
+        name
+    }
+
+    /// Creates a LOGIN role with a password, member of `member_of`, and
+    /// returns a URL that connects as it to `db` over the same host and port
+    /// as the test's own connections.
+    pub async fn create_login(&mut self, db: &TestDb, member_of: &str) -> String {
+        let name = self.name("tw_login");
+        let password = unique();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE {member_of}"
+        )))
+        .execute(&db.pool)
+        .await
+        .expect("create the login role");
+        url_as(&db.url, &name, &password)
+    }
+}
+
+impl Drop for TestRoles {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.names);
+        let admin = admin_database_url();
+        run_detached(async move {
+            let Ok(mut connection) = PgConnection::connect(&admin).await else {
+                return;
+            };
+            let _ = sqlx::query(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                 WHERE usename = ANY($1) AND pid <> pg_backend_pid()",
+            )
+            .bind(&names)
+            .execute(&mut connection)
+            .await;
+            let existing: Vec<String> =
+                sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
+                    .bind(&names)
+                    .fetch_all(&mut connection)
+                    .await
+                    .unwrap_or_default();
+            if existing.is_empty() {
+                return;
+            }
+            let databases: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT d.datname::text FROM pg_shdepend s
+                 JOIN pg_database d ON d.oid = s.dbid
+                 JOIN pg_roles r ON r.oid = s.refobjid AND s.refclassid = 'pg_authid'::regclass
+                 WHERE r.rolname = ANY($1)",
+            )
+            .bind(&existing)
+            .fetch_all(&mut connection)
+            .await
+            .unwrap_or_default();
+            let owned = format!("DROP OWNED BY {}", existing.join(", "));
+            for database in databases {
+                let url = database_url_for(&admin, &database);
+                if let Ok(mut in_database) = PgConnection::connect(&url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(owned.clone()))
+                        .execute(&mut in_database)
+                        .await;
+                    let _ = in_database.close().await;
+                }
+            }
+            for role in existing {
+                let drop = format!("DROP ROLE IF EXISTS {role}");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut connection)
+                    .await;
+            }
+        });
+    }
+}
+
+/// `url` with another user and password.
+pub fn url_as(url: &str, user: &str, password: &str) -> String {
+    let mut url = url::Url::parse(url).expect("a database URL");
+    let _ = url.set_username(user);
+    let _ = url.set_password(Some(password));
+    url.to_string()
+}
+
 // ---------------------------------------------------------------- RabbitMQ
 
 /// Topology names of this test's own, declared, and deleted on drop.
@@ -595,6 +694,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         database: DatabaseSettings {
             url: SecretString::from(db.url.clone()),
             max_connections: 5,
+            reader_role: ticket_worker::storage::DEFAULT_READER_ROLE.to_owned(),
         },
         taptalk: TaptalkSettings {
             base_url: taptalk_url,
