@@ -12,14 +12,18 @@
 //! [`Problem::DuplicateKey`]. Repeats inside nested values are not checked:
 //! nested values only ever belong to keys the worker ignores (every field it
 //! reads must be a string), so no reading of them changes the event.
+//!
+//! Parsing does not read the clock; [`LoginEvent::check_clock_skew`] refuses
+//! an `occurredAt` in the future, given the time.
 
 use crate::domain::{EventId, Field, TicketRequest, json_kind};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::time::Duration;
 
 /// The largest login event the worker accepts by default (`MAX_EVENT_BYTES`).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
@@ -200,6 +204,46 @@ impl LoginEvent {
     /// How old the event is at `now`, if it says when it happened.
     pub fn age(&self, now: DateTime<Utc>) -> Option<TimeDelta> {
         self.occurred_at.map(|at| now - at)
+    }
+
+    /// Refuses an event whose `occurredAt` is more than `max_skew`
+    /// (`MAX_CLOCK_SKEW`) ahead of `now`, the worker's clock. A login cannot
+    /// happen in the future: such a time is a wrong clock or a made-up value,
+    /// and it would keep the event young past `MAX_EVENT_AGE`. An event that
+    /// does not say when it happened passes.
+    ///
+    /// The refusal is an invalid event like any other (`invalid_occurred_at`,
+    /// field `occurredAt`), with the event's id and user.
+    pub fn check_clock_skew(
+        &self,
+        now: DateTime<Utc>,
+        max_skew: Duration,
+    ) -> Result<(), InvalidEvent> {
+        let Some(at) = self.occurred_at else {
+            return Ok(());
+        };
+        let allowed = TimeDelta::from_std(max_skew).unwrap_or(TimeDelta::MAX);
+        let ahead = at - now;
+        if ahead <= allowed {
+            return Ok(());
+        }
+        let millis = u64::try_from(ahead.num_milliseconds()).unwrap_or_default();
+        let message = format!(
+            "occurredAt {} is {} ahead of the worker's clock, more than MAX_CLOCK_SKEW ({}) allows; \
+             send the time of the login from a synchronised clock",
+            at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            humantime::format_duration(Duration::from_millis(millis)),
+            humantime::format_duration(max_skew),
+        );
+        let mut invalid = InvalidEvent::new(
+            Problem::InvalidOccurredAt,
+            message,
+            Some(self.event_id.clone()),
+        )
+        .with_field("occurredAt");
+        invalid.xc_user_id = Some(self.request.xc_user_id().to_owned());
+        invalid.user_device_id = Some(self.request.user_device_id().to_owned());
+        Err(invalid)
     }
 }
 
@@ -782,6 +826,91 @@ mod tests {
                 format!("body must be a JSON object, not {kind}")
             );
         }
+    }
+
+    fn time(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_login_ahead_of_the_clock_passes_up_to_the_allowance() {
+        // The event says 06:31:57; the worker's clock says a minute earlier.
+        let event = parse_value(&event(), &JSON).expect("valid");
+        let now = time("2026-11-24T06:30:57Z");
+        let minute = Duration::from_secs(60);
+        assert_eq!(event.check_clock_skew(now, minute), Ok(()), "just inside");
+        let just_outside = event
+            .check_clock_skew(now - TimeDelta::milliseconds(1), minute)
+            .expect_err("just outside");
+        assert_eq!(
+            (just_outside.problem, just_outside.field),
+            (Problem::InvalidOccurredAt, Some("occurredAt"))
+        );
+        assert!(
+            just_outside.message.starts_with(
+                "occurredAt 2026-11-24T06:31:57Z is 1m 1ms ahead of the worker's clock, \
+                 more than MAX_CLOCK_SKEW (1m) allows;"
+            ),
+            "{}",
+            just_outside.message
+        );
+        assert!(
+            event
+                .check_clock_skew(now, minute - Duration::from_millis(1))
+                .is_err(),
+            "a smaller allowance"
+        );
+        // Past times are the age check's business.
+        assert_eq!(
+            event.check_clock_skew(time("2030-01-01T00:00:00Z"), minute),
+            Ok(())
+        );
+        // No allowance: exactly now passes, a millisecond later does not.
+        let at = time("2026-11-24T06:31:57Z");
+        assert_eq!(event.check_clock_skew(at, Duration::ZERO), Ok(()));
+        assert!(
+            event
+                .check_clock_skew(at - TimeDelta::milliseconds(1), Duration::ZERO)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_login_in_the_year_9999_is_invalid_with_its_identity() {
+        let mut body = event();
+        body["occurredAt"] = json!("9999-01-01T00:00:00Z");
+        let event = parse_value(&body, &JSON).expect("parses without the clock");
+        let now = time("2026-11-24T06:31:57Z");
+        let invalid = event
+            .check_clock_skew(now, Duration::from_secs(60))
+            .expect_err("the future");
+        assert_eq!(invalid.problem, Problem::InvalidOccurredAt);
+        assert_eq!(invalid.field, Some("occurredAt"));
+        assert_eq!(
+            invalid.event_id.as_ref().map(EventId::as_str),
+            Some("evt-1")
+        );
+        assert_eq!(invalid.xc_user_id.as_deref(), Some("cust-42"));
+        assert_eq!(invalid.user_device_id.as_deref(), Some("dev-1"));
+        assert!(
+            invalid
+                .message
+                .starts_with("occurredAt 9999-01-01T00:00:00Z is 7971years 11months")
+                && invalid
+                    .message
+                    .contains("more than MAX_CLOCK_SKEW (1m) allows"),
+            "{}",
+            invalid.message
+        );
+        // However large the allowance, nothing overflows.
+        assert_eq!(event.check_clock_skew(now, Duration::MAX), Ok(()));
+
+        let mut body = self::event();
+        body["occurredAt"] = Value::Null;
+        let undated = parse_value(&body, &JSON).expect("valid");
+        assert_eq!(undated.check_clock_skew(now, Duration::ZERO), Ok(()));
     }
 
     #[test]
