@@ -244,6 +244,14 @@ pub struct RunArgs {
         default_value = "15m"
     )]
     pub max_event_age: String,
+    /// Events whose occurredAt is further ahead of the worker's clock are invalid; 0 allows none
+    #[arg(
+        long,
+        env = "MAX_CLOCK_SKEW",
+        value_name = "MAX_CLOCK_SKEW",
+        default_value = "1m"
+    )]
+    pub max_clock_skew: String,
     /// On SIGTERM, how long in-flight messages may finish before they go back to the queue
     #[arg(
         long,
@@ -395,6 +403,8 @@ pub struct Settings {
     pub max_event_bytes: usize,
     /// `None`: events never expire.
     pub max_event_age: Option<Duration>,
+    /// How far ahead of the worker's clock an event's `occurredAt` may be.
+    pub max_clock_skew: Duration,
     pub shutdown_grace: Duration,
     pub migrate: bool,
     /// `None`: never purge.
@@ -440,6 +450,7 @@ impl Settings {
             concurrency,
             max_event_bytes: args.max_event_bytes,
             max_event_age: (!max_event_age.is_zero()).then_some(max_event_age),
+            max_clock_skew: duration("MAX_CLOCK_SKEW", &args.max_clock_skew)?,
             shutdown_grace: duration("SHUTDOWN_GRACE", &args.shutdown_grace)?,
             migrate: !args.skip_migrations,
             purge: {
@@ -813,6 +824,7 @@ mod tests {
     fn a_complete_configuration_parses_and_hides_its_secrets() {
         let settings = settings(&COMPLETE).expect("valid");
         assert_eq!(settings.max_event_age, None);
+        assert_eq!(settings.max_clock_skew, Duration::from_secs(60), "default");
         assert_eq!(
             settings.taptalk.retry.give_up_after,
             Some(Duration::from_secs(60))
@@ -886,6 +898,7 @@ mod tests {
         assert!(!error.to_string().contains("topsecret"), "{error}");
         for (extra, setting) in [
             ("--max-event-age=soon", "MAX_EVENT_AGE"),
+            ("--max-clock-skew=-5s", "MAX_CLOCK_SKEW"),
             ("--concurrency=0", "CONCURRENCY"),
             ("--taptalk-timeout=0", "TAPTALK_TIMEOUT"),
             ("--work-queue=", "WORK_QUEUE"),

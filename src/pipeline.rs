@@ -40,6 +40,8 @@ pub struct EventPolicy {
     pub max_event_bytes: usize,
     /// Older events (by `occurredAt`) are answered `expired`; `None`: never.
     pub max_event_age: Option<Duration>,
+    /// Events whose `occurredAt` is further ahead of our clock are invalid.
+    pub max_clock_skew: Duration,
     /// Times an event may go back to the queue for its own failures before it
     /// is given up (`retries_exhausted`); `None`: never.
     pub max_requeues: Option<u32>,
@@ -158,6 +160,9 @@ impl Pipeline {
             Ok(event) => event,
             Err(invalid) => return invalid_event(invalid),
         };
+        if let Err(invalid) = event.check_clock_skew(Utc::now(), self.policy.max_clock_skew) {
+            return invalid_event(invalid);
+        }
         tracing::Span::current().record("event_id", tracing::field::display(&event.event_id));
         if copies::is_landmine(&delivery.properties, bus.frame_max()) {
             // Its headers fill RabbitMQ's frame: a redelivery (which adds

@@ -41,6 +41,7 @@ impl Application {
         let policy = EventPolicy {
             max_event_bytes: settings.max_event_bytes,
             max_event_age: settings.max_event_age,
+            max_clock_skew: settings.max_clock_skew,
             max_requeues: settings.max_requeues,
             upstream_retry: taptalk.retry,
             // Longer than OUTAGE_AFTER, so that in a real outage the breaker

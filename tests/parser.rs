@@ -2,11 +2,14 @@
 //! panics, and it accepts exactly the events an independent reading of the
 //! rules accepts — no invalid event gets through, no valid one is refused —
 //! and forwards the TapTalk fields untouched.
+//!
+//! Bodies are written member by member, so they can repeat a top-level key
+//! (sometimes spelled with `\u` escapes), which a `serde_json::Map` cannot hold.
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use std::net::IpAddr;
-use ticket_worker::events::{Envelope, LoginEvent};
+use ticket_worker::events::{Envelope, InvalidEvent, LoginEvent};
 
 const MAX: usize = 64 * 1024;
 
@@ -39,8 +42,6 @@ fn max_chars(field: &str) -> usize {
 /// The rules, read independently of the implementation: `Some(event id)` when
 /// the object is a valid login event.
 fn oracle(object: &Map<String, Value>, message_id: Option<&str>) -> Option<String> {
-    let good_id =
-        |id: &str| !id.trim().is_empty() && id.len() <= 255 && !id.chars().any(char::is_control);
     let id = match object.get("eventID") {
         None | Some(Value::Null) => message_id.filter(|m| good_id(m))?.to_owned(),
         Some(Value::String(id)) if good_id(id) => id.clone(),
@@ -72,6 +73,109 @@ fn oracle(object: &Map<String, Value>, message_id: Option<&str>) -> Option<Strin
     let platform = object.get("userPlatform").and_then(Value::as_str)?;
     let ip = object.get("userIPAddress").and_then(Value::as_str)?;
     (["android", "ios", "web"].contains(&platform) && ip.parse::<IpAddr>().is_ok()).then_some(id)
+}
+
+/// A non-blank id of at most 255 bytes without control characters.
+fn good_id(id: &str) -> bool {
+    !id.trim().is_empty() && id.len() <= 255 && !id.chars().any(char::is_control)
+}
+
+/// One top-level member of a body as it is written: the key (spelled with a
+/// `\u` escape for every character when `escaped`) and the value's JSON text.
+#[derive(Debug, Clone)]
+struct Member {
+    key: String,
+    escaped: bool,
+    raw: String,
+}
+
+impl Member {
+    fn new(key: &str, raw: &str) -> Member {
+        Member {
+            key: key.to_owned(),
+            escaped: false,
+            raw: raw.to_owned(),
+        }
+    }
+
+    fn escaped(key: &str, raw: &str) -> Member {
+        Member {
+            escaped: true,
+            ..Member::new(key, raw)
+        }
+    }
+}
+
+/// The JSON text of an object with these members, in this order.
+fn write_body(members: &[Member]) -> String {
+    let written: Vec<String> = members
+        .iter()
+        .map(|m| {
+            let key = if m.escaped {
+                let mut units = [0u16; 2];
+                let escaped: String = m
+                    .key
+                    .chars()
+                    .flat_map(|c| c.encode_utf16(&mut units).to_vec())
+                    .map(|unit| format!("\\u{unit:04x}"))
+                    .collect();
+                format!("\"{escaped}\"")
+            } else {
+                Value::String(m.key.clone()).to_string()
+            };
+            format!("{key}:{}", m.raw)
+        })
+        .collect();
+    format!("{{{}}}", written.join(","))
+}
+
+/// Keys written more than once (compared as decoded), each named once.
+fn repeated_keys(members: &[Member]) -> Vec<&str> {
+    let mut repeated: Vec<&str> = Vec::new();
+    for (i, member) in members.iter().enumerate() {
+        let key = member.key.as_str();
+        if members[..i].iter().any(|m| m.key == key) && !repeated.contains(&key) {
+            repeated.push(key);
+        }
+    }
+    repeated
+}
+
+/// The object the members spell, when no key repeats.
+fn object_of(members: &[Member]) -> Map<String, Value> {
+    members
+        .iter()
+        .map(|m| {
+            let value = serde_json::from_str(&m.raw).expect("generated values are JSON");
+            (m.key.clone(), value)
+        })
+        .collect()
+}
+
+/// The rules for a body written member by member: a top-level key written
+/// twice makes it invalid, whichever copy another reader would take; below the
+/// top level (values of ignored keys) repeats do not matter.
+fn oracle_members(members: &[Member], message_id: Option<&str>) -> Option<String> {
+    if !repeated_keys(members).is_empty() {
+        return None;
+    }
+    oracle(&object_of(members), message_id)
+}
+
+/// The id a refused body with repeated keys must still carry: its eventID when
+/// that key is written once and is a good id, otherwise the message_id — never
+/// one of two eventIDs.
+fn identity_of_repeats(members: &[Member], message_id: Option<&str>) -> Option<String> {
+    let from_message = || message_id.filter(|m| good_id(m)).map(str::to_owned);
+    if repeated_keys(members).contains(&"eventID") {
+        return from_message();
+    }
+    let body_id = members
+        .iter()
+        .find(|m| m.key == "eventID")
+        .and_then(|m| serde_json::from_str::<Value>(&m.raw).ok())
+        .and_then(|v| v.as_str().filter(|id| good_id(id)).map(str::to_owned));
+    body_id.or_else(from_message)
 }
 
 /// Strings that hit the edges of the rules.
@@ -144,6 +248,51 @@ fn object() -> impl Strategy<Value = Map<String, Value>> {
         })
 }
 
+/// Objects that repeat a key inside: fine as values of keys the worker ignores.
+const NESTED_REPEAT: &str = r#"{"nested":1,"nested":2}"#;
+const METADATA_REPEAT: &str = r#"{"source":"a","source":"b"}"#;
+
+/// A value's JSON text; some are objects that repeat a key inside.
+fn raw_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => value().prop_map(|v| v.to_string()),
+        1 => Just(NESTED_REPEAT.to_owned()),
+    ]
+}
+
+/// Bodies made of `object()`'s members, sometimes with a few more members
+/// (mostly repeating a key already there) at random places, sometimes with an
+/// ignored object that repeats a key inside, and with some keys escaped.
+fn members() -> impl Strategy<Value = Vec<Member>> {
+    let extra = (any::<proptest::sample::Index>(), key(), raw_value());
+    (
+        object(),
+        prop_oneof![
+            3 => Just(Vec::new()),
+            1 => proptest::collection::vec(extra, 1..3),
+        ],
+        proptest::option::weighted(0.2, Just(())),
+        proptest::collection::vec(proptest::bool::weighted(0.2), 20),
+    )
+        .prop_map(|(object, extras, nested_repeat, escapes)| {
+            let mut members: Vec<Member> = object
+                .into_iter()
+                .map(|(key, value)| Member::new(&key, &value.to_string()))
+                .collect();
+            if nested_repeat.is_some() {
+                members.push(Member::new("metadata", METADATA_REPEAT));
+            }
+            for (at, key, raw) in extras {
+                let at = at.index(members.len() + 1);
+                members.insert(at, Member::new(&key, &raw));
+            }
+            for (member, escaped) in members.iter_mut().zip(escapes) {
+                member.escaped = escaped;
+            }
+            members
+        })
+}
+
 fn envelope() -> impl Strategy<Value = (Option<String>, Option<String>)> {
     (
         prop_oneof![
@@ -169,25 +318,35 @@ proptest! {
     }
 
     #[test]
-    fn accepts_exactly_what_the_rules_accept(object in object(), (ct, id) in envelope()) {
-        let body = Value::Object(object.clone()).to_string();
+    fn accepts_exactly_what_the_rules_accept(members in members(), (ct, id) in envelope()) {
+        let body = write_body(&members);
         let envelope = Envelope { content_type: ct.as_deref(), content_encoding: None, message_id: id.as_deref() };
         let parsed = LoginEvent::parse(body.as_bytes(), &envelope, MAX);
-        let expected = if ct.as_deref() == Some("text/plain") { None } else { oracle(&object, id.as_deref()) };
+        let plain_text = ct.as_deref() == Some("text/plain");
+        let expected = if plain_text { None } else { oracle_members(&members, id.as_deref()) };
         match (parsed, expected) {
             (Ok(event), Some(expected_id)) => {
                 prop_assert_eq!(event.event_id.as_str(), expected_id.as_str());
                 // The TapTalk fields go upstream exactly as sent.
-                let forwarded: Map<String, Value> = object
-                    .iter()
+                let forwarded: Map<String, Value> = object_of(&members)
+                    .into_iter()
                     .filter(|(k, v)| (REQUIRED.contains(&k.as_str()) || OPTIONAL.contains(&k.as_str())) && !v.is_null())
-                    .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 prop_assert_eq!(event.request.to_json(), forwarded);
             }
-            (Err(_), None) => {}
-            (Ok(event), None) => prop_assert!(false, "accepted an invalid event: {:?}", event),
-            (Err(invalid), Some(_)) => prop_assert!(false, "refused a valid event: {}", invalid),
+            (Err(invalid), None) => {
+                // A repeated key is named as such, and never lends its eventID.
+                if !plain_text && !repeated_keys(&members).is_empty() {
+                    prop_assert_eq!(invalid.problem.code(), "duplicate_key", "{}", invalid);
+                    prop_assert_eq!(
+                        invalid.event_id.as_ref().map(|id| id.as_str().to_owned()),
+                        identity_of_repeats(&members, id.as_deref()),
+                        "{}", body
+                    );
+                }
+            }
+            (Ok(event), None) => prop_assert!(false, "accepted an invalid event: {:?}\n{}", event, body),
+            (Err(invalid), Some(_)) => prop_assert!(false, "refused a valid event: {}\n{}", invalid, body),
         }
     }
 
@@ -200,24 +359,164 @@ proptest! {
 }
 
 /// The property above means something only if the generator produces plenty
-/// of both valid and invalid events.
+/// of valid and invalid events, of bodies with repeated keys, and of valid ones
+/// with escaped keys or repeats inside an ignored object.
 #[test]
 fn the_generator_covers_valid_and_invalid_events() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let strategy = object();
-    let valid = (0..2000)
-        .filter(|_| {
-            let object = strategy
-                .new_tree(&mut runner)
-                .map(|t| t.current())
-                .unwrap_or_default();
-            oracle(&object, None).is_some()
-        })
-        .count();
+    let strategy = members();
+    let (mut valid, mut repeated, mut valid_escaped, mut valid_nested) = (0, 0, 0, 0);
+    for _ in 0..2000 {
+        let members = strategy
+            .new_tree(&mut runner)
+            .map(|t| t.current())
+            .unwrap_or_default();
+        repeated += usize::from(!repeated_keys(&members).is_empty());
+        if oracle_members(&members, None).is_some() {
+            valid += 1;
+            valid_escaped += usize::from(members.iter().any(|m| m.escaped));
+            valid_nested += usize::from(
+                members
+                    .iter()
+                    .any(|m| m.raw == NESTED_REPEAT || m.raw == METADATA_REPEAT),
+            );
+        }
+    }
     assert!(
         (200..=1800).contains(&valid),
         "{valid} of 2000 generated events are valid"
+    );
+    assert!(repeated >= 200, "{repeated} of 2000 repeat a key");
+    assert!(
+        valid_escaped >= 100,
+        "{valid_escaped} valid ones escape a key"
+    );
+    assert!(
+        valid_nested >= 30,
+        "{valid_nested} valid ones repeat a key in an ignored object"
+    );
+}
+
+/// Parses a body written member by member, as a login service would send it.
+fn parse_members(members: &[Member], message_id: Option<&str>) -> Result<LoginEvent, InvalidEvent> {
+    let envelope = Envelope {
+        content_type: Some("application/json"),
+        content_encoding: None,
+        message_id,
+    };
+    LoginEvent::parse(write_body(members).as_bytes(), &envelope, MAX)
+}
+
+/// A valid event's members, `eventID` first.
+fn valid_members() -> Vec<Member> {
+    [
+        ("eventID", r#""evt-1""#),
+        ("occurredAt", r#""2026-11-24T06:31:57Z""#),
+        ("userIPAddress", r#""203.0.113.7""#),
+        ("userAgent", r#""Mozilla/5.0""#),
+        ("userPlatform", r#""ios""#),
+        ("userDeviceID", r#""d-1""#),
+        ("xcUserID", r#""cust-1""#),
+        ("fullName", r#""Ana Lima""#),
+    ]
+    .into_iter()
+    .map(|(key, raw)| Member::new(key, raw))
+    .collect()
+}
+
+fn with_member(member: Member) -> Vec<Member> {
+    let mut members = valid_members();
+    members.push(member);
+    members
+}
+
+#[test]
+fn a_repeated_required_field_is_refused_and_the_event_keeps_its_id() {
+    let members = with_member(Member::new("xcUserID", r#""cust-2""#));
+    let invalid = parse_members(&members, Some("msg-1")).expect_err("two xcUserIDs");
+    assert_eq!(invalid.problem.code(), "duplicate_key");
+    assert_eq!(invalid.field, Some("xcUserID"));
+    assert!(
+        invalid.message.contains("\"xcUserID\""),
+        "{}",
+        invalid.message
+    );
+    assert_eq!(
+        invalid.event_id.map(|id| id.to_string()),
+        Some("evt-1".into())
+    );
+    assert_eq!(invalid.xc_user_id, None, "neither copy is echoed");
+    assert_eq!(invalid.user_device_id.as_deref(), Some("d-1"));
+}
+
+#[test]
+fn a_repeated_event_id_is_refused_without_guessing_which_one_counts() {
+    let members = with_member(Member::new("eventID", r#""evt-2""#));
+    let invalid = parse_members(&members, Some("msg-1")).expect_err("two eventIDs");
+    assert_eq!(invalid.problem.code(), "duplicate_key");
+    assert_eq!(invalid.field, Some("eventID"));
+    assert_eq!(
+        invalid.event_id.map(|id| id.to_string()),
+        Some("msg-1".into())
+    );
+    assert_eq!(invalid.xc_user_id.as_deref(), Some("cust-1"));
+
+    let invalid = parse_members(&members, None).expect_err("two eventIDs");
+    assert_eq!(invalid.problem.code(), "duplicate_key");
+    assert_eq!(invalid.event_id, None, "no id: a dead letter only");
+}
+
+#[test]
+fn keys_are_compared_after_unescaping() {
+    // "event\u0049D" is "eventID".
+    let valid = write_body(&valid_members());
+    let body = format!(
+        "{},\"event\\u0049D\":\"evt-2\"}}",
+        valid.trim_end_matches('}')
+    );
+    let envelope = Envelope {
+        content_type: Some("application/json"),
+        content_encoding: None,
+        message_id: None,
+    };
+    let invalid = LoginEvent::parse(body.as_bytes(), &envelope, MAX).expect_err(&body);
+    assert_eq!(invalid.problem.code(), "duplicate_key");
+    assert_eq!(invalid.event_id, None);
+
+    let members = with_member(Member::escaped("fullName", r#""Ana""#));
+    let invalid = parse_members(&members, None).expect_err("escaped repeat");
+    assert_eq!(
+        (invalid.problem.code(), invalid.field),
+        ("duplicate_key", Some("fullName"))
+    );
+
+    // Escaped but not repeated: an ordinary key.
+    let mut members = valid_members();
+    members.iter_mut().for_each(|m| m.escaped = true);
+    assert!(parse_members(&members, None).is_ok());
+}
+
+#[test]
+fn a_repeated_key_inside_an_ignored_object_does_not_matter() {
+    let members = with_member(Member::new("metadata", METADATA_REPEAT));
+    let event = parse_members(&members, None).expect("repeats below the top level are ignored");
+    assert_eq!(event.event_id.as_str(), "evt-1");
+
+    let members = with_member(Member::new("metadata", r#"{"eventID":"a","eventID":"b"}"#));
+    assert!(parse_members(&members, None).is_ok());
+}
+
+#[test]
+fn a_repeated_unknown_key_is_refused_without_a_field() {
+    let mut members = with_member(Member::new("extra", "1"));
+    members.push(Member::new("extra", "2"));
+    let invalid = parse_members(&members, None).expect_err("two extras");
+    assert_eq!(invalid.problem.code(), "duplicate_key");
+    assert_eq!(invalid.field, None);
+    assert_eq!(
+        invalid.event_id.map(|id| id.to_string()),
+        Some("evt-1".into())
     );
 }

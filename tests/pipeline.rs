@@ -974,3 +974,193 @@ async fn outcomes_stored_but_never_announced_are_announced_from_the_outbox() {
     assert_eq!(h.tap.failed().len(), 1);
     worker.stop().await;
 }
+
+/// `event`'s JSON text with one more member written first, so the body repeats
+/// a key when the member's key is already there.
+fn with_first_member(event: &Value, member: &str) -> Vec<u8> {
+    let text = event.to_string();
+    format!("{{{member},{}", text.trim_start_matches('{')).into_bytes()
+}
+
+#[tokio::test]
+async fn repeated_keys_and_logins_from_the_future_are_refused_before_taptalk() {
+    let h = Harness::new(Knobs::default()).await;
+    let worker = h.worker();
+
+    // Valid ones, one of them a little ahead of our clock (within MAX_CLOCK_SKEW).
+    let mut valid: Vec<Value> = (0..3)
+        .map(|i| login_event(&format!("cust-ok-{i}")))
+        .collect();
+    valid[0]["occurredAt"] = json!((Utc::now() + TimeDelta::seconds(20)).to_rfc3339());
+
+    let twin_ids = login_event("cust-twin-ids");
+    let twin_ids_unnamed = login_event("cust-twin-ids-unnamed");
+    let twin_users = login_event("cust-twin-user");
+    let mut future = login_event("cust-future");
+    future["occurredAt"] = json!("9999-01-01T00:00:00Z");
+    let id_of = |event: &Value| event["eventID"].as_str().unwrap_or_default().to_owned();
+
+    struct Case {
+        name: &'static str,
+        body: Vec<u8>,
+        message_id: Option<String>,
+        problem: &'static str,
+        field: &'static str,
+        /// The id `ticket.failed` must carry; `None`: no ticket.failed at all.
+        failed_id: Option<String>,
+        /// The xcUserID `ticket.failed` echoes (`null` when it is the repeated key).
+        xc_user_id: Value,
+    }
+    let cases = [
+        // Two eventIDs: neither is taken, the message_id identifies the event.
+        Case {
+            name: "twin-event-ids",
+            body: with_first_member(&twin_ids, r#""eventID":"evt-the-other-one""#),
+            message_id: Some("m-twin-ids".into()),
+            problem: "duplicate_key",
+            field: "eventID",
+            failed_id: Some("m-twin-ids".into()),
+            xc_user_id: json!("cust-twin-ids"),
+        },
+        // The same, spelled with an escape and without a message_id: no id at all.
+        Case {
+            name: "twin-event-ids-no-message-id",
+            body: with_first_member(&twin_ids_unnamed, r#""event\u0049D":"evt-escaped""#),
+            message_id: None,
+            problem: "duplicate_key",
+            field: "eventID",
+            failed_id: None,
+            xc_user_id: Value::Null,
+        },
+        Case {
+            name: "twin-xc-user-ids",
+            body: with_first_member(&twin_users, r#""xcUserID":"cust-someone-else""#),
+            message_id: Some(id_of(&twin_users)),
+            problem: "duplicate_key",
+            field: "xcUserID",
+            failed_id: Some(id_of(&twin_users)),
+            xc_user_id: Value::Null,
+        },
+        Case {
+            name: "year-9999",
+            body: future.to_string().into_bytes(),
+            message_id: Some(id_of(&future)),
+            problem: "invalid_occurred_at",
+            field: "occurredAt",
+            failed_id: Some(id_of(&future)),
+            xc_user_id: json!("cust-future"),
+        },
+    ];
+    for case in &cases {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-test-case".into(),
+            AMQPValue::LongString(case.name.into()),
+        );
+        let mut properties = json_properties().with_headers(headers);
+        if let Some(id) = &case.message_id {
+            properties = properties.with_message_id(id.as_str().into());
+        }
+        h.broker.publish_raw(&case.body, properties).await;
+    }
+    h.broker.publish_events(&valid).await;
+
+    let total = (cases.len() + valid.len()) as u64;
+    eventually(WAIT, "every message handled", || async {
+        let stats = worker.stats();
+        (stats.issued + stats.dead_lettered >= total).then_some(())
+    })
+    .await;
+    // Dead letters are confirmed before the delivery is acked and counted.
+    let dead = h.broker.drain_dead_letters().await;
+    let letter_of = |case: &Case| {
+        dead.iter()
+            .find(|d| header(d, "x-test-case").as_deref() == Some(case.name))
+    };
+    let missing: Vec<&str> = cases
+        .iter()
+        .filter(|c| letter_of(c).is_none())
+        .map(|c| c.name)
+        .collect();
+    assert!(missing.is_empty(), "not dead-lettered: {missing:?}");
+    for case in &cases {
+        let Some(letter) = letter_of(case) else {
+            continue;
+        };
+        assert_eq!(letter.data, case.body, "{}: the body is kept", case.name);
+        assert_eq!(
+            header(letter, "x-ticket-worker-reason").as_deref(),
+            Some("invalid"),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            header(letter, "x-ticket-worker-problem").as_deref(),
+            Some(case.problem),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            header(letter, "x-ticket-worker-field").as_deref(),
+            Some(case.field),
+            "{}",
+            case.name
+        );
+    }
+    assert_eq!(
+        dead.len(),
+        cases.len(),
+        "only the bad ones are dead-lettered"
+    );
+
+    let expected_failed: Vec<&Case> = cases.iter().filter(|c| c.failed_id.is_some()).collect();
+    let failed = h
+        .tap
+        .wait_for("ticket.failed", expected_failed.len(), WAIT)
+        .await;
+    for case in expected_failed {
+        let id = case.failed_id.as_deref();
+        let event = failed.iter().find(|f| f.body["eventID"].as_str() == id);
+        let Some(event) = event else {
+            panic!("{}: ticket.failed for {id:?}", case.name);
+        };
+        assert_eq!(event.body["reason"], "invalid", "{}", case.name);
+        assert_eq!(event.body["field"], case.field, "{}", case.name);
+        assert_eq!(event.correlation_id.as_deref(), id, "{}", case.name);
+        assert_eq!(event.body["xcUserID"], case.xc_user_id, "{}", case.name);
+    }
+    assert_eq!(
+        failed.len(),
+        3,
+        "no ticket.failed for the one without a usable id: {failed:?}"
+    );
+
+    // The valid ones got their tickets; TapTalk never saw a bad one.
+    let ready = h.tap.wait_for("ticket.ready", valid.len(), WAIT).await;
+    let ready_ids: HashSet<String> = ready.iter().map(|r| id_of(&r.body)).collect();
+    assert_eq!(ready_ids, valid.iter().map(id_of).collect::<HashSet<_>>());
+    let upstream_users: HashSet<String> = h
+        .taptalk
+        .issued()
+        .iter()
+        .filter_map(|i| i.body.get("xcUserID").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect();
+    let valid_users: HashSet<String> = valid
+        .iter()
+        .filter_map(|e| e["xcUserID"].as_str())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        upstream_users, valid_users,
+        "only valid events reach TapTalk"
+    );
+    assert_eq!(
+        h.taptalk.stats().requests,
+        1 + valid.len() as u64,
+        "the start-up probe and one request per valid event"
+    );
+    assert_eq!(h.db.count().await, valid.len() as i64);
+    assert_eq!(h.broker.ready_count(&h.broker.topology.work_queue).await, 0);
+    worker.stop().await;
+}

@@ -716,6 +716,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         concurrency: 16,
         max_event_bytes: ticket_worker::events::DEFAULT_MAX_EVENT_BYTES,
         max_event_age: Some(Duration::from_secs(600)),
+        max_clock_skew: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(5),
         migrate: true,
         purge: None,
