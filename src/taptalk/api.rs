@@ -49,6 +49,13 @@ impl ServerKey {
         SecretString::from(STANDARD.encode(raw))
     }
 
+    /// Registers the secret and the `Server-Key` header value with the log
+    /// redactor: from now on no log line shows them, in any encoding.
+    pub fn register_with_logs(&self) {
+        crate::telemetry::register_secret(self.secret.expose_secret());
+        crate::telemetry::register_secret(self.header_value().expose_secret());
+    }
+
     /// Replaces any copy of the secret (raw or inside the header value) in a
     /// text that came from outside, such as an upstream error message.
     pub fn scrub(&self, text: &str) -> String {
