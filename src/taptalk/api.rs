@@ -113,12 +113,21 @@ impl ApiError {
     }
 }
 
-/// `data` of a successful auth-ticket answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `data` of a successful auth-ticket answer. `Debug` hides the ticket.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct TicketData {
     #[serde(rename = "userID")]
     pub user_id: String,
     pub ticket: String,
+}
+
+impl fmt::Debug for TicketData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketData")
+            .field("user_id", &self.user_id)
+            .field("ticket", &"[REDACTED]")
+            .finish()
+    }
 }
 
 impl ApiEnvelope {
@@ -173,6 +182,19 @@ mod tests {
         assert_eq!(
             key.scrub("got a2V5LWlkOnMzY3IzdA== and s3cr3t"),
             "got [REDACTED] and [REDACTED]"
+        );
+    }
+
+    #[test]
+    fn ticket_data_debug_hides_the_ticket() {
+        let data = TicketData {
+            user_id: "u1".into(),
+            ticket: "bearer-ticket-1".into(),
+        };
+        let debug = format!("{data:?}");
+        assert!(
+            debug.contains("u1") && !debug.contains("bearer-ticket-1"),
+            "{debug}"
         );
     }
 
