@@ -142,10 +142,10 @@ impl TaptalkClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| transport_error("request", e))?;
+            .map_err(|e| transport_error("request", e, &self.endpoint))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let body = read_limited(response, MAX_RESPONSE_BYTES).await?;
+        let body = read_limited(response, MAX_RESPONSE_BYTES, &self.endpoint).await?;
         classify(status, retry_after, &body).map_err(|e| self.scrubbed(e))
     }
 
@@ -271,12 +271,13 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 async fn read_limited(
     mut response: reqwest::Response,
     limit: usize,
+    endpoint: &Url,
 ) -> Result<Vec<u8>, TicketError> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| transport_error("response", e))?
+        .map_err(|e| transport_error("response", e, endpoint))?
     {
         if body.len() + chunk.len() > limit {
             return Err(TicketError::transient(format!(
@@ -338,18 +339,26 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(seconds))
 }
 
-fn transport_error(stage: &str, error: reqwest::Error) -> TicketError {
+/// A request that got no answer. When TapTalk could not be reached at all
+/// (refused, unknown host, connect timeout), the likeliest cause is the URL:
+/// the detail names the setting and the endpoint it led to.
+fn transport_error(stage: &str, error: reqwest::Error, endpoint: &Url) -> TicketError {
+    let connect = error.is_connect();
     let what = if error.is_timeout() {
         "timed out"
-    } else if error.is_connect() {
+    } else if connect {
         "could not connect"
     } else {
         "failed"
     };
-    TicketError::transient(format!(
-        "TapTalk {stage} {what}: {}",
-        chain(&error.without_url())
-    ))
+    let mut detail = format!("TapTalk {stage} {what}: {}", chain(&error.without_url()));
+    if connect {
+        detail.push_str(&format!(
+            "; check TAPTALK_BASE_URL (the endpoint is {})",
+            crate::configuration::redact_url(endpoint.as_str())
+        ));
+    }
+    TicketError::transient(detail)
 }
 
 /// An error and its sources, joined, so "error sending request" says why.
@@ -593,6 +602,33 @@ mod tests {
         }
         let without_error = r#"{"status":200,"data":{"userID":"u1","ticket":"t1"}}"#;
         assert!(sort(200, without_error).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_taptalk_names_the_setting() {
+        // A port nothing listens on.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let key = ServerKey::new("id", secrecy::SecretString::from("client-test-secret"));
+        for base in [
+            format!("http://127.0.0.1:{port}"),
+            "http://ticket-worker-test.invalid".to_owned(),
+        ] {
+            let base = Url::parse(&base).expect("url");
+            let client =
+                TaptalkClient::new(&base, key.clone(), Duration::from_secs(3)).expect("client");
+            let detail = transient_detail(client.probe().await.map(|()| TicketData {
+                user_id: String::new(),
+                ticket: String::new(),
+            }));
+            assert!(
+                detail.contains("could not connect")
+                    && detail.contains("check TAPTALK_BASE_URL")
+                    && detail.contains(base.host_str().unwrap_or_default()),
+                "{detail}"
+            );
+        }
     }
 
     #[test]
