@@ -379,12 +379,15 @@ impl<W: Write> RedactingWriter<W> {
             return Ok(());
         }
         let buffer = std::mem::take(&mut self.buffer);
-        let redactor = REDACTOR.read().unwrap_or_else(|p| p.into_inner());
-        match redactor.scrub(&buffer) {
+        // The lock is released before the (possibly slow) write.
+        let clean = REDACTOR
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .scrub(&buffer);
+        match clean {
             Some(clean) => self.inner.write_all(&clean)?,
             None => self.inner.write_all(WITHHELD)?,
         }
-        drop(redactor);
         self.inner.flush()
     }
 }
