@@ -1,9 +1,11 @@
 //! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish`.
 //! Each command's work lives in its own module; this file only parses and
-//! dispatches, and turns failures into exit codes (2: configuration, 1: other).
+//! dispatches, registers every secret with the log redactor as soon as the
+//! settings are read, and turns failures into exit codes (2: configuration,
+//! 1: other), the final error line scrubbed like every log line.
 
 use crate::configuration::{
-    ConfigError, DatabaseArgs, DatabaseSettings, RunArgs, ServerKeyArgs, Settings,
+    BrokerSettings, ConfigError, DatabaseArgs, DatabaseSettings, RunArgs, ServerKeyArgs, Settings,
 };
 use crate::fake_taptalk::{FakeTaptalk, Knobs};
 use crate::shutdown::Shutdown;
@@ -11,6 +13,7 @@ use crate::startup::Application;
 use crate::storage::TicketStore;
 use crate::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -100,6 +103,7 @@ impl Cli {
             _ => telemetry::DEFAULT_FILTER,
         };
         telemetry::init(self.log_format, filter);
+        register_early_secrets(&self.command);
         let result = match self.command {
             Command::Run(args) => run(&args).await,
             Command::Migrate(args) => migrate(&args).await,
@@ -110,7 +114,7 @@ impl Cli {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("ticket-worker: {error}");
+                eprintln!("ticket-worker: {}", telemetry::scrub(&error.to_string()));
                 match error {
                     CommandError::Config(_) => ExitCode::from(2),
                     CommandError::Failed(_) => ExitCode::FAILURE,
@@ -120,10 +124,46 @@ impl Cli {
     }
 }
 
+/// `demo` and `publish` read their settings in their own modules: read the
+/// URLs here too, only to register their passwords with the log redactor
+/// before anything connects. A setting that does not parse is left to the
+/// command to report.
+fn register_early_secrets(command: &Command) {
+    match command {
+        Command::Demo(args) => {
+            let local = crate::demo::LOCAL_AMQP_URL;
+            if let Ok(broker) = BrokerSettings::from_args(&args.broker, Some(local)) {
+                register_broker_secrets(&broker);
+            }
+            let local = crate::demo::LOCAL_DATABASE_URL;
+            if let Ok(database) = DatabaseSettings::from_args(&args.database, Some(local)) {
+                register_database_secrets(&database);
+            }
+        }
+        Command::Publish(args) => {
+            if let Ok(broker) = BrokerSettings::from_args(&args.broker, None) {
+                register_broker_secrets(&broker);
+            }
+        }
+        Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) => {}
+    }
+}
+
+fn register_broker_secrets(broker: &BrokerSettings) {
+    telemetry::register_url(broker.amqp_url.expose_secret());
+}
+
+fn register_database_secrets(database: &DatabaseSettings) {
+    telemetry::register_url(database.url.expose_secret());
+}
+
 async fn run(args: &RunArgs) -> Result<(), CommandError> {
     let settings = Settings::from_args(args)?;
+    register_broker_secrets(&settings.broker);
+    register_database_secrets(&settings.database);
+    settings.taptalk.server_key.register_with_logs();
     tracing::info!(
-        amqp = %crate::configuration::redact_url(secrecy::ExposeSecret::expose_secret(&settings.broker.amqp_url)),
+        amqp = %crate::configuration::redact_url(settings.broker.amqp_url.expose_secret()),
         taptalk = %crate::configuration::redact_url(settings.taptalk.base_url.as_str()),
         server_key_id = settings.taptalk.server_key.id(),
         "starting ticket-worker {}",
@@ -141,6 +181,7 @@ async fn run(args: &RunArgs) -> Result<(), CommandError> {
 
 async fn migrate(args: &DatabaseArgs) -> Result<(), CommandError> {
     let database = DatabaseSettings::from_args(args, None)?;
+    register_database_secrets(&database);
     let store = TicketStore::connect_lazy_with_reader_role(&database.url, 1, &database.reader_role)
         .map_err(anyhow::Error::from)?;
     store
@@ -153,6 +194,7 @@ async fn migrate(args: &DatabaseArgs) -> Result<(), CommandError> {
 
 async fn fake_taptalk(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
     let key = crate::configuration::server_key(&args.key)?;
+    key.register_with_logs();
     let knobs = Knobs {
         latency: args.latency,
         latency_jitter: args.latency_jitter,

@@ -49,6 +49,13 @@ impl ServerKey {
         SecretString::from(STANDARD.encode(raw))
     }
 
+    /// Registers the secret and the `Server-Key` header value with the log
+    /// redactor: from now on no log line shows them, in any encoding.
+    pub fn register_with_logs(&self) {
+        crate::telemetry::register_secret(self.secret.expose_secret());
+        crate::telemetry::register_secret(self.header_value().expose_secret());
+    }
+
     /// Replaces any copy of the secret (raw or inside the header value) in a
     /// text that came from outside, such as an upstream error message.
     pub fn scrub(&self, text: &str) -> String {
@@ -106,12 +113,21 @@ impl ApiError {
     }
 }
 
-/// `data` of a successful auth-ticket answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `data` of a successful auth-ticket answer. `Debug` hides the ticket.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct TicketData {
     #[serde(rename = "userID")]
     pub user_id: String,
     pub ticket: String,
+}
+
+impl fmt::Debug for TicketData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketData")
+            .field("user_id", &self.user_id)
+            .field("ticket", &"[REDACTED]")
+            .finish()
+    }
 }
 
 impl ApiEnvelope {
@@ -166,6 +182,19 @@ mod tests {
         assert_eq!(
             key.scrub("got a2V5LWlkOnMzY3IzdA== and s3cr3t"),
             "got [REDACTED] and [REDACTED]"
+        );
+    }
+
+    #[test]
+    fn ticket_data_debug_hides_the_ticket() {
+        let data = TicketData {
+            user_id: "u1".into(),
+            ticket: "bearer-ticket-1".into(),
+        };
+        let debug = format!("{data:?}");
+        assert!(
+            debug.contains("u1") && !debug.contains("bearer-ticket-1"),
+            "{debug}"
         );
     }
 

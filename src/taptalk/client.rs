@@ -72,6 +72,9 @@ impl TaptalkClient {
     /// `https://taptalk.io`); `timeout` bounds each request.
     pub fn new(base_url: &Url, key: ServerKey, timeout: Duration) -> anyhow::Result<TaptalkClient> {
         let endpoint = endpoint(base_url)?;
+        // The commands register the key already; a client built any other
+        // way (the demo's, a library user's) is covered too.
+        key.register_with_logs();
         let mut key_header = HeaderValue::from_str(key.header_value().expose_secret())
             .map_err(|_| anyhow::anyhow!("the server key cannot be sent as an HTTP header"))?;
         key_header.set_sensitive(true);
@@ -139,10 +142,10 @@ impl TaptalkClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| transport_error("request", e))?;
+            .map_err(|e| transport_error("request", e, &self.endpoint))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let body = read_limited(response, MAX_RESPONSE_BYTES).await?;
+        let body = read_limited(response, MAX_RESPONSE_BYTES, &self.endpoint).await?;
         classify(status, retry_after, &body).map_err(|e| self.scrubbed(e))
     }
 
@@ -175,7 +178,11 @@ fn endpoint(base_url: &Url) -> anyhow::Result<Url> {
         .map_err(|e| anyhow::anyhow!("TAPTALK_BASE_URL does not form a valid endpoint URL: {e}"))
 }
 
-/// Sorts one HTTP answer.
+/// Sorts one HTTP answer. Only a clean success is a ticket: HTTP 2xx, an
+/// envelope whose `status` is 2xx too, no `error.code` or `error.message`,
+/// and a usable `data.userID` and `data.ticket`. Anything else is sorted like
+/// the failure it reports: TapTalk's error codes first, then the HTTP status,
+/// then, when HTTP says 2xx but the envelope does not, the envelope's status.
 fn classify(
     status: StatusCode,
     retry_after: Option<Duration>,
@@ -183,6 +190,12 @@ fn classify(
 ) -> Result<TicketData, TicketError> {
     let envelope = serde_json::from_slice::<ApiEnvelope>(body).ok();
     let answered = || describe(status, envelope.as_ref());
+    let check_key = || {
+        TicketError::Misconfigured(format!(
+            "{}; check TAPTALK_SERVER_KEY_ID and TAPTALK_SERVER_KEY_SECRET",
+            answered()
+        ))
+    };
     if let Some(error) = envelope.as_ref().map(|e| &e.error) {
         if error.is(PARAM_VALIDATION_FAILED) {
             let field = Field::lookup(&error.field)
@@ -194,37 +207,61 @@ fn classify(
             });
         }
         if error.is(HEADER_VALIDATION_FAILED) || error.is_authorization_failure() {
+            return Err(check_key());
+        }
+    }
+    match status.as_u16() {
+        200..=299 => {}
+        401 | 403 => return Err(check_key()),
+        300..=399 | 404 | 405 => {
             return Err(TicketError::Misconfigured(format!(
-                "{}; check TAPTALK_SERVER_KEY_ID and TAPTALK_SERVER_KEY_SECRET",
+                "{}; check TAPTALK_BASE_URL (redirects are not followed)",
+                answered()
+            )));
+        }
+        429 => {
+            return Err(TicketError::Transient {
+                detail: answered(),
+                retry_after,
+            });
+        }
+        _ => return Err(TicketError::transient(answered())),
+    }
+    // HTTP says success; the envelope must agree.
+    let Some(envelope) = envelope.as_ref() else {
+        return Err(TicketError::transient(format!(
+            "{} without a TapTalk envelope",
+            answered()
+        )));
+    };
+    match envelope.status {
+        200..=299 => {}
+        401 | 403 => return Err(check_key()),
+        429 => {
+            return Err(TicketError::Transient {
+                detail: format!("{}; not a ticket", answered()),
+                retry_after,
+            });
+        }
+        _ => {
+            return Err(TicketError::transient(format!(
+                "{}; not a ticket",
                 answered()
             )));
         }
     }
-    match status.as_u16() {
-        200..=299 => envelope
-            .as_ref()
-            .and_then(|e| TicketData::deserialize(&e.data).ok())
-            .filter(|d| usable(&d.user_id, 255) && usable(&d.ticket, 4096))
-            .ok_or_else(|| {
-                TicketError::transient(format!("{} without a usable userID and ticket", answered()))
-            }),
-        401 | 403 => Err(TicketError::Misconfigured(format!(
-            "{}; check TAPTALK_SERVER_KEY_ID and TAPTALK_SERVER_KEY_SECRET",
+    if !envelope.error.code.is_empty() || !envelope.error.message.is_empty() {
+        return Err(TicketError::transient(format!(
+            "{}: an error in a success envelope is not a ticket",
             answered()
-        ))),
-        300..=399 | 404 | 405 => Err(TicketError::Misconfigured(format!(
-            "{}; check TAPTALK_BASE_URL (redirects are not followed)",
-            answered()
-        ))),
-        429 => Err(TicketError::Transient {
-            detail: answered(),
-            retry_after,
-        }),
-        _ => Err(TicketError::Transient {
-            detail: answered(),
-            retry_after: None,
-        }),
+        )));
     }
+    TicketData::deserialize(&envelope.data)
+        .ok()
+        .filter(|d| usable(&d.user_id, 255) && usable(&d.ticket, 4096))
+        .ok_or_else(|| {
+            TicketError::transient(format!("{} without a usable userID and ticket", answered()))
+        })
 }
 
 /// The most of an answer the client reads; TapTalk's answers are tiny.
@@ -234,12 +271,13 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 async fn read_limited(
     mut response: reqwest::Response,
     limit: usize,
+    endpoint: &Url,
 ) -> Result<Vec<u8>, TicketError> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| transport_error("response", e))?
+        .map_err(|e| transport_error("response", e, endpoint))?
     {
         if body.len() + chunk.len() > limit {
             return Err(TicketError::transient(format!(
@@ -266,8 +304,16 @@ fn usable(value: &str, max_chars: usize) -> bool {
     !value.is_empty() && value.chars().count() <= max_chars && !value.chars().any(char::is_control)
 }
 
+/// "TapTalk answered HTTP <status>", the envelope's status when it differs,
+/// and the envelope's error code and message when there are any.
 fn describe(status: StatusCode, envelope: Option<&ApiEnvelope>) -> String {
     let mut text = format!("TapTalk answered HTTP {status}");
+    if let Some(inner) = envelope
+        .map(|e| e.status)
+        .filter(|inner| *inner != status.as_u16())
+    {
+        text.push_str(&format!(" with envelope status {inner}"));
+    }
     if let Some(error) = envelope
         .map(|e| &e.error)
         .filter(|e| !e.code.is_empty() || !e.message.is_empty())
@@ -293,18 +339,26 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(seconds))
 }
 
-fn transport_error(stage: &str, error: reqwest::Error) -> TicketError {
+/// A request that got no answer. When TapTalk could not be reached at all
+/// (refused, unknown host, connect timeout), the likeliest cause is the URL:
+/// the detail names the setting and the endpoint it led to.
+fn transport_error(stage: &str, error: reqwest::Error, endpoint: &Url) -> TicketError {
+    let connect = error.is_connect();
     let what = if error.is_timeout() {
         "timed out"
-    } else if error.is_connect() {
+    } else if connect {
         "could not connect"
     } else {
         "failed"
     };
-    TicketError::transient(format!(
-        "TapTalk {stage} {what}: {}",
-        chain(&error.without_url())
-    ))
+    let mut detail = format!("TapTalk {stage} {what}: {}", chain(&error.without_url()));
+    if connect {
+        detail.push_str(&format!(
+            "; check TAPTALK_BASE_URL (the endpoint is {})",
+            crate::configuration::redact_url(endpoint.as_str())
+        ));
+    }
+    TicketError::transient(detail)
 }
 
 /// An error and its sources, joined, so "error sending request" says why.
@@ -441,6 +495,138 @@ mod tests {
                     })
                 ),
                 "{status}"
+            );
+        }
+    }
+
+    const DATA: &str = r#""data":{"userID":"u-x","ticket":"HOSTILE"}"#;
+
+    fn transient_detail(result: Result<TicketData, TicketError>) -> String {
+        match result {
+            Err(TicketError::Transient { detail, .. }) => detail,
+            other => panic!("expected a transient error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn http_200_with_an_error_status_in_the_envelope_is_not_a_ticket() {
+        for status in [500, 502, 503, 400, 404, 418] {
+            let body =
+                format!(r#"{{"status":{status},"error":{{"code":"","message":""}},{DATA}}}"#);
+            let detail = transient_detail(sort(200, &body));
+            assert!(
+                detail.contains(&format!("with envelope status {status}"))
+                    && detail.contains("not a ticket"),
+                "{detail}"
+            );
+        }
+        // A 429 in the envelope is rate limiting: Retry-After is honoured.
+        let body = format!(r#"{{"status":429,{DATA}}}"#);
+        assert!(matches!(
+            sort(200, &body),
+            Err(TicketError::Transient {
+                retry_after: Some(_),
+                ..
+            })
+        ));
+        // 401 and 403 in the envelope: the key, as with the HTTP status.
+        for status in [401, 403] {
+            let body = format!(r#"{{"status":{status},{DATA}}}"#);
+            assert!(
+                matches!(sort(200, &body), Err(TicketError::Misconfigured(ref m)) if m.contains("TAPTALK_SERVER_KEY_SECRET")),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_200_with_an_error_code_or_message_in_the_envelope_is_not_a_ticket() {
+        for error in [
+            r#"{"code":"InternalServerError","message":"boom","field":""}"#,
+            r#"{"code":50001,"message":""}"#,
+            r#"{"code":"","message":"something is wrong"}"#,
+        ] {
+            let body = format!(r#"{{"status":200,"error":{error},{DATA}}}"#);
+            let detail = transient_detail(sort(200, &body));
+            assert!(
+                detail.contains("an error in a success envelope is not a ticket"),
+                "{detail}"
+            );
+        }
+        let body = format!(
+            r#"{{"status":200,"error":{{"code":"InternalServerError","message":"boom"}},{DATA}}}"#
+        );
+        assert_eq!(
+            transient_detail(sort(200, &body)),
+            "TapTalk answered HTTP 200 OK (InternalServerError: boom): an error in a success envelope is not a ticket"
+        );
+    }
+
+    #[test]
+    fn known_error_codes_decide_even_inside_http_200() {
+        let body = format!(
+            r#"{{"status":200,"error":{{"code":"ParamValidationFailed","message":"bad","field":"email"}},{DATA}}}"#
+        );
+        assert_eq!(
+            sort(200, &body),
+            Err(TicketError::Rejected {
+                field: Some("email".into()),
+                message: "bad".into()
+            })
+        );
+        for code in ["HeaderValidationFailed", "40001", "40104"] {
+            let body = format!(r#"{{"status":200,"error":{{"code":"{code}"}},{DATA}}}"#);
+            assert!(
+                matches!(sort(200, &body), Err(TicketError::Misconfigured(_))),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_clean_envelope_in_an_http_error_is_not_a_ticket() {
+        let body = format!(r#"{{"status":200,"error":{{"code":""}},{DATA}}}"#);
+        for status in [500, 503, 400] {
+            assert!(
+                matches!(sort(status, &body), Err(TicketError::Transient { .. })),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_2xx_with_a_clean_2xx_envelope_is_a_ticket() {
+        let body = r#"{"status":201,"error":{"code":"","message":"","field":""},"data":{"userID":"u1","ticket":"t1"}}"#;
+        for status in [200, 201] {
+            assert!(sort(status, body).is_ok(), "{status}");
+        }
+        let without_error = r#"{"status":200,"data":{"userID":"u1","ticket":"t1"}}"#;
+        assert!(sort(200, without_error).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_taptalk_names_the_setting() {
+        // A port nothing listens on.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let key = ServerKey::new("id", secrecy::SecretString::from("client-test-secret"));
+        for base in [
+            format!("http://127.0.0.1:{port}"),
+            "http://ticket-worker-test.invalid".to_owned(),
+        ] {
+            let base = Url::parse(&base).expect("url");
+            let client =
+                TaptalkClient::new(&base, key.clone(), Duration::from_secs(3)).expect("client");
+            let detail = transient_detail(client.probe().await.map(|()| TicketData {
+                user_id: String::new(),
+                ticket: String::new(),
+            }));
+            assert!(
+                detail.contains("could not connect")
+                    && detail.contains("check TAPTALK_BASE_URL")
+                    && detail.contains(base.host_str().unwrap_or_default()),
+                "{detail}"
             );
         }
     }

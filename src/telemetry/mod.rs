@@ -1,0 +1,156 @@
+//! Logging: `tracing` events to stderr, as text for people or JSON lines for
+//! log pipelines (`LOG_FORMAT=json`), filtered by `RUST_LOG`.
+//!
+//! Secrets are kept out of the logs in three layers:
+//!
+//! 1. Nothing secret is recorded as a field by this crate: tickets and keys
+//!    are wrapped in types whose `Debug` prints `[REDACTED]`, and URLs are
+//!    logged redacted.
+//! 2. Every line, from any crate, passes through [`redact`] before it reaches
+//!    stderr: each secret registered with [`register_secret`] or
+//!    [`register_url`] is replaced, raw and in the encodings a library may
+//!    print (byte lists, base64, hex, percent and JSON escapes). The commands
+//!    register the key secret, the `Server-Key` header and the URL passwords
+//!    as soon as they have parsed their settings; [`scrub`] does the same for
+//!    text printed outside `tracing` (the final error line).
+//! 3. lapin's `trace` events are dropped whatever `RUST_LOG` says: they dump
+//!    whole AMQP frames, which carry the SASL login (user name and password,
+//!    as a byte list) and every message body (login events are personal
+//!    data: names, e-mail addresses, phone numbers, IP addresses). The
+//!    redactor would hide the password, but not the personal data, and it
+//!    is better not to rely on one layer for the password either. lapin's
+//!    `debug` and above stay available. To see frames, capture the traffic
+//!    (Wireshark decodes AMQP 0-9-1) on a test broker instead.
+
+pub mod redact;
+
+pub use redact::{RedactingMakeWriter, register_secret, register_url, scrub};
+
+use tracing::Level;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The filter used when `RUST_LOG` is not set: our own events at `info`, the
+/// chatty libraries at `warn`. lapin's own note on returned messages is off: it
+/// prints whole message bodies, and the publisher reports unroutable events
+/// itself.
+pub const DEFAULT_FILTER: &str =
+    "info,lapin=warn,lapin::returned_messages=off,sqlx=warn,hyper=warn,reqwest=warn";
+
+/// The demo's filter: only problems, so the progress line stays readable.
+pub const QUIET_FILTER: &str = "warn,lapin::returned_messages=off";
+
+/// Installs the global subscriber, with `default_filter` unless `RUST_LOG` is
+/// set. Call once, at the start of a command; a second call is a no-op.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(no_frame_dumps());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(RedactingMakeWriter::new(std::io::stderr))
+        // Colours only for people at a terminal, never into log files.
+        .with_ansi(ansi)
+        .with_span_events(FmtSpan::NONE)
+        .with_target(true);
+    let _ = match format {
+        LogFormat::Text => registry.with(layer).try_init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_current_span(true))
+            .try_init(),
+    };
+}
+
+/// Drops lapin's `trace` events and spans, the ones that dump AMQP frames
+/// (see the module documentation).
+fn no_frame_dumps() -> FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
+    FilterFn::new(|meta| !(is_lapin(meta.target()) && *meta.level() == Level::TRACE))
+}
+
+fn is_lapin(target: &str) -> bool {
+    target == "lapin" || target.starts_with("lapin::")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        }
+    }
+
+    #[test]
+    fn lapin_trace_is_capped_and_every_line_is_scrubbed_at_trace() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("trace"))
+            .with(no_frame_dumps())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(RedactingMakeWriter::new(move || writer.clone()))
+                    .with_ansi(false)
+                    .json(),
+            );
+        register_secret("telemetry-test-Pw-81f2");
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "lapin::io_loop", "a frame dump");
+            tracing::trace!(target: "lapin", "another frame dump");
+            tracing::debug!(target: "lapin::channels", "create channel");
+            tracing::trace!(target: "lapinesque", "not lapin");
+            tracing::trace!(
+                target: "some_crate",
+                response = ?b"\0user\0telemetry-test-Pw-81f2",
+                "secret as bytes"
+            );
+            tracing::trace!(target: "some_crate", "secret {}", "telemetry-test-Pw-81f2");
+        });
+        let logs = captured.text();
+        assert!(!logs.contains("frame dump"), "{logs}");
+        assert!(logs.contains("create channel"), "{logs}");
+        assert!(logs.contains("not lapin"), "{logs}");
+        assert!(!logs.contains("telemetry-test-Pw-81f2"), "{logs}");
+        let listed: Vec<String> = "telemetry-test-Pw-81f2"
+            .bytes()
+            .map(|b| b.to_string())
+            .collect();
+        assert!(!logs.contains(&listed.join(", ")), "{logs}");
+        assert_eq!(logs.matches("[REDACTED]").count(), 2, "{logs}");
+    }
+}
