@@ -898,3 +898,131 @@ async fn a_redelivery_too_large_to_receive_costs_valid_traffic_seconds_and_no_de
         "scenario oversized-redelivery: 1 message too large to receive on redelivery, 50 events; outcome: 50 tickets in {took:.1?}, {sessions} RabbitMQ sessions, the landmine dead-lettered by RabbitMQ's delivery limit, no valid event spent"
     );
 }
+
+#[tokio::test]
+async fn a_stored_ticket_is_announced_even_when_rabbitmq_dead_letters_its_login_event() {
+    // A delivery limit of 0: RabbitMQ dead-letters a login event the first
+    // time it comes back unacknowledged.
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::with_delivery_limit(0).await;
+    let taptalk = fake_taptalk(Knobs {
+        latency: Duration::from_millis(300),
+        ..Knobs::default()
+    })
+    .await;
+    let tap = broker.tap().await;
+    let h = Harness {
+        db,
+        broker,
+        taptalk,
+        tap,
+    };
+    // The worker reaches RabbitMQ through a link that freezes mid-flight:
+    // tickets are stored, but their ticket.ready and the acks never arrive.
+    // Then the link drops, and the worker stops.
+    let link = FreezableProxy::start("127.0.0.1:5672".parse().expect("addr")).await;
+    let mut settings = h.settings();
+    settings.broker.amqp_url = secrecy::SecretString::from(link.amqp_url());
+    settings.concurrency = 8;
+    settings.shutdown_grace = Duration::from_millis(500);
+    let worker = TestWorker::spawn(settings);
+    let events: Vec<Value> = (0..100)
+        .map(|i| login_event(&format!("cust-{i}")))
+        .collect();
+    h.broker.publish_events(&events).await;
+    eventually(SETTLE, "work under way", || async {
+        (h.db.count().await >= 10).then_some(())
+    })
+    .await;
+    link.freeze();
+    let at_freeze = h.db.count().await;
+    assert!(
+        at_freeze < 90,
+        "the link froze mid-flight ({at_freeze} stored)"
+    );
+    eventually(SETTLE, "tickets stored behind the frozen link", || async {
+        (h.db.count().await > at_freeze).then_some(())
+    })
+    .await;
+    // Every permit ends up with a stored ticket waiting for its confirm.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    link.cut();
+    worker.stop().await;
+    let stored: HashSet<String> = sqlx::query_scalar("SELECT event_id FROM auth_tickets")
+        .fetch_all(&h.db.pool)
+        .await
+        .expect("rows")
+        .into_iter()
+        .collect();
+    let dlq = h.broker.topology.dead_letter_queue.clone();
+    eventually(
+        SETTLE,
+        "RabbitMQ dead-letters what the worker held",
+        || async { (h.broker.ready_count(&dlq).await > 0).then_some(()) },
+    )
+    .await;
+
+    // A new worker: the login events of the stored tickets are dead letters
+    // now, yet every stored ticket is announced, from the outbox; the events
+    // never delivered before are processed as usual.
+    let relay = h.worker();
+    eventually(SETTLE, "every stored ticket announced", || async {
+        let announced: HashSet<String> = h
+            .tap
+            .ready()
+            .iter()
+            .filter_map(|e| e.body["eventID"].as_str().map(str::to_owned))
+            .collect();
+        stored.is_subset(&announced).then_some(())
+    })
+    .await;
+    eventually(SETTLE, "the work queue drained", || async {
+        (h.broker.ready_count(&h.broker.topology.work_queue).await == 0).then_some(())
+    })
+    .await;
+    let store = TicketStore::from_pool(h.db.pool.clone());
+    eventually(SETTLE, "the outbox empties", || async {
+        (store.pending_announcements().await.ok()? == 0).then_some(())
+    })
+    .await;
+    relay.stop().await;
+    let stored_now: HashSet<String> = sqlx::query_scalar("SELECT event_id FROM auth_tickets")
+        .fetch_all(&h.db.pool)
+        .await
+        .expect("rows")
+        .into_iter()
+        .collect();
+    let announced: HashSet<String> = h
+        .tap
+        .ready()
+        .iter()
+        .filter_map(|e| e.body["eventID"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        announced, stored_now,
+        "exactly the stored tickets are announced"
+    );
+    let dead = h.broker.all_dead_letters().await;
+    let dead_ids: HashSet<String> = dead
+        .iter()
+        .filter_map(|d| d.properties.message_id().as_ref().map(|m| m.to_string()))
+        .collect();
+    let all: HashSet<String> = events
+        .iter()
+        .filter_map(|e| e["eventID"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        all.iter()
+            .all(|id| stored_now.contains(id) || dead_ids.contains(id)),
+        "every event has its ticket or is a dead letter"
+    );
+    let stranded = stored.intersection(&dead_ids).count();
+    assert!(stranded > 0, "some stored tickets lost their login event");
+    println!(
+        "scenario lost-deliveries: 100 events; faults: the link to RabbitMQ froze with tickets stored but not announced, then dropped, delivery limit 0; \
+         outcome: {} tickets stored before the link dropped, {} login events dead-lettered by RabbitMQ ({stranded} of them with a stored ticket, announced by the relay), {} tickets in all, each announced",
+        stored.len(),
+        dead_ids.len(),
+        stored_now.len()
+    );
+}

@@ -1014,3 +1014,102 @@ impl Drop for RabbitUser {
             .status();
     }
 }
+
+// ---------------------------------------------------------------- a freezable link
+
+/// A TCP proxy in front of RabbitMQ that can stop passing on what its clients
+/// send (as a broken link or a stalled broker would): the broker keeps
+/// delivering, but publishes, confirms requested and acknowledgements never
+/// arrive. [`FreezableProxy::cut`] then drops every connection, discarding
+/// what was held back.
+pub struct FreezableProxy {
+    pub port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl FreezableProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> FreezableProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
+        let (flag, tasks) = (Arc::clone(&frozen), Arc::clone(&links));
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let flag = Arc::clone(&flag);
+                let up = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        if flag.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        match client_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            // Read just as the link froze: held back too.
+                            Ok(_) if flag.load(Ordering::Relaxed) => {}
+                            Ok(n) => {
+                                if server_write.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+                let down = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let mut tasks = tasks.lock().unwrap_or_else(|p| p.into_inner());
+                tasks.push(up);
+                tasks.push(down);
+            }
+        });
+        FreezableProxy {
+            port,
+            frozen,
+            links,
+            accept,
+        }
+    }
+
+    /// `AMQP_URL` through this proxy, as guest.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// From now on, nothing the clients send reaches the broker.
+    pub fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Drops every connection through the proxy, and what was held back.
+    pub fn cut(&self) {
+        for link in self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

@@ -1,9 +1,12 @@
-//! Service restarts: RabbitMQ and Postgres are restarted while a worker
-//! process has events in flight, and the worker recovers on its own.
+//! Faults of the shared services themselves: RabbitMQ and Postgres restarted
+//! while a worker has events in flight, and the broker's message size limit.
 //!
-//! These restart shared services, so this file holds exactly one test (cargo
-//! runs test binaries one after another, so nothing else runs meanwhile), and
-//! a guard brings both services back up even when the test fails.
+//! These change services other tests use, so they live in this binary alone
+//! (cargo runs test binaries one after another) and take [`SERIAL`] so they
+//! never overlap each other; a guard restores each service even when the test
+//! fails. `TEST_SKIP_SERVICE_FAULTS` (or the older
+//! `TEST_SKIP_SERVICE_RESTARTS`) skips them, for machines where others use the
+//! same services.
 
 mod support;
 
@@ -16,6 +19,20 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 use ticket_worker::fake_taptalk::Knobs;
+
+/// One service fault at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whether this machine's services may be broken on purpose.
+fn skipped() -> bool {
+    let skip = ["TEST_SKIP_SERVICE_FAULTS", "TEST_SKIP_SERVICE_RESTARTS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if skip {
+        eprintln!("TEST_SKIP_SERVICE_FAULTS is set: not breaking the shared services");
+    }
+    skip
+}
 
 fn postgres_cluster() -> String {
     std::fs::read_dir("/etc/postgresql")
@@ -62,10 +79,10 @@ impl Drop for Restore {
 
 #[tokio::test]
 async fn rabbitmq_and_postgres_restarts_are_survived() {
-    if std::env::var_os("TEST_SKIP_SERVICE_RESTARTS").is_some() {
-        eprintln!("TEST_SKIP_SERVICE_RESTARTS is set: not restarting the shared services");
+    if skipped() {
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     // Slow enough that both restarts land while events are in flight:
     // 8 at a time, about 0.5 s each, 200 events: about 12 s of work.
     let h = Harness::new(Knobs {
@@ -206,5 +223,146 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
         ids.len(),
         ids.len(),
         announced.len()
+    );
+}
+
+/// `rabbitmqctl eval` and its output, trimmed.
+fn rabbitmq_eval(expression: &str) -> Option<String> {
+    let output = Command::new("rabbitmqctl")
+        .args(["-q", "eval", expression])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Sets RabbitMQ's `max_message_size` (new channels use it) until dropped,
+/// also when the test fails; then puts the previous value back.
+struct MaxMessageSize {
+    previous: u64,
+}
+
+impl MaxMessageSize {
+    fn set(bytes: u64) -> MaxMessageSize {
+        // `{ok,134217728}`, or `undefined` for RabbitMQ's built-in default.
+        let previous = rabbitmq_eval("application:get_env(rabbit, max_message_size).")
+            .and_then(|v| {
+                v.trim_start_matches("{ok,")
+                    .trim_end_matches('}')
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(134_217_728);
+        let guard = MaxMessageSize { previous };
+        assert!(
+            rabbitmq_eval(&format!(
+                "application:set_env(rabbit, max_message_size, {bytes})."
+            ))
+            .is_some(),
+            "set max_message_size"
+        );
+        guard
+    }
+}
+
+impl Drop for MaxMessageSize {
+    fn drop(&mut self) {
+        let _ = rabbitmq_eval(&format!(
+            "application:set_env(rabbit, max_message_size, {}).",
+            self.previous
+        ));
+    }
+}
+
+/// The `max_message_size` the project ships for RabbitMQ.
+fn shipped_max_message_size() -> u64 {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/rabbitmq/ticket-worker.conf"
+    );
+    let config = std::fs::read_to_string(path).expect("the shipped RabbitMQ configuration");
+    config
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .find(|(key, _)| key.trim() == "max_message_size")
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .expect("the shipped configuration sets max_message_size")
+}
+
+#[tokio::test]
+async fn the_shipped_broker_limit_refuses_bodies_that_would_swell_a_worker() {
+    if skipped() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let limit = shipped_max_message_size();
+    let max_event = ticket_worker::events::DEFAULT_MAX_EVENT_BYTES as u64;
+    assert!(
+        (max_event..=4 * max_event).contains(&limit),
+        "the shipped limit ({limit}) lets every acceptable event through and bounds the rest"
+    );
+    let _applied = MaxMessageSize::set(limit);
+    let h = Harness::new(Knobs::default()).await;
+    let worker = h.worker();
+
+    // 10 MiB bodies, as an attacker would send 40 of them: refused at publish.
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let mut refused = 0;
+    for _ in 0..5 {
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm mode");
+        let body = vec![b' '; 10 * 1024 * 1024];
+        let published = async {
+            channel
+                .basic_publish(
+                    h.broker.topology.login_exchange.as_str().into(),
+                    "login".into(),
+                    Default::default(),
+                    &body,
+                    json_properties(),
+                )
+                .await?
+                .await
+        }
+        .await;
+        refused += usize::from(published.is_err() || !channel.status().connected());
+    }
+    assert_eq!(refused, 5, "RabbitMQ refuses every 10 MiB body");
+    let _ = connection.close(200, "done".into()).await;
+
+    // A body a little over MAX_EVENT_BYTES still reaches the worker, which
+    // answers it; ordinary events flow.
+    let mut too_large = login_event("cust-big");
+    too_large["padding"] = Value::String("p".repeat(max_event as usize));
+    h.broker.publish_event(&too_large).await;
+    let valid: Vec<Value> = (0..20).map(|i| login_event(&format!("cust-{i}"))).collect();
+    h.broker.publish_events(&valid).await;
+    h.tap
+        .wait_for("ticket.ready", 20, Duration::from_secs(60))
+        .await;
+    let failed = h
+        .tap
+        .wait_for("ticket.failed", 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(failed[0].body["eventID"], too_large["eventID"]);
+    let dead = h
+        .broker
+        .wait_for_dead_letters(1, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        header(&dead[0], "x-ticket-worker-problem").as_deref(),
+        Some("too_large")
+    );
+    worker.stop().await;
+    println!(
+        "scenario message-size: the shipped max_message_size ({limit} bytes) applied to RabbitMQ; outcome: 5 of 5 bodies of 10 MiB refused at publish, a {} KiB event dead-lettered too_large, 20 tickets",
+        too_large.to_string().len() / 1024
     );
 }
