@@ -59,6 +59,36 @@ fn each_missing_setting_stops_run_with_exit_code_2_and_its_name() {
 }
 
 #[test]
+fn a_run_with_nothing_set_names_all_five_required_settings_at_once() {
+    let (code, stderr) = run_with(&[]);
+    assert_eq!(code, 2, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("ticket-worker: 5 configuration errors:"),
+        "{stderr}"
+    );
+    for (variable, flag) in [
+        ("AMQP_URL", "--amqp-url"),
+        ("DATABASE_URL", "--database-url"),
+        ("TAPTALK_BASE_URL", "--taptalk-base-url"),
+        ("TAPTALK_SERVER_KEY_ID", "--taptalk-server-key-id"),
+        ("TAPTALK_SERVER_KEY_SECRET", "--taptalk-server-key-secret"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("  {variable}: missing;")))
+            .unwrap_or_else(|| panic!("no line for {variable}: {stderr}"));
+        assert!(
+            line.contains(&format!("set the environment variable {variable}"))
+                && line.contains(flag),
+            "says what to do: {line}"
+        );
+    }
+    assert_eq!(lines.len(), 6, "one line per setting: {stderr}");
+}
+
+#[test]
 fn malformed_settings_stop_run_with_exit_code_2_and_never_echo_secrets() {
     let cases: [(&'static str, &str, &str); 7] = [
         ("AMQP_URL", "amqp://guest:hunter2-amqp@[::1", "AMQP_URL"),
