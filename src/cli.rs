@@ -192,10 +192,12 @@ async fn migrate(args: &DatabaseArgs) -> Result<(), CommandError> {
     register_database_secrets(&database);
     let store = TicketStore::connect_lazy_with_reader_role(&database.url, 1, &database.reader_role)
         .map_err(anyhow::Error::from)?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}"))?;
+    store.migrate().await.map_err(|e| {
+        anyhow::anyhow!(
+            "applying database migrations failed: {}",
+            crate::storage::describe_migration(&e)
+        )
+    })?;
     tracing::info!("database migrations applied");
     Ok(())
 }

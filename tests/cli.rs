@@ -189,6 +189,28 @@ async fn migrate_applies_the_schema_and_can_run_again() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL: missing"));
 }
 
+#[test]
+fn migrate_names_database_url_when_the_database_does_not_exist() {
+    let missing = format!("tw_test_{}", unique());
+    let mut url = url::Url::parse(&admin_database_url()).expect("a database URL");
+    url.set_path(&format!("/{missing}"));
+    let output = bin()
+        .arg("migrate")
+        .env("DATABASE_URL", url.as_str())
+        .output()
+        .expect("migrate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "applying database migrations failed: database \"{missing}\" does not exist (SQLSTATE 3D000); \
+             DATABASE_URL names a database that does not exist on this server: create it, or correct DATABASE_URL"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" at line "), "{stderr}");
+}
+
 #[tokio::test]
 async fn publish_sends_valid_lines_byte_for_byte_and_reports_bad_ones_by_line() {
     let broker = TestBroker::new().await;
@@ -417,13 +439,25 @@ async fn run_waits_for_a_database_that_does_not_exist_yet_instead_of_exiting() {
         &format!("nodb-{}", unique()),
     );
     let mut worker = WorkerProcess::spawn(&env);
-    eventually(WAIT, "the configuration error is reported", || async {
-        worker
-            .logs()
-            .contains("Postgres refuses the worker's configuration")
-            .then_some(())
+    let logs = eventually(WAIT, "the configuration error is reported", || async {
+        let logs = worker.logs();
+        logs.contains("Postgres refuses the worker's configuration")
+            .then_some(logs)
     })
     .await;
+    // Postgres' own words, its code, and which setting to fix; not the
+    // server's C source line, which read like a line of our migrations.
+    let line = logs
+        .lines()
+        .find(|l| l.contains("Postgres refuses the worker's configuration"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!(
+            "database \"{missing}\" does not exist (SQLSTATE 3D000)"
+        )) && line.contains("DATABASE_URL names a database that does not exist"),
+        "{line}"
+    );
+    assert!(!logs.contains(" at line "), "{logs}");
     assert!(
         worker.wait(Duration::from_millis(500)).await.is_none(),
         "still running, waiting"
