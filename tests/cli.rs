@@ -308,11 +308,14 @@ async fn fake_taptalk_serves_the_documented_endpoint() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let mut server = bin()
+    let server = bin()
         .arg("fake-taptalk")
         .env("FAKE_TAPTALK_LISTEN", format!("127.0.0.1:{port}"))
         .env("TAPTALK_SERVER_KEY_ID", KEY_ID)
         .env("TAPTALK_SERVER_KEY_SECRET", KEY_SECRET)
+        // Its log lines are checked below, not left to clutter the test output.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start fake-taptalk");
     let url = format!("http://127.0.0.1:{port}/v1/server/auth_ticket/request");
@@ -378,8 +381,14 @@ async fn fake_taptalk_serves_the_documented_endpoint() {
     let _ = std::process::Command::new("kill")
         .arg(server.id().to_string())
         .status();
-    let status = server.wait().expect("exit");
-    assert!(status.success());
+    let output = server.wait_with_output().expect("exit");
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{logs}");
+    assert!(
+        logs.contains("TapTalk stand-in listening") && logs.contains("shutdown requested"),
+        "{logs}"
+    );
+    assert!(!logs.contains(KEY_SECRET), "{logs}");
 }
 
 fn server_key_header() -> String {
