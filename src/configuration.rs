@@ -1045,7 +1045,11 @@ mod tests {
     fn a_complete_configuration_parses_and_hides_its_secrets() {
         let settings = settings(&COMPLETE).expect("valid");
         assert_eq!(settings.max_event_age, None);
-        assert_eq!(settings.max_clock_skew, Duration::from_secs(60), "default");
+        assert_eq!(
+            settings.max_clock_skew,
+            crate::events::DEFAULT_MAX_CLOCK_SKEW,
+            "the default, which publish checks with"
+        );
         assert_eq!(
             settings.taptalk.retry.give_up_after,
             Some(Duration::from_secs(60))

@@ -221,7 +221,19 @@ async fn publish_sends_valid_lines_byte_for_byte_and_reports_bad_ones_by_line() 
     let mut bad = login_event("cust-3");
     bad["userPlatform"] = json!("amiga");
     let first_line = format!("{}   ", first);
-    let input = format!("{first_line}\n\n{without_id}\n{bad}\n");
+    // eventID written twice: serde_json (and the old publish) take the last
+    // copy; the worker refuses the event whichever copy it would take.
+    let late_id = format!("late-{}", unique());
+    let repeated_id = format!(
+        "{},\"eventID\":\"{late_id}\"}}",
+        login_event("cust-4")
+            .to_string()
+            .strip_suffix('}')
+            .expect("an object")
+    );
+    let mut from_the_future = login_event("cust-5");
+    from_the_future["occurredAt"] = json!("9999-12-31T23:59:59Z");
+    let input = format!("{first_line}\n\n{without_id}\n{bad}\n{repeated_id}\n{from_the_future}\n");
 
     let publish = |extra: &'static [&'static str]| {
         let mut child = bin()
@@ -249,27 +261,30 @@ async fn publish_sends_valid_lines_byte_for_byte_and_reports_bad_ones_by_line() 
     assert_eq!(
         output.status.code(),
         Some(1),
-        "one line was skipped: {stderr}"
+        "three lines were skipped: {stderr}"
     );
+    let line = |number: usize| {
+        stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("line {number}: ")))
+            .unwrap_or_else(|| panic!("no report of line {number}: {stderr}"))
+    };
+    assert!(line(4).contains("userPlatform (103)"), "{stderr}");
     assert!(
-        stderr.contains("line 4:") && stderr.contains("userPlatform (103)"),
+        line(5).contains("(duplicate_key)") && line(5).contains("\"eventID\""),
         "{stderr}"
     );
-    assert!(stderr.contains("published 2 login events"), "{stderr}");
+    assert!(
+        line(6).contains("(invalid_occurred_at)") && line(6).contains("MAX_CLOCK_SKEW (1m)"),
+        "the worker's clock-skew rule: {stderr}"
+    );
+    assert!(
+        stderr.contains("published 2 login events") && stderr.contains("(3 skipped, 0 failed)"),
+        "{stderr}"
+    );
     assert_eq!(broker.ready_count(&t.work_queue).await, 2);
 
-    let mut queued = Vec::new();
-    while let Some(message) = broker
-        .channel
-        .basic_get(
-            t.work_queue.as_str().into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .expect("get")
-    {
-        queued.push(message.delivery);
-    }
+    let queued = take_all(&broker, &t.work_queue).await;
     assert_eq!(queued[0].data, first_line.as_bytes(), "sent byte for byte");
     assert_eq!(
         queued[0]
@@ -294,12 +309,49 @@ async fn publish_sends_valid_lines_byte_for_byte_and_reports_bad_ones_by_line() 
     );
 
     let output = publish(&["--no-validate"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        stderr.contains("line 5: eventID is written more than once; sent without a message_id"),
+        "{stderr}"
     );
-    assert_eq!(broker.ready_count(&t.work_queue).await, 3);
+    assert_eq!(broker.ready_count(&t.work_queue).await, 5);
+    let queued = take_all(&broker, &t.work_queue).await;
+    let message_id = |i: usize| {
+        queued[i]
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+    };
+    assert_eq!(queued[3].data, repeated_id.as_bytes());
+    assert_eq!(
+        message_id(3),
+        None,
+        "no guess between two eventIDs (the last one was {late_id})"
+    );
+    assert_eq!(
+        message_id(4),
+        from_the_future["eventID"].as_str().map(str::to_owned),
+        "sent as it is, under its own eventID"
+    );
+}
+
+/// Takes every message waiting in `queue`.
+async fn take_all(broker: &TestBroker, queue: &str) -> Vec<lapin::message::Delivery> {
+    let mut taken = Vec::new();
+    while let Some(message) = broker
+        .channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("get")
+    {
+        taken.push(message.delivery);
+    }
+    taken
 }
 
 #[tokio::test]
