@@ -5,7 +5,8 @@
 //! 1: other), the final error line scrubbed like every log line.
 
 use crate::configuration::{
-    BrokerSettings, ConfigError, DatabaseArgs, DatabaseSettings, RunArgs, ServerKeyArgs, Settings,
+    BrokerSettings, ConfigError, ConfigErrors, DatabaseArgs, DatabaseSettings, RunArgs,
+    ServerKeyArgs, Settings,
 };
 use crate::fake_taptalk::{FakeTaptalk, Knobs};
 use crate::shutdown::Shutdown;
@@ -89,10 +90,17 @@ pub struct FakeTaptalkArgs {
 /// How a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("configuration error: {0}")]
-    Config(#[from] ConfigError),
+    /// Every missing or malformed setting, one per line (exit code 2).
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
+}
+
+impl From<ConfigError> for CommandError {
+    fn from(error: ConfigError) -> CommandError {
+        CommandError::Config(error.into())
+    }
 }
 
 impl Cli {
@@ -184,10 +192,12 @@ async fn migrate(args: &DatabaseArgs) -> Result<(), CommandError> {
     register_database_secrets(&database);
     let store = TicketStore::connect_lazy_with_reader_role(&database.url, 1, &database.reader_role)
         .map_err(anyhow::Error::from)?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}"))?;
+    store.migrate().await.map_err(|e| {
+        anyhow::anyhow!(
+            "applying database migrations failed: {}",
+            crate::storage::describe_migration(&e)
+        )
+    })?;
     tracing::info!("database migrations applied");
     Ok(())
 }

@@ -1,7 +1,14 @@
 //! Configuration: every setting of `ticket-worker run`, as a flag and as an
 //! environment variable (secrets also as `*_FILE`), checked once at start into
-//! [`Settings`]. A missing or malformed setting is a [`ConfigError`] that names
-//! the variable and says how to fix it; the binary exits with code 2.
+//! [`Settings`]. Every missing or malformed setting is a [`ConfigError`] that
+//! names the variable and says how to fix it; one reading reports them all
+//! together, as [`ConfigErrors`], so that a first run lists everything to set
+//! (the binary prints one per line and exits with code 2). Values of secrets
+//! are never repeated in an error.
+//!
+//! Numbers (`PREFETCH`, `CONCURRENCY`, …) are parsed by clap, which stops at
+//! the first value that is not a number; everything after that is checked
+//! here.
 
 use crate::breaker::BreakerSettings;
 use crate::broker::Topology;
@@ -10,12 +17,13 @@ use crate::relay::RelaySettings;
 use crate::retry::RetryPolicy;
 use crate::taptalk::ServerKey;
 use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 use url::Url;
 
-/// A setting that is missing or malformed.
+/// One setting that is missing or malformed, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {problem}")]
 pub struct ConfigError {
@@ -30,6 +38,104 @@ impl ConfigError {
             setting,
             problem: problem.into(),
         }
+    }
+}
+
+/// Every setting found missing or malformed in one reading, in the order
+/// they were checked; never empty. Displayed as one line when there is one,
+/// else as a count followed by one indented line per setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// Each problem, one per setting.
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.0
+    }
+
+    /// The names of the settings at fault, in order.
+    pub fn settings(&self) -> Vec<&'static str> {
+        self.0.iter().map(|error| error.setting).collect()
+    }
+
+    /// The problem with `setting`, if it has one.
+    pub fn get(&self, setting: &str) -> Option<&ConfigError> {
+        self.0.iter().find(|error| error.setting == setting)
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![error])
+    }
+}
+
+impl IntoIterator for ConfigErrors {
+    type Item = ConfigError;
+    type IntoIter = std::vec::IntoIter<ConfigError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "configuration error: {one}"),
+            all => {
+                write!(f, "{} configuration errors:", all.len())?;
+                for error in all {
+                    write!(f, "\n  {error}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Collects the problems of many settings while they are checked, so that
+/// one reading reports every one of them.
+#[derive(Debug, Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// The checked value, or `None` with its problems kept.
+    fn take<T, E: Into<ConfigErrors>>(&mut self, checked: Result<T, E>) -> Option<T> {
+        match checked {
+            Ok(value) => Some(value),
+            Err(errors) => {
+                self.0.extend(errors.into());
+                None
+            }
+        }
+    }
+
+    /// Keeps a problem with `setting` unless `ok`.
+    fn require(&mut self, ok: bool, setting: &'static str, problem: &str) {
+        if !ok {
+            self.0.push(ConfigError::new(setting, problem));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The problems found. Called when a value is missing, so there is at
+    /// least one; should there be none, the error says so rather than
+    /// passing an empty list on.
+    fn into_errors(self) -> ConfigErrors {
+        if self.0.is_empty() {
+            return ConfigError::new(
+                "settings",
+                "a setting was refused without a reason (a bug in ticket-worker; please report it)",
+            )
+            .into();
+        }
+        ConfigErrors(self.0)
     }
 }
 
@@ -414,98 +520,148 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Checks every setting, reporting the first problem found.
-    pub fn from_args(args: &RunArgs) -> Result<Settings, ConfigError> {
-        let concurrency = args.concurrency;
-        if concurrency == 0 || concurrency > 10_000 {
-            return Err(ConfigError::new(
-                "CONCURRENCY",
-                "must be between 1 and 10000",
-            ));
+    /// Checks every setting, reporting every problem found.
+    pub fn from_args(args: &RunArgs) -> Result<Settings, ConfigErrors> {
+        let mut problems = Problems::default();
+        let broker = problems.take(BrokerSettings::from_args(&args.broker, None));
+        let database = problems.take(DatabaseSettings::from_args(&args.database, None));
+        let base_url = problems.take(taptalk_base_url(args.taptalk.taptalk_base_url.as_deref()));
+        let server_key = problems.take(server_key(&args.taptalk.key));
+        let timeout = problems.take(positive_duration("TAPTALK_TIMEOUT", &args.taptalk_timeout));
+        let retry_for = problems.take(duration("TAPTALK_RETRY_FOR", &args.taptalk_retry_for));
+        let outage_after = problems.take(duration("OUTAGE_AFTER", &args.outage_after));
+        problems.require(args.prefetch > 0, "PREFETCH", "must be between 1 and 65535");
+        problems.require(
+            (1..=10_000).contains(&args.concurrency),
+            "CONCURRENCY",
+            "must be between 1 and 10000",
+        );
+        problems.require(
+            args.max_event_bytes >= 256,
+            "MAX_EVENT_BYTES",
+            "must be at least 256",
+        );
+        let max_event_age = problems.take(duration("MAX_EVENT_AGE", &args.max_event_age));
+        let max_clock_skew = problems.take(duration("MAX_CLOCK_SKEW", &args.max_clock_skew));
+        let shutdown_grace = problems.take(duration("SHUTDOWN_GRACE", &args.shutdown_grace));
+        let purge_after = problems.take(duration("PURGE_AFTER", &args.purge_after));
+        let purge_every = problems.take(positive_duration("PURGE_EVERY", &args.purge_every));
+        let relay_after = problems.take(positive_duration(
+            "OUTBOX_RELAY_AFTER",
+            &args.outbox_relay_after,
+        ));
+        let (
+            Some(broker),
+            Some(database),
+            Some(base_url),
+            Some(server_key),
+            Some(timeout),
+            Some(retry_for),
+            Some(outage_after),
+            Some(max_event_age),
+            Some(max_clock_skew),
+            Some(shutdown_grace),
+            Some(purge_after),
+            Some(purge_every),
+            Some(relay_after),
+        ) = (
+            broker,
+            database,
+            base_url,
+            server_key,
+            timeout,
+            retry_for,
+            outage_after,
+            max_event_age,
+            max_clock_skew,
+            shutdown_grace,
+            purge_after,
+            purge_every,
+            relay_after,
+        )
+        else {
+            return Err(problems.into_errors());
+        };
+        if !problems.is_empty() {
+            return Err(problems.into_errors());
         }
-        if args.prefetch == 0 {
-            return Err(ConfigError::new("PREFETCH", "must be between 1 and 65535"));
-        }
-        if args.max_event_bytes < 256 {
-            return Err(ConfigError::new("MAX_EVENT_BYTES", "must be at least 256"));
-        }
-        let retry_for = duration("TAPTALK_RETRY_FOR", &args.taptalk_retry_for)?;
-        let max_event_age = duration("MAX_EVENT_AGE", &args.max_event_age)?;
         Ok(Settings {
-            broker: BrokerSettings::from_args(&args.broker, None)?,
-            database: DatabaseSettings::from_args(&args.database, None)?,
-            taptalk: TaptalkSettings::new(
-                taptalk_base_url(args.taptalk.taptalk_base_url.as_deref())?,
-                server_key(&args.taptalk.key)?,
-                positive_duration("TAPTALK_TIMEOUT", &args.taptalk_timeout)?,
-                retry_for,
-            ),
+            broker,
+            database,
+            taptalk: TaptalkSettings::new(base_url, server_key, timeout, retry_for),
             breaker: BreakerSettings {
-                trip_after: duration("OUTAGE_AFTER", &args.outage_after)?,
+                trip_after: outage_after,
                 ..BreakerSettings::default()
             },
             probe: PROBE_PAUSES,
             max_requeues: (args.max_requeues > 0).then_some(args.max_requeues),
             prefetch: args.prefetch,
-            concurrency,
+            concurrency: args.concurrency,
             max_event_bytes: args.max_event_bytes,
             max_event_age: (!max_event_age.is_zero()).then_some(max_event_age),
-            max_clock_skew: duration("MAX_CLOCK_SKEW", &args.max_clock_skew)?,
-            shutdown_grace: duration("SHUTDOWN_GRACE", &args.shutdown_grace)?,
+            max_clock_skew,
+            shutdown_grace,
             migrate: !args.skip_migrations,
-            purge: {
-                let after = duration("PURGE_AFTER", &args.purge_after)?;
-                let every = positive_duration("PURGE_EVERY", &args.purge_every)?;
-                (!after.is_zero()).then_some(PurgeSettings { after, every })
-            },
-            relay: RelaySettings::new(positive_duration(
-                "OUTBOX_RELAY_AFTER",
-                &args.outbox_relay_after,
-            )?),
+            purge: (!purge_after.is_zero()).then_some(PurgeSettings {
+                after: purge_after,
+                every: purge_every,
+            }),
+            relay: RelaySettings::new(relay_after),
         })
     }
 }
 
 impl BrokerSettings {
     /// `default_url` stands in for a missing AMQP_URL (the demo's local broker).
+    /// Reports every problem of AMQP_URL, AMQP_CONNECTION_NAME and the topology.
     pub fn from_args(
         args: &BrokerArgs,
         default_url: Option<&str>,
-    ) -> Result<BrokerSettings, ConfigError> {
-        let amqp_url = secret(
-            "AMQP_URL",
-            "--amqp-url",
-            args.amqp_url.as_deref(),
-            args.amqp_url_file.as_ref(),
-            default_url,
-        )?;
-        let raw = amqp_url.expose_secret();
-        if !(raw.starts_with("amqp://") || raw.starts_with("amqps://")) {
-            return Err(ConfigError::new(
-                "AMQP_URL",
-                "must start with amqp:// or amqps://",
-            ));
+    ) -> Result<BrokerSettings, ConfigErrors> {
+        let mut problems = Problems::default();
+        let amqp_url = problems.take(amqp_url(args, default_url));
+        problems.require(
+            !args.amqp_connection_name.trim().is_empty(),
+            "AMQP_CONNECTION_NAME",
+            "must not be empty",
+        );
+        let topology = problems.take(Topology::from_args(&args.names));
+        match (amqp_url, topology) {
+            (Some(amqp_url), Some(topology)) if problems.is_empty() => Ok(BrokerSettings {
+                amqp_url,
+                connection_name: args.amqp_connection_name.clone(),
+                topology,
+                reconnect: RECONNECT_PAUSES,
+            }),
+            _ => Err(problems.into_errors()),
         }
-        if lapin::uri::AMQPUri::from_str(raw).is_err() {
-            // The parser's message repeats the URL, password included: say it our way.
-            return Err(ConfigError::new(
-                "AMQP_URL",
-                "is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost (percent-encode special characters, %2f for the default vhost)",
-            ));
-        }
-        if args.amqp_connection_name.trim().is_empty() {
-            return Err(ConfigError::new(
-                "AMQP_CONNECTION_NAME",
-                "must not be empty",
-            ));
-        }
-        Ok(BrokerSettings {
-            amqp_url,
-            connection_name: args.amqp_connection_name.clone(),
-            topology: Topology::from_args(&args.names)?,
-            reconnect: RECONNECT_PAUSES,
-        })
     }
+}
+
+/// AMQP_URL (or AMQP_URL_FILE), checked.
+fn amqp_url(args: &BrokerArgs, default_url: Option<&str>) -> Result<SecretString, ConfigError> {
+    let amqp_url = secret(
+        "AMQP_URL",
+        "--amqp-url",
+        args.amqp_url.as_deref(),
+        args.amqp_url_file.as_ref(),
+        default_url,
+    )?;
+    let raw = amqp_url.expose_secret();
+    if !(raw.starts_with("amqp://") || raw.starts_with("amqps://")) {
+        return Err(ConfigError::new(
+            "AMQP_URL",
+            "must start with amqp:// or amqps://",
+        ));
+    }
+    if lapin::uri::AMQPUri::from_str(raw).is_err() {
+        // The parser's message repeats the URL, password included: say it our way.
+        return Err(ConfigError::new(
+            "AMQP_URL",
+            "is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost (percent-encode special characters, %2f for the default vhost)",
+        ));
+    }
+    Ok(amqp_url)
 }
 
 impl BrokerSettings {
@@ -525,42 +681,56 @@ impl BrokerSettings {
 
 impl DatabaseSettings {
     /// `default_url` stands in for a missing DATABASE_URL (the demo's local database).
+    /// Reports every problem of DATABASE_URL, DATABASE_MAX_CONNECTIONS and READER_ROLE.
     pub fn from_args(
         args: &DatabaseArgs,
         default_url: Option<&str>,
-    ) -> Result<DatabaseSettings, ConfigError> {
-        let url = secret(
-            "DATABASE_URL",
-            "--database-url",
-            args.database_url.as_deref(),
-            args.database_url_file.as_ref(),
-            default_url,
-        )?;
-        let raw = url.expose_secret();
-        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-            return Err(ConfigError::new(
-                "DATABASE_URL",
-                "must start with postgres:// or postgresql://",
-            ));
+    ) -> Result<DatabaseSettings, ConfigErrors> {
+        let mut problems = Problems::default();
+        let url = problems.take(database_url(args, default_url));
+        problems.require(
+            args.database_max_connections > 0,
+            "DATABASE_MAX_CONNECTIONS",
+            "must be at least 1",
+        );
+        let reader_role = problems.take(reader_role(&args.reader_role));
+        match (url, reader_role) {
+            (Some(url), Some(reader_role)) if problems.is_empty() => Ok(DatabaseSettings {
+                url,
+                max_connections: args.database_max_connections,
+                reader_role,
+            }),
+            _ => Err(problems.into_errors()),
         }
-        if sqlx::postgres::PgConnectOptions::from_str(raw).is_err() {
-            return Err(ConfigError::new(
-                "DATABASE_URL",
-                "is not a valid Postgres URL; expected postgres://user:password@host:5432/database",
-            ));
-        }
-        if args.database_max_connections == 0 {
-            return Err(ConfigError::new(
-                "DATABASE_MAX_CONNECTIONS",
-                "must be at least 1",
-            ));
-        }
-        Ok(DatabaseSettings {
-            url,
-            max_connections: args.database_max_connections,
-            reader_role: reader_role(&args.reader_role)?,
-        })
     }
+}
+
+/// DATABASE_URL (or DATABASE_URL_FILE), checked.
+fn database_url(
+    args: &DatabaseArgs,
+    default_url: Option<&str>,
+) -> Result<SecretString, ConfigError> {
+    let url = secret(
+        "DATABASE_URL",
+        "--database-url",
+        args.database_url.as_deref(),
+        args.database_url_file.as_ref(),
+        default_url,
+    )?;
+    let raw = url.expose_secret();
+    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+        return Err(ConfigError::new(
+            "DATABASE_URL",
+            "must start with postgres:// or postgresql://",
+        ));
+    }
+    if sqlx::postgres::PgConnectOptions::from_str(raw).is_err() {
+        return Err(ConfigError::new(
+            "DATABASE_URL",
+            "is not a valid Postgres URL; expected postgres://user:password@host:5432/database",
+        ));
+    }
+    Ok(url)
 }
 
 /// READER_ROLE: a role name the migrations can use as it is, without
@@ -596,32 +766,48 @@ fn reader_role(raw: &str) -> Result<String, ConfigError> {
 }
 
 impl Topology {
-    pub fn from_args(args: &TopologyArgs) -> Result<Topology, ConfigError> {
-        let name = |setting: &'static str, value: &str| -> Result<String, ConfigError> {
-            if value.trim().is_empty() || value.len() > 255 {
-                return Err(ConfigError::new(
-                    setting,
-                    "must be a name of 1 to 255 bytes",
-                ));
-            }
-            Ok(value.to_owned())
+    /// Checks every name and DELIVERY_LIMIT, reporting every problem found.
+    pub fn from_args(args: &TopologyArgs) -> Result<Topology, ConfigErrors> {
+        let mut problems = Problems::default();
+        let mut name = |setting: &'static str, value: &str| -> Option<String> {
+            let ok = !value.trim().is_empty() && value.len() <= 255;
+            problems.require(ok, setting, "must be a name of 1 to 255 bytes");
+            ok.then(|| value.to_owned())
         };
-        if args.delivery_limit == 0 {
-            return Err(ConfigError::new("DELIVERY_LIMIT", "must be at least 1"));
+        let names = (
+            name("LOGIN_EXCHANGE", &args.login_exchange),
+            name("WORK_QUEUE", &args.work_queue),
+            name("DEAD_LETTER_EXCHANGE", &args.dead_letter_exchange),
+            name("DEAD_LETTER_QUEUE", &args.dead_letter_queue),
+            name("TICKET_EXCHANGE", &args.ticket_exchange),
+        );
+        problems.require(
+            args.delivery_limit > 0,
+            "DELIVERY_LIMIT",
+            "must be at least 1",
+        );
+        match names {
+            (
+                Some(login_exchange),
+                Some(work_queue),
+                Some(dead_letter_exchange),
+                Some(dead_letter_queue),
+                Some(ticket_exchange),
+            ) if problems.is_empty() => Ok(Topology {
+                login_exchange,
+                work_queue,
+                dead_letter_exchange,
+                dead_letter_queue,
+                ticket_exchange,
+                delivery_limit: args.delivery_limit,
+            }),
+            _ => Err(problems.into_errors()),
         }
-        Ok(Topology {
-            login_exchange: name("LOGIN_EXCHANGE", &args.login_exchange)?,
-            work_queue: name("WORK_QUEUE", &args.work_queue)?,
-            dead_letter_exchange: name("DEAD_LETTER_EXCHANGE", &args.dead_letter_exchange)?,
-            dead_letter_queue: name("DEAD_LETTER_QUEUE", &args.dead_letter_queue)?,
-            ticket_exchange: name("TICKET_EXCHANGE", &args.ticket_exchange)?,
-            delivery_limit: args.delivery_limit,
-        })
     }
 }
 
-/// The TapTalk base URL, checked.
-pub fn taptalk_base_url(raw: Option<&str>) -> Result<Url, ConfigError> {
+/// The TapTalk base URL, checked (one setting, so at most one problem).
+pub fn taptalk_base_url(raw: Option<&str>) -> Result<Url, ConfigErrors> {
     let raw = required(
         "TAPTALK_BASE_URL",
         "--taptalk-base-url",
@@ -635,20 +821,36 @@ pub fn taptalk_base_url(raw: Option<&str>) -> Result<Url, ConfigError> {
         )
     })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::new(
-            "TAPTALK_BASE_URL",
-            "must start with http:// or https://",
-        ));
+        return Err(
+            ConfigError::new("TAPTALK_BASE_URL", "must start with http:// or https://").into(),
+        );
     }
     Ok(url)
 }
 
-/// The server key, from id plus secret (or secret file).
-pub fn server_key(args: &ServerKeyArgs) -> Result<ServerKey, ConfigError> {
+/// The server key, from id plus secret (or secret file); reports the
+/// problems of both.
+pub fn server_key(args: &ServerKeyArgs) -> Result<ServerKey, ConfigErrors> {
+    let mut problems = Problems::default();
+    let id = problems.take(server_key_id(args.taptalk_server_key_id.clone()));
+    let secret = problems.take(secret(
+        "TAPTALK_SERVER_KEY_SECRET",
+        "--taptalk-server-key-secret",
+        args.taptalk_server_key_secret.as_deref(),
+        args.taptalk_server_key_secret_file.as_ref(),
+        None,
+    ));
+    match (id, secret) {
+        (Some(id), Some(secret)) => Ok(ServerKey::new(id, secret)),
+        _ => Err(problems.into_errors()),
+    }
+}
+
+fn server_key_id(raw: Option<String>) -> Result<String, ConfigError> {
     let id = required(
         "TAPTALK_SERVER_KEY_ID",
         "--taptalk-server-key-id",
-        args.taptalk_server_key_id.clone(),
+        raw,
         false,
     )?;
     if id.contains(':') || id.chars().any(char::is_control) || id.trim() != id {
@@ -657,14 +859,7 @@ pub fn server_key(args: &ServerKeyArgs) -> Result<ServerKey, ConfigError> {
             "must not contain ':', control characters or surrounding spaces",
         ));
     }
-    let secret = secret(
-        "TAPTALK_SERVER_KEY_SECRET",
-        "--taptalk-server-key-secret",
-        args.taptalk_server_key_secret.as_deref(),
-        args.taptalk_server_key_secret_file.as_ref(),
-        None,
-    )?;
-    Ok(ServerKey::new(id, secret))
+    Ok(id)
 }
 
 /// A secret from its variable or its `_FILE` variant (exactly one of them).
@@ -783,12 +978,38 @@ mod tests {
         run: RunArgs,
     }
 
-    fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
+    fn settings(args: &[&str]) -> Result<Settings, ConfigErrors> {
         let mut argv = vec!["test"];
         argv.extend_from_slice(args);
         let harness =
             Harness::try_parse_from(argv).map_err(|e| ConfigError::new("CLAP", e.to_string()))?;
         Settings::from_args(&harness.run)
+    }
+
+    /// The one problem of a reading that should find exactly one.
+    fn only(errors: ConfigErrors) -> ConfigError {
+        assert_eq!(errors.errors().len(), 1, "{errors}");
+        errors.into_iter().next().expect("one error")
+    }
+
+    /// The five settings without a default, in the order they are reported.
+    const REQUIRED: [(&str, &str); 5] = [
+        ("AMQP_URL", "--amqp-url"),
+        ("DATABASE_URL", "--database-url"),
+        ("TAPTALK_BASE_URL", "--taptalk-base-url"),
+        ("TAPTALK_SERVER_KEY_ID", "--taptalk-server-key-id"),
+        ("TAPTALK_SERVER_KEY_SECRET", "--taptalk-server-key-secret"),
+    ];
+
+    fn remove_required(args: &mut RunArgs) {
+        args.broker.amqp_url = None;
+        args.broker.amqp_url_file = None;
+        args.database.database_url = None;
+        args.database.database_url_file = None;
+        args.taptalk.taptalk_base_url = None;
+        args.taptalk.key.taptalk_server_key_id = None;
+        args.taptalk.key.taptalk_server_key_secret = None;
+        args.taptalk.key.taptalk_server_key_secret_file = None;
     }
 
     const COMPLETE: [&str; 10] = [
@@ -824,7 +1045,11 @@ mod tests {
     fn a_complete_configuration_parses_and_hides_its_secrets() {
         let settings = settings(&COMPLETE).expect("valid");
         assert_eq!(settings.max_event_age, None);
-        assert_eq!(settings.max_clock_skew, Duration::from_secs(60), "default");
+        assert_eq!(
+            settings.max_clock_skew,
+            crate::events::DEFAULT_MAX_CLOCK_SKEW,
+            "the default, which publish checks with"
+        );
         assert_eq!(
             settings.taptalk.retry.give_up_after,
             Some(Duration::from_secs(60))
@@ -876,11 +1101,99 @@ mod tests {
         for (flag, setting, remove) in cases {
             let mut args = complete_args();
             remove(&mut args);
-            let error = Settings::from_args(&args).map(|_| ()).expect_err(flag);
+            let error = only(Settings::from_args(&args).map(|_| ()).expect_err(flag));
             assert_eq!(error.setting, setting);
             assert!(error.problem.starts_with("missing"), "{error}");
             assert!(error.problem.contains(flag), "{error}");
         }
+    }
+
+    #[test]
+    fn with_nothing_set_one_reading_names_all_five_required_settings() {
+        let mut args = complete_args();
+        remove_required(&mut args);
+        let errors = Settings::from_args(&args).map(|_| ()).expect_err("empty");
+        let names: Vec<&str> = REQUIRED.iter().map(|(setting, _)| *setting).collect();
+        assert_eq!(errors.settings(), names, "{errors}");
+        for ((setting, flag), error) in REQUIRED.iter().zip(errors.errors()) {
+            assert!(error.problem.starts_with("missing"), "{error}");
+            assert!(
+                error
+                    .problem
+                    .contains(&format!("set the environment variable {setting}"))
+                    && error.problem.contains(flag),
+                "says what to do: {error}"
+            );
+        }
+        // One line per setting, under a count.
+        let text = errors.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.first(), Some(&"5 configuration errors:"), "{text}");
+        for (setting, _) in REQUIRED {
+            assert_eq!(
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with(&format!("  {setting}: missing")))
+                    .count(),
+                1,
+                "{text}"
+            );
+        }
+        assert_eq!(lines.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn missing_and_malformed_settings_are_reported_together_without_secrets() {
+        let mut args = complete_args();
+        args.broker.amqp_url = None;
+        args.broker.names.work_queue = String::new();
+        args.broker.names.delivery_limit = 0;
+        args.database.database_url = Some("mysql://root:topsecret-db@h/x".into());
+        args.database.reader_role = "Tickets".into();
+        args.taptalk.taptalk_base_url = Some("ftp://x".into());
+        args.taptalk.key.taptalk_server_key_id = Some("a:b".into());
+        args.taptalk.key.taptalk_server_key_secret_file = Some("/nonexistent/secret".into());
+        args.concurrency = 0;
+        args.max_event_age = "soon".into();
+        args.purge_every = "0".into();
+        let errors = Settings::from_args(&args).map(|_| ()).expect_err("bad");
+        assert_eq!(
+            errors.settings(),
+            [
+                "AMQP_URL",
+                "WORK_QUEUE",
+                "DELIVERY_LIMIT",
+                "DATABASE_URL",
+                "READER_ROLE",
+                "TAPTALK_BASE_URL",
+                "TAPTALK_SERVER_KEY_ID",
+                "TAPTALK_SERVER_KEY_SECRET",
+                "CONCURRENCY",
+                "MAX_EVENT_AGE",
+                "PURGE_EVERY",
+            ],
+            "{errors}"
+        );
+        assert!(
+            errors
+                .get("TAPTALK_SERVER_KEY_SECRET")
+                .is_some_and(|e| e.problem.contains("not both")),
+            "{errors}"
+        );
+        let text = format!("{errors} {errors:?}");
+        assert!(
+            !text.contains("topsecret") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn one_problem_is_one_line() {
+        let error = ConfigErrors::from(ConfigError::new("PREFETCH", "must be between 1 and 65535"));
+        assert_eq!(
+            error.to_string(),
+            "configuration error: PREFETCH: must be between 1 and 65535"
+        );
     }
 
     #[test]
@@ -894,6 +1207,7 @@ mod tests {
         )
         .map(|_| ())
         .expect_err("bad url");
+        let error = only(error);
         assert_eq!(error.setting, "AMQP_URL");
         assert!(!error.to_string().contains("topsecret"), "{error}");
         for (extra, setting) in [
@@ -904,7 +1218,7 @@ mod tests {
             ("--work-queue=", "WORK_QUEUE"),
             ("--delivery-limit=0", "DELIVERY_LIMIT"),
         ] {
-            let error = settings(&with(extra)).map(|_| ()).expect_err(extra);
+            let error = only(settings(&with(extra)).map(|_| ()).expect_err(extra));
             assert_eq!(error.setting, setting, "{extra}");
         }
         let error = settings(
@@ -916,7 +1230,7 @@ mod tests {
         )
         .map(|_| ())
         .expect_err("ftp");
-        assert_eq!(error.setting, "TAPTALK_BASE_URL");
+        assert_eq!(only(error).setting, "TAPTALK_BASE_URL");
     }
 
     #[test]
@@ -927,7 +1241,7 @@ mod tests {
         std::fs::write(&path, "from-file\n").expect("write");
         let mut args = complete_args();
         args.taptalk.key.taptalk_server_key_secret_file = Some(path.clone());
-        let error = Settings::from_args(&args).map(|_| ()).expect_err("both");
+        let error = only(Settings::from_args(&args).map(|_| ()).expect_err("both"));
         assert!(error.problem.contains("not both"), "{error}");
 
         args.taptalk.key.taptalk_server_key_secret = None;
@@ -938,9 +1252,11 @@ mod tests {
         );
 
         args.taptalk.key.taptalk_server_key_secret_file = Some(dir.join("missing"));
-        let error = Settings::from_args(&args)
-            .map(|_| ())
-            .expect_err("unreadable");
+        let error = only(
+            Settings::from_args(&args)
+                .map(|_| ())
+                .expect_err("unreadable"),
+        );
         assert!(
             error
                 .problem
@@ -989,7 +1305,7 @@ mod tests {
         ] {
             let mut args = complete_args();
             args.database.reader_role = bad.to_owned();
-            let error = Settings::from_args(&args).map(|_| ()).expect_err(bad);
+            let error = only(Settings::from_args(&args).map(|_| ()).expect_err(bad));
             assert_eq!(error.setting, "READER_ROLE", "{bad}");
         }
     }

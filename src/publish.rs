@@ -2,16 +2,24 @@
 //! from a file or stdin, exactly as a login service would (see the README's
 //! "Publishing login events"). Lines are sent byte for byte as read.
 //!
-//! By default each line is checked with the worker's own parser first; invalid
+//! By default each line is checked with the worker's own rules first (its
+//! parser, and its clock-skew rule at the default `MAX_CLOCK_SKEW`); invalid
 //! lines are reported with their line number and skipped (`--no-validate`
-//! sends them anyway, to exercise dead-lettering). A line without `eventID`
-//! gets a fresh UUID as its AMQP `message_id`, which the worker then uses as
-//! the idempotency key.
+//! sends them anyway, to exercise dead-lettering).
+//!
+//! The AMQP `message_id` is the line's `eventID`, read by the worker's own
+//! reader. A line without one gets a fresh UUID, which the worker then uses as
+//! the idempotency key. A line that writes `eventID` twice gets none: the
+//! worker refuses such a line whichever copy it would have taken, and a
+//! `message_id` copied from either would be a guess.
 
 use crate::broker::{Topology, connect};
 use crate::cli::CommandError;
 use crate::configuration::{BrokerArgs, BrokerSettings};
-use crate::events::{DEFAULT_MAX_EVENT_BYTES, Envelope, LoginEvent};
+use crate::events::{
+    BodyEventId, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_EVENT_BYTES, Envelope, InvalidEvent,
+    LoginEvent,
+};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use std::collections::VecDeque;
@@ -116,27 +124,30 @@ pub async fn publish_lines(
         if line.trim().is_empty() {
             continue;
         }
-        let message_id = event_id_of(&line).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let message_id = match LoginEvent::body_event_id(line.as_bytes()) {
+            BodyEventId::One(id) => Some(id.to_string()),
+            BodyEventId::Absent => Some(uuid::Uuid::new_v4().to_string()),
+            BodyEventId::Repeated => None,
+        };
         if !args.no_validate {
-            let envelope = Envelope {
-                content_type: Some("application/json"),
-                content_encoding: None,
-                message_id: Some(&message_id),
-            };
-            if let Err(invalid) =
-                LoginEvent::parse(line.as_bytes(), &envelope, DEFAULT_MAX_EVENT_BYTES)
-            {
+            if let Err(invalid) = check(&line, message_id.as_deref()) {
                 eprintln!("line {number}: {invalid}; skipped");
                 report.skipped += 1;
                 continue;
             }
+        } else if message_id.is_none() {
+            eprintln!(
+                "line {number}: eventID is written more than once; sent without a message_id, so the worker can only dead-letter it"
+            );
         }
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_message_id(crate::broker::short(&message_id))
             .with_app_id("ticket-worker publish".into())
             .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default());
+        if let Some(message_id) = &message_id {
+            properties = properties.with_message_id(crate::broker::short(message_id));
+        }
         let confirm = channel
             .basic_publish(
                 topology.login_exchange.as_str().into(),
@@ -176,11 +187,16 @@ fn tally(report: &mut PublishReport, line: u64, confirmation: Confirmation) {
     }
 }
 
-/// The line's `eventID`, when it is a JSON object with a usable one.
-fn event_id_of(line: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    let id = value.get("eventID")?.as_str()?;
-    crate::domain::EventId::parse(id)
-        .ok()
-        .map(|id| id.to_string())
+/// Checks a line as the worker will check the message: its parser, under
+/// the envelope `publish` sends, then its clock-skew rule at the default
+/// `MAX_CLOCK_SKEW` (a worker configured otherwise may still refuse a line
+/// that passes here).
+fn check(line: &str, message_id: Option<&str>) -> Result<(), InvalidEvent> {
+    let envelope = Envelope {
+        content_type: Some("application/json"),
+        content_encoding: None,
+        message_id,
+    };
+    LoginEvent::parse(line.as_bytes(), &envelope, DEFAULT_MAX_EVENT_BYTES)?
+        .check_clock_skew(chrono::Utc::now(), DEFAULT_MAX_CLOCK_SKEW)
 }

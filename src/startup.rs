@@ -7,7 +7,7 @@ use crate::pipeline::{EventPolicy, Pipeline};
 use crate::purge::PurgeSettings;
 use crate::retry::{RetryPolicy, Verdict, retry};
 use crate::shutdown::Shutdown;
-use crate::storage::TicketStore;
+use crate::storage::{TicketStore, describe_migration};
 use crate::taptalk::TaptalkClient;
 use crate::worker::{Worker, WorkerSettings, WorkerStats};
 use std::sync::Arc;
@@ -120,10 +120,12 @@ pub async fn migrate(store: &TicketStore) -> anyhow::Result<()> {
         || store.migrate(),
         |error| match error {
             sqlx::migrate::MigrateError::Execute(e) if crate::storage::is_transient(e) => {
+                let error = describe_migration(error);
                 tracing::warn!(%error, "cannot reach Postgres to apply migrations; retrying");
                 Verdict::Retry(None)
             }
             sqlx::migrate::MigrateError::Execute(e) if crate::storage::is_misconfiguration(e) => {
+                let error = describe_migration(error);
                 tracing::error!(%error, "Postgres refuses the worker's configuration; check DATABASE_URL; retrying");
                 Verdict::Retry(None)
             }
@@ -131,7 +133,12 @@ pub async fn migrate(store: &TicketStore) -> anyhow::Result<()> {
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}"))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "applying database migrations failed: {}",
+            describe_migration(&e)
+        )
+    })?;
     tracing::info!("database migrations applied");
     Ok(())
 }

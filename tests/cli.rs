@@ -59,6 +59,36 @@ fn each_missing_setting_stops_run_with_exit_code_2_and_its_name() {
 }
 
 #[test]
+fn a_run_with_nothing_set_names_all_five_required_settings_at_once() {
+    let (code, stderr) = run_with(&[]);
+    assert_eq!(code, 2, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("ticket-worker: 5 configuration errors:"),
+        "{stderr}"
+    );
+    for (variable, flag) in [
+        ("AMQP_URL", "--amqp-url"),
+        ("DATABASE_URL", "--database-url"),
+        ("TAPTALK_BASE_URL", "--taptalk-base-url"),
+        ("TAPTALK_SERVER_KEY_ID", "--taptalk-server-key-id"),
+        ("TAPTALK_SERVER_KEY_SECRET", "--taptalk-server-key-secret"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("  {variable}: missing;")))
+            .unwrap_or_else(|| panic!("no line for {variable}: {stderr}"));
+        assert!(
+            line.contains(&format!("set the environment variable {variable}"))
+                && line.contains(flag),
+            "says what to do: {line}"
+        );
+    }
+    assert_eq!(lines.len(), 6, "one line per setting: {stderr}");
+}
+
+#[test]
 fn malformed_settings_stop_run_with_exit_code_2_and_never_echo_secrets() {
     let cases: [(&'static str, &str, &str); 7] = [
         ("AMQP_URL", "amqp://guest:hunter2-amqp@[::1", "AMQP_URL"),
@@ -159,6 +189,28 @@ async fn migrate_applies_the_schema_and_can_run_again() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL: missing"));
 }
 
+#[test]
+fn migrate_names_database_url_when_the_database_does_not_exist() {
+    let missing = format!("tw_test_{}", unique());
+    let mut url = url::Url::parse(&admin_database_url()).expect("a database URL");
+    url.set_path(&format!("/{missing}"));
+    let output = bin()
+        .arg("migrate")
+        .env("DATABASE_URL", url.as_str())
+        .output()
+        .expect("migrate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "applying database migrations failed: database \"{missing}\" does not exist (SQLSTATE 3D000); \
+             DATABASE_URL names a database that does not exist on this server: create it, or correct DATABASE_URL"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" at line "), "{stderr}");
+}
+
 #[tokio::test]
 async fn publish_sends_valid_lines_byte_for_byte_and_reports_bad_ones_by_line() {
     let broker = TestBroker::new().await;
@@ -169,7 +221,19 @@ async fn publish_sends_valid_lines_byte_for_byte_and_reports_bad_ones_by_line() 
     let mut bad = login_event("cust-3");
     bad["userPlatform"] = json!("amiga");
     let first_line = format!("{}   ", first);
-    let input = format!("{first_line}\n\n{without_id}\n{bad}\n");
+    // eventID written twice: serde_json (and the old publish) take the last
+    // copy; the worker refuses the event whichever copy it would take.
+    let late_id = format!("late-{}", unique());
+    let repeated_id = format!(
+        "{},\"eventID\":\"{late_id}\"}}",
+        login_event("cust-4")
+            .to_string()
+            .strip_suffix('}')
+            .expect("an object")
+    );
+    let mut from_the_future = login_event("cust-5");
+    from_the_future["occurredAt"] = json!("9999-12-31T23:59:59Z");
+    let input = format!("{first_line}\n\n{without_id}\n{bad}\n{repeated_id}\n{from_the_future}\n");
 
     let publish = |extra: &'static [&'static str]| {
         let mut child = bin()
@@ -197,27 +261,30 @@ async fn publish_sends_valid_lines_byte_for_byte_and_reports_bad_ones_by_line() 
     assert_eq!(
         output.status.code(),
         Some(1),
-        "one line was skipped: {stderr}"
+        "three lines were skipped: {stderr}"
     );
+    let line = |number: usize| {
+        stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("line {number}: ")))
+            .unwrap_or_else(|| panic!("no report of line {number}: {stderr}"))
+    };
+    assert!(line(4).contains("userPlatform (103)"), "{stderr}");
     assert!(
-        stderr.contains("line 4:") && stderr.contains("userPlatform (103)"),
+        line(5).contains("(duplicate_key)") && line(5).contains("\"eventID\""),
         "{stderr}"
     );
-    assert!(stderr.contains("published 2 login events"), "{stderr}");
+    assert!(
+        line(6).contains("(invalid_occurred_at)") && line(6).contains("MAX_CLOCK_SKEW (1m)"),
+        "the worker's clock-skew rule: {stderr}"
+    );
+    assert!(
+        stderr.contains("published 2 login events") && stderr.contains("(3 skipped, 0 failed)"),
+        "{stderr}"
+    );
     assert_eq!(broker.ready_count(&t.work_queue).await, 2);
 
-    let mut queued = Vec::new();
-    while let Some(message) = broker
-        .channel
-        .basic_get(
-            t.work_queue.as_str().into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .expect("get")
-    {
-        queued.push(message.delivery);
-    }
+    let queued = take_all(&broker, &t.work_queue).await;
     assert_eq!(queued[0].data, first_line.as_bytes(), "sent byte for byte");
     assert_eq!(
         queued[0]
@@ -242,12 +309,49 @@ async fn publish_sends_valid_lines_byte_for_byte_and_reports_bad_ones_by_line() 
     );
 
     let output = publish(&["--no-validate"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        stderr.contains("line 5: eventID is written more than once; sent without a message_id"),
+        "{stderr}"
     );
-    assert_eq!(broker.ready_count(&t.work_queue).await, 3);
+    assert_eq!(broker.ready_count(&t.work_queue).await, 5);
+    let queued = take_all(&broker, &t.work_queue).await;
+    let message_id = |i: usize| {
+        queued[i]
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+    };
+    assert_eq!(queued[3].data, repeated_id.as_bytes());
+    assert_eq!(
+        message_id(3),
+        None,
+        "no guess between two eventIDs (the last one was {late_id})"
+    );
+    assert_eq!(
+        message_id(4),
+        from_the_future["eventID"].as_str().map(str::to_owned),
+        "sent as it is, under its own eventID"
+    );
+}
+
+/// Takes every message waiting in `queue`.
+async fn take_all(broker: &TestBroker, queue: &str) -> Vec<lapin::message::Delivery> {
+    let mut taken = Vec::new();
+    while let Some(message) = broker
+        .channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("get")
+    {
+        taken.push(message.delivery);
+    }
+    taken
 }
 
 #[tokio::test]
@@ -256,11 +360,14 @@ async fn fake_taptalk_serves_the_documented_endpoint() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let mut server = bin()
+    let server = bin()
         .arg("fake-taptalk")
         .env("FAKE_TAPTALK_LISTEN", format!("127.0.0.1:{port}"))
         .env("TAPTALK_SERVER_KEY_ID", KEY_ID)
         .env("TAPTALK_SERVER_KEY_SECRET", KEY_SECRET)
+        // Its log lines are checked below, not left to clutter the test output.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start fake-taptalk");
     let url = format!("http://127.0.0.1:{port}/v1/server/auth_ticket/request");
@@ -326,8 +433,14 @@ async fn fake_taptalk_serves_the_documented_endpoint() {
     let _ = std::process::Command::new("kill")
         .arg(server.id().to_string())
         .status();
-    let status = server.wait().expect("exit");
-    assert!(status.success());
+    let output = server.wait_with_output().expect("exit");
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{logs}");
+    assert!(
+        logs.contains("TapTalk stand-in listening") && logs.contains("shutdown requested"),
+        "{logs}"
+    );
+    assert!(!logs.contains(KEY_SECRET), "{logs}");
 }
 
 fn server_key_header() -> String {
@@ -387,13 +500,25 @@ async fn run_waits_for_a_database_that_does_not_exist_yet_instead_of_exiting() {
         &format!("nodb-{}", unique()),
     );
     let mut worker = WorkerProcess::spawn(&env);
-    eventually(WAIT, "the configuration error is reported", || async {
-        worker
-            .logs()
-            .contains("Postgres refuses the worker's configuration")
-            .then_some(())
+    let logs = eventually(WAIT, "the configuration error is reported", || async {
+        let logs = worker.logs();
+        logs.contains("Postgres refuses the worker's configuration")
+            .then_some(logs)
     })
     .await;
+    // Postgres' own words, its code, and which setting to fix; not the
+    // server's C source line, which read like a line of our migrations.
+    let line = logs
+        .lines()
+        .find(|l| l.contains("Postgres refuses the worker's configuration"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!(
+            "database \"{missing}\" does not exist (SQLSTATE 3D000)"
+        )) && line.contains("DATABASE_URL names a database that does not exist"),
+        "{line}"
+    );
+    assert!(!logs.contains(" at line "), "{logs}");
     assert!(
         worker.wait(Duration::from_millis(500)).await.is_none(),
         "still running, waiting"

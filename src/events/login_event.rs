@@ -15,6 +15,10 @@
 //!
 //! Parsing does not read the clock; [`LoginEvent::check_clock_skew`] refuses
 //! an `occurredAt` in the future, given the time.
+//!
+//! [`LoginEvent::body_event_id`] reads only the identity, with the same
+//! reader: `ticket-worker publish` sets the AMQP `message_id` from it, so it
+//! never picks one of two `eventID`s where the worker would refuse both.
 
 use crate::domain::{EventId, Field, TicketRequest, json_kind};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
@@ -27,6 +31,23 @@ use std::time::Duration;
 
 /// The largest login event the worker accepts by default (`MAX_EVENT_BYTES`).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// How far ahead of the worker's clock `occurredAt` may be by default
+/// (`MAX_CLOCK_SKEW`).
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// The `eventID` a body gives itself, as [`LoginEvent::body_event_id`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyEventId {
+    /// A valid `eventID`, written once.
+    One(EventId),
+    /// None to use: the body is not a JSON object, or it has no `eventID`,
+    /// or its `eventID` is `null` or not a valid id.
+    Absent,
+    /// `eventID` is written more than once: which copy counts is what JSON
+    /// readers disagree about, so neither is an answer.
+    Repeated,
+}
 
 /// What the AMQP envelope says about a message.
 #[derive(Debug, Clone, Copy, Default)]
@@ -199,6 +220,23 @@ impl LoginEvent {
             occurred_at,
             request,
         })
+    }
+
+    /// The `eventID` of a message body, read as [`LoginEvent::parse`] reads
+    /// the body (keys compared after unescaping), whatever else is wrong with
+    /// it; nothing else is checked.
+    pub fn body_event_id(body: &[u8]) -> BodyEventId {
+        let Ok(Body::Object(top)) = serde_json::from_slice::<Body>(body) else {
+            return BodyEventId::Absent;
+        };
+        if top.repeated.contains("eventID") {
+            return BodyEventId::Repeated;
+        }
+        top.object
+            .get("eventID")
+            .and_then(Value::as_str)
+            .and_then(|raw| EventId::parse(raw).ok())
+            .map_or(BodyEventId::Absent, BodyEventId::One)
     }
 
     /// How old the event is at `now`, if it says when it happened.
@@ -749,6 +787,36 @@ mod tests {
             invalid.event_id.as_ref().map(EventId::as_str),
             Some("evt-1")
         );
+    }
+
+    #[test]
+    fn body_event_id_reads_the_id_as_parse_does_and_never_picks_a_copy() {
+        let id = |body: &str| LoginEvent::body_event_id(body.as_bytes());
+        let one = |raw: &str| BodyEventId::One(EventId::parse(raw).expect("valid id"));
+        assert_eq!(id(&event().to_string()), one("evt-1"));
+        assert_eq!(
+            id(r#"{"eventID": "evt-1", "fullName": "A", "fullName": "B"}"#),
+            one("evt-1")
+        );
+        assert_eq!(
+            id(r#"{"eventID": "evt-1", "eventID": "evt-2"}"#),
+            BodyEventId::Repeated
+        );
+        assert_eq!(
+            id(r#"{"event\u0049D": "evt-1", "eventID": "evt-1"}"#),
+            BodyEventId::Repeated
+        );
+        for absent in [
+            r#"{"xcUserID": "cust-42"}"#,
+            r#"{"eventID": null}"#,
+            r#"{"eventID": ""}"#,
+            r#"{"eventID": 7}"#,
+            r#"["evt-1"]"#,
+            "not json",
+            r#"{"eventID": "evt-1""#,
+        ] {
+            assert_eq!(id(absent), BodyEventId::Absent, "{absent}");
+        }
     }
 
     #[test]

@@ -5,5 +5,8 @@
 mod login_event;
 mod ticket_events;
 
-pub use login_event::{DEFAULT_MAX_EVENT_BYTES, Envelope, InvalidEvent, LoginEvent, Problem};
+pub use login_event::{
+    BodyEventId, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_EVENT_BYTES, Envelope, InvalidEvent,
+    LoginEvent, Problem,
+};
 pub use ticket_events::{FailureReason, TicketFailed, TicketReady};

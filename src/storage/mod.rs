@@ -1,9 +1,17 @@
 //! Postgres storage: the connection pool, the migrations, and how storage
-//! errors are sorted. The queries live beside it: [`tickets`] (the
+//! errors are sorted and worded. The queries live beside it: [`tickets`] (the
 //! `auth_tickets` rows app backends read), [`outcomes`] (the final outcome
 //! of each event, which keeps every copy of an event ending the same way) and
 //! [`outbox`] (the ticket event announcing each outcome, until it is
 //! confirmed).
+//!
+//! Errors from Postgres reach logs and the command line through [`describe`]
+//! and [`describe_migration`], not through sqlx's `Display`: that one appends
+//! the error's `line` field, which is a line of the *server's* C source
+//! (`database "x" does not exist at line 948`) and reads like a line of our
+//! migrations. [`describe`] writes the SQLSTATE code, the message and the
+//! hint, the detail only where it cannot quote row data, and says which
+//! setting to fix when the code points at DATABASE_URL.
 
 mod outbox;
 mod outcomes;
@@ -15,8 +23,9 @@ pub use tickets::Saved;
 
 use crate::breaker::Failure;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::PgPool;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -36,7 +45,7 @@ pub const READER_ROLE_SETTING: &str = "ticket_worker.reader_role";
 pub enum StoreError {
     /// The connection dropped, the server restarted, the pool ran dry:
     /// trying again later can succeed.
-    #[error("Postgres is unavailable: {0}")]
+    #[error("Postgres is unavailable: {}", describe(.0))]
     Unavailable(sqlx::Error),
     /// Every event will fail the same way until an operator acts: a wrong
     /// password, a missing database, table or privilege.
@@ -58,7 +67,7 @@ impl StoreError {
     /// one event only.
     pub fn failure(&self) -> Option<Failure> {
         match self {
-            StoreError::Unavailable(error) => Some(Failure::Transient(error.to_string())),
+            StoreError::Unavailable(error) => Some(Failure::Transient(describe(error))),
             StoreError::Misconfigured(reason) => Some(Failure::Misconfigured(reason.clone())),
             StoreError::Failed(_) => None,
         }
@@ -67,16 +76,94 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> StoreError {
-        // sqlx's Display shows the server's message only, never row contents
-        // (which could include a ticket).
+        // `describe` never shows row contents (which could include a ticket).
         if is_transient(&error) {
             StoreError::Unavailable(error)
         } else if is_misconfiguration(&error) {
-            StoreError::Misconfigured(error.to_string())
+            StoreError::Misconfigured(describe(&error))
         } else {
-            StoreError::Failed(error.to_string())
+            StoreError::Failed(describe(&error))
         }
     }
+}
+
+/// A sqlx error in words for an operator: for an error from Postgres, its
+/// message, SQLSTATE code, hint and (where it holds no row data) detail,
+/// without the server's source line; for anything else, sqlx's own message.
+pub fn describe(error: &sqlx::Error) -> String {
+    let sqlx::Error::Database(database) = error else {
+        return error.to_string();
+    };
+    match database.try_downcast_ref::<PgDatabaseError>() {
+        Some(postgres) => describe_postgres(
+            postgres.code(),
+            postgres.message(),
+            postgres.detail(),
+            postgres.hint(),
+        ),
+        None => describe_postgres(
+            database.code().as_deref().unwrap_or("?????"),
+            database.message(),
+            None,
+            None,
+        ),
+    }
+}
+
+/// A migration failure in words for an operator, like [`describe`].
+/// (sqlx calls a failure to connect "while executing migrations" too: that
+/// prefix is left out, and a failing migration is named by its version.)
+pub fn describe_migration(error: &MigrateError) -> String {
+    match error {
+        MigrateError::Execute(error) => describe(error),
+        MigrateError::ExecuteMigration(error, version) => {
+            format!("migration {version} failed: {}", describe(error))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The words of one Postgres error. Detail is left out for SQLSTATE classes
+/// 22 (data exception) and 23 (integrity constraint violation), where Postgres
+/// quotes values in it (`Key (event_id)=(…) already exists`, `Failing row
+/// contains (…)`); a class-22 message can quote the refused value too, so
+/// only the code is given for it.
+fn describe_postgres(
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) -> String {
+    let class = code.get(..2).unwrap_or_default();
+    let mut text = if class == "22" {
+        format!(
+            "Postgres refused a value (SQLSTATE {code}, a data exception; its message is withheld as it can quote the value)"
+        )
+    } else {
+        format!("{message} (SQLSTATE {code})")
+    };
+    if let Some(detail) = detail.filter(|_| !matches!(class, "22" | "23")) {
+        text.push_str(&format!("; detail: {detail}"));
+    }
+    if let Some(hint) = hint {
+        text.push_str(&format!("; hint: {hint}"));
+    }
+    let advice = match code {
+        "3D000" => Some(
+            "DATABASE_URL names a database that does not exist on this server: create it, or correct DATABASE_URL",
+        ),
+        "28P01" => Some("check the user name and password in DATABASE_URL"),
+        _ if class == "28" => Some(
+            "the server refuses this login: check the user in DATABASE_URL and the server's pg_hba.conf",
+        ),
+        "42501" => Some("the user in DATABASE_URL lacks this privilege"),
+        _ => None,
+    };
+    if let Some(advice) = advice {
+        text.push_str("; ");
+        text.push_str(advice);
+    }
+    text
 }
 
 /// Whether a sqlx error means the worker's database setup is wrong: SQLSTATE
@@ -195,5 +282,65 @@ impl TicketStore {
                     .into(),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_postgres;
+
+    #[test]
+    fn a_missing_database_names_database_url_and_no_source_line() {
+        let text = describe_postgres("3D000", "database \"nope\" does not exist", None, None);
+        assert_eq!(
+            text,
+            "database \"nope\" does not exist (SQLSTATE 3D000); DATABASE_URL names a database that does not exist on this server: create it, or correct DATABASE_URL"
+        );
+    }
+
+    #[test]
+    fn details_that_quote_rows_are_left_out() {
+        let text = describe_postgres(
+            "23505",
+            "duplicate key value violates unique constraint \"auth_tickets_pkey\"",
+            Some("Key (event_id)=(e-1) already exists."),
+            None,
+        );
+        assert!(!text.contains("e-1"), "{text}");
+        assert!(
+            text.contains("auth_tickets_pkey") && text.contains("23505"),
+            "{text}"
+        );
+        let text = describe_postgres(
+            "23502",
+            "null value in column \"user_id\" violates not-null constraint",
+            Some("Failing row contains (e-1, cust-42, null, TICKET-SECRET)."),
+            None,
+        );
+        assert!(!text.contains("TICKET-SECRET"), "{text}");
+        let text = describe_postgres(
+            "22P02",
+            "invalid input syntax for type uuid: \"TICKET-SECRET\"",
+            None,
+            None,
+        );
+        assert!(
+            !text.contains("TICKET-SECRET") && text.contains("22P02"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn other_details_and_hints_are_kept() {
+        let text = describe_postgres(
+            "42883",
+            "function claim_auth_ticket(integer) does not exist",
+            Some("some detail"),
+            Some("No function matches the given name and argument types."),
+        );
+        assert_eq!(
+            text,
+            "function claim_auth_ticket(integer) does not exist (SQLSTATE 42883); detail: some detail; hint: No function matches the given name and argument types."
+        );
     }
 }
