@@ -21,7 +21,7 @@ use support::*;
 use ticket_worker::fake_taptalk::Knobs;
 
 /// One service fault at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Whether this machine's services may be broken on purpose.
 fn skipped() -> bool {
@@ -82,7 +82,7 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
     if skipped() {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     // Slow enough that both restarts land while events are in flight:
     // 8 at a time, about 0.5 s each, 200 events: about 12 s of work.
     let h = Harness::new(Knobs {
@@ -296,7 +296,7 @@ async fn the_shipped_broker_limit_refuses_bodies_that_would_swell_a_worker() {
     if skipped() {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let limit = shipped_max_message_size();
     let max_event = ticket_worker::events::DEFAULT_MAX_EVENT_BYTES as u64;
     assert!(
