@@ -393,6 +393,14 @@ pub struct RunArgs {
         default_value = "10s"
     )]
     pub outbox_relay_after: String,
+    /// How often to log a progress line while events flow; 0 turns it off
+    #[arg(
+        long,
+        env = "PROGRESS_EVERY",
+        value_name = "PROGRESS_EVERY",
+        default_value = "30s"
+    )]
+    pub progress_every: String,
 }
 
 impl RunArgs {
@@ -517,6 +525,8 @@ pub struct Settings {
     pub purge: Option<PurgeSettings>,
     /// When unconfirmed ticket events are published from the outbox.
     pub relay: RelaySettings,
+    /// How often a progress line is logged; `None`: never.
+    pub progress_every: Option<Duration>,
 }
 
 impl Settings {
@@ -550,6 +560,7 @@ impl Settings {
             "OUTBOX_RELAY_AFTER",
             &args.outbox_relay_after,
         ));
+        let progress_every = problems.take(duration("PROGRESS_EVERY", &args.progress_every));
         let (
             Some(broker),
             Some(database),
@@ -564,6 +575,7 @@ impl Settings {
             Some(purge_after),
             Some(purge_every),
             Some(relay_after),
+            Some(progress_every),
         ) = (
             broker,
             database,
@@ -578,6 +590,7 @@ impl Settings {
             purge_after,
             purge_every,
             relay_after,
+            progress_every,
         )
         else {
             return Err(problems.into_errors());
@@ -607,6 +620,7 @@ impl Settings {
                 every: purge_every,
             }),
             relay: RelaySettings::new(relay_after),
+            progress_every: (!progress_every.is_zero()).then_some(progress_every),
         })
     }
 }

@@ -69,6 +69,7 @@ impl Application {
                 shutdown_grace: settings.shutdown_grace,
                 probe: settings.probe,
                 relay: settings.relay,
+                progress_every: settings.progress_every,
             },
             pipeline,
         );

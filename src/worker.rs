@@ -64,6 +64,8 @@ pub struct WorkerSettings {
     pub probe: RetryPolicy,
     /// When ticket events left in the outbox are published.
     pub relay: RelaySettings,
+    /// How often a progress line is logged; `None`: never.
+    pub progress_every: Option<Duration>,
 }
 
 /// Counts of what happened to deliveries, for progress reports and tests.
@@ -98,6 +100,24 @@ pub struct StatsSnapshot {
     pub pauses: u64,
 }
 
+impl StatsSnapshot {
+    /// What happened between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            issued: self.issued.saturating_sub(earlier.issued),
+            already_issued: self.already_issued.saturating_sub(earlier.already_issued),
+            dead_lettered: self.dead_lettered.saturating_sub(earlier.dead_lettered),
+            expired: self.expired.saturating_sub(earlier.expired),
+            retry_later: self.retry_later.saturating_sub(earlier.retry_later),
+            requeued: self.requeued.saturating_sub(earlier.requeued),
+            abandoned: self.abandoned.saturating_sub(earlier.abandoned),
+            panicked: self.panicked.saturating_sub(earlier.panicked),
+            sessions: self.sessions.saturating_sub(earlier.sessions),
+            pauses: self.pauses.saturating_sub(earlier.pauses),
+        }
+    }
+}
+
 impl WorkerStats {
     fn record(&self, outcome: Outcome) {
         let counter = match outcome {
@@ -110,6 +130,33 @@ impl WorkerStats {
             Outcome::Abandoned => &self.abandoned,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logs what happened since the last line, every `every` in which
+    /// something did, until `stop`.
+    async fn report_progress(&self, every: Duration, stop: CancellationToken) {
+        let mut last = self.snapshot();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = self.snapshot();
+            let delta = now.since(&last);
+            let answered =
+                delta.issued + delta.already_issued + delta.dead_lettered + delta.expired;
+            if answered + delta.retry_later + delta.requeued + delta.abandoned > 0 {
+                tracing::info!(
+                    issued = delta.issued,
+                    announced_again = delta.already_issued,
+                    failed = delta.dead_lettered + delta.expired,
+                    back_to_queue = delta.retry_later + delta.requeued + delta.abandoned,
+                    "{answered} login events answered in the last {}",
+                    humantime::format_duration(every)
+                );
+            }
+            last = now;
+        }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -228,6 +275,13 @@ impl Worker {
             _ = self.check_dependencies() => {}
             _ = shutdown.triggered() => return,
         }
+        let progress = CancellationToken::new();
+        if let Some(every) = self.settings.progress_every {
+            let stats = Arc::clone(&self.stats);
+            let stop = progress.clone();
+            tokio::spawn(async move { stats.report_progress(every, stop).await });
+        }
+        let _stop_progress = progress.drop_guard();
         let mut reconnect = self.settings.broker.reconnect.schedule();
         while !shutdown.is_triggered() {
             let opened = tokio::select! {

@@ -145,10 +145,31 @@ async fn run_processes_events_and_exits_0_on_sigterm() {
         &h.taptalk.base_url(),
         &format!("cli-{}", unique()),
     );
+    let mut env = env;
+    env.retain(|(k, _)| *k != "RUST_LOG");
+    env.push(("PROGRESS_EVERY", "1s".into()));
     let mut worker = WorkerProcess::spawn(&env);
     let events: Vec<Value> = (0..20).map(|i| login_event(&format!("cust-{i}"))).collect();
     h.broker.publish_events(&events).await;
     h.tap.wait_for("ticket.ready", 20, WAIT).await;
+    // At the default log level, progress lines say that tickets are issued.
+    let issued_in_progress_lines = |logs: &str| -> u64 {
+        logs.lines()
+            .filter(|l| l.contains("login events answered in the last 1s"))
+            .filter_map(|l| {
+                l.split("issued=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    eventually(WAIT, "progress lines for all 20 events", || async {
+        (issued_in_progress_lines(&worker.logs()) == 20).then_some(())
+    })
+    .await;
 
     assert_eq!(worker.terminate().await, Some(0), "{}", worker.logs());
     let logs = worker.logs();

@@ -721,6 +721,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         migrate: true,
         purge: None,
         relay: RelaySettings::new(Duration::from_secs(1)),
+        progress_every: None,
     }
 }
 
