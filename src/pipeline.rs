@@ -2,19 +2,21 @@
 //! delivered to the acknowledgement.
 //!
 //! ```text
-//! parse ─▶ outcome recorded? ─▶ stale? ─▶ TapTalk (retry) ─▶ store ─▶ ticket.ready ─▶ ack
-//!   │            │                 │            │               │
-//!   │            └─ answer again   │            │               └─ a copy failed first: its failure
-//!   │                              │            ├─ ParamValidationFailed ─▶ failure + dead letter
-//!   │                              │            └─ unavailable ─▶ back to the queue (… retries_exhausted)
-//!   │                              └─ failure "expired"
+//! parse ─▶ headers fill the frame? ─▶ outcome recorded? ─▶ stale? ─▶ TapTalk (retry) ─▶ store ─▶ ticket.ready ─▶ ack
+//!   │            │                           │                │           │               │
+//!   │            └─ trimmed copy back first  └─ answer again  │           │               └─ a copy failed first: its failure
+//!   │                                                         │           ├─ ParamValidationFailed ─▶ failure + dead letter
+//!   │                                                         │           └─ unavailable ─▶ back to the queue (… retries_exhausted)
+//!   │                                                         └─ failure "expired"
 //!   └─ ticket.failed "invalid" + dead letter
 //! ```
 //!
 //! Outcomes are recorded in Postgres before they are announced, first writer
 //! wins ([`storage`](crate::storage)), so all copies of an event end the same
 //! way: one stored ticket and `ticket.ready`, or one recorded failure and
-//! `ticket.failed`.
+//! `ticket.failed`. The announcement is stored with the outcome (the outbox);
+//! once RabbitMQ confirms it, the pipeline reports it [`Announced`], and the
+//! [relay](crate::relay) publishes any that a lost delivery left behind.
 //!
 //! [`Pipeline::handle`] decides and then settles the delivery; the worker only
 //! feeds it deliveries and watches the outcome. Every call to TapTalk or
@@ -247,14 +249,7 @@ impl Pipeline {
     /// Records a failure as the event's outcome and answers with whichever
     /// outcome stands: ours, or the one another copy recorded first.
     async fn fail(&self, event: &LoginEvent, failure: StoredFailure) -> Decision {
-        let announcement = match &failed(event, &failure) {
-            Decision::Fail {
-                failed: Some(failed),
-                ..
-            } => serde_json::to_string(failed),
-            _ => Ok(String::new()),
-        };
-        let announcement = match announcement {
+        let announcement = match serde_json::to_string(&ticket_failed(event, &failure)) {
             Ok(announcement) => announcement,
             Err(error) => return encoding_failed(&error),
         };
@@ -482,16 +477,6 @@ impl Unavailable for StoreError {
 
 /// The answer for an event whose outcome is a failure.
 fn failed(event: &LoginEvent, failure: &StoredFailure) -> Decision {
-    let ticket_failed = TicketFailed::new(
-        &event.event_id,
-        failure.reason,
-        failure.message.clone(),
-        failure.field.as_deref(),
-    )
-    .about(
-        Some(event.request.xc_user_id()),
-        Some(event.request.user_device_id()),
-    );
     let dead_letter = matches!(
         failure.reason,
         FailureReason::RejectedByUpstream | FailureReason::RetriesExhausted
@@ -508,11 +493,25 @@ fn failed(event: &LoginEvent, failure: &StoredFailure) -> Decision {
         Outcome::Expired
     };
     Decision::Fail {
-        failed: Some(ticket_failed),
+        failed: Some(ticket_failed(event, failure)),
         dead_letter,
         outcome,
         recorded: true,
     }
+}
+
+/// The `ticket.failed` event that announces a recorded failure.
+fn ticket_failed(event: &LoginEvent, failure: &StoredFailure) -> TicketFailed {
+    TicketFailed::new(
+        &event.event_id,
+        failure.reason,
+        failure.message.clone(),
+        failure.field.as_deref(),
+    )
+    .about(
+        Some(event.request.xc_user_id()),
+        Some(event.request.user_device_id()),
+    )
 }
 
 /// Returns a delivery to the queue, spending one of its deliveries.

@@ -14,6 +14,15 @@
 //! - **Shutdown.** On [`Shutdown`], it cancels the consumer, gives in-flight
 //!   messages `SHUTDOWN_GRACE` to finish, then closes the connection, which
 //!   returns whatever is left to the queue.
+//! - **Beside the consumer.** Each session runs the outbox [relay](crate::relay)
+//!   on its publishing channel; a progress line is logged every
+//!   `PROGRESS_EVERY`.
+//! - **Messages too large to receive.** When RabbitMQ redelivers a message
+//!   whose header frame no longer fits `frame_max` (see
+//!   [`copies`](crate::broker::copies)), lapin closes the connection. The
+//!   next sessions are *quarantined* — one message at a time, reconnecting
+//!   at once — so that each further failure spends a delivery of that message
+//!   alone, until RabbitMQ's delivery limit dead-letters it.
 
 use crate::breaker::{Dependency, Health};
 use crate::broker::{Publisher, connect};
