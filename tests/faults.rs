@@ -1026,3 +1026,30 @@ async fn a_stored_ticket_is_announced_even_when_rabbitmq_dead_letters_its_login_
         stored_now.len()
     );
 }
+
+#[tokio::test]
+async fn with_nobody_listening_for_ticket_events_each_dead_letter_is_sent_once() {
+    // No tap: every ticket.failed is unroutable, and RabbitMQ returns it.
+    let db = TestDb::create().await;
+    let broker = TestBroker::new().await;
+    let taptalk = fake_taptalk(Knobs::default()).await;
+    let worker = TestWorker::spawn(settings(&db, &broker, taptalk.base_url()));
+    let mut invalid = Vec::new();
+    for i in 0..100 {
+        let mut event = login_event(&format!("cust-{i}"));
+        event["userPlatform"] = json!("windows");
+        invalid.push(event);
+    }
+    broker.publish_events(&invalid).await;
+    let dead = broker.wait_for_dead_letters(100, SETTLE).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dead = dead.len() + broker.drain_dead_letters().await.len();
+    assert_eq!(dead, 100, "one dead letter per invalid event");
+    assert_eq!(
+        worker.stats().requeued,
+        0,
+        "no copy was taken for unroutable"
+    );
+    assert_eq!(broker.ready_count(&broker.topology.work_queue).await, 0);
+    worker.stop().await;
+}

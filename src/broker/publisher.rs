@@ -2,6 +2,13 @@
 //! letters, messages put back for later) waits for the broker's confirm before
 //! the original delivery is acknowledged. Many tasks publish on one channel at
 //! once, so confirms are pipelined rather than taken one at a time.
+//!
+//! Ticket events and copies of deliveries go out on two channels. Both are
+//! published `mandatory`, but an unroutable ticket event is normal (nobody
+//! listens yet) while an unroutable copy is not (it would be lost). lapin
+//! hands a returned message to whichever confirm of its channel comes next,
+//! not necessarily the one it belongs to; on a shared channel, a ticket event
+//! nobody listens to made a dead letter look unroutable, and it was sent twice.
 
 use super::{Topology, copies, short};
 use crate::events::{TicketFailed, TicketReady};
@@ -92,7 +99,10 @@ pub struct DeadLetterNote {
 /// A confirm-mode channel for everything the worker publishes. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    channel: Channel,
+    /// `ticket.ready` and `ticket.failed`.
+    events: Channel,
+    /// Dead letters and copies put back in the work queue.
+    copies: Channel,
     topology: Arc<Topology>,
     warned_unroutable: Arc<AtomicBool>,
     /// The connection's negotiated frame size: every copy must fit in it.
@@ -111,21 +121,16 @@ impl Publisher {
         topology: Arc<Topology>,
         user: Option<&str>,
     ) -> Result<Publisher, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let events = confirm_channel(connection).await?;
+        let copies = confirm_channel(connection).await?;
         Ok(Publisher {
-            channel,
+            events,
+            copies,
             topology,
             warned_unroutable: Arc::new(AtomicBool::new(false)),
             frame_max: connection.configuration().frame_max(),
             user: user.filter(|u| !u.is_empty()).map(short),
         })
-    }
-
-    pub fn channel(&self) -> &Channel {
-        &self.channel
     }
 
     /// The negotiated `frame_max` of this publisher's connection.
@@ -176,6 +181,7 @@ impl Publisher {
             .with_timestamp(now_seconds());
         match self
             .publish(
+                &self.events,
                 &self.topology.ticket_exchange,
                 routing_key,
                 body,
@@ -233,6 +239,7 @@ impl Publisher {
         let properties = self.as_own(delivery.properties.clone().with_headers(headers));
         let properties = self.fit(properties, &OWN_HEADERS)?;
         self.publish(
+            &self.copies,
             &self.topology.dead_letter_exchange,
             delivery.routing_key.as_str(),
             &delivery.data,
@@ -260,8 +267,14 @@ impl Publisher {
         }
         let properties = self.as_own(delivery.properties.clone().with_headers(headers));
         let properties = self.fit(properties, &[RETRIES_HEADER])?;
-        self.publish("", &self.topology.work_queue, &delivery.data, properties)
-            .await
+        self.publish(
+            &self.copies,
+            "",
+            &self.topology.work_queue,
+            &delivery.data,
+            properties,
+        )
+        .await
     }
 
     /// How often the worker has put this message back because it could not
@@ -315,6 +328,7 @@ impl Publisher {
     /// Publishes one persistent, mandatory message and waits for its confirm.
     async fn publish(
         &self,
+        channel: &Channel,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
@@ -325,8 +339,7 @@ impl Publisher {
             ..Default::default()
         };
         let properties = properties.with_delivery_mode(2);
-        let confirm = self
-            .channel
+        let confirm = channel
             .basic_publish(
                 short(exchange),
                 short(routing_key),
@@ -345,6 +358,15 @@ impl Publisher {
             Confirmation::Nack(_) => Err(PublishError::Nacked(exchange.to_owned())),
         }
     }
+}
+
+/// A new channel in confirm mode.
+async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
 }
 
 fn long(value: &str) -> AMQPValue {

@@ -20,7 +20,10 @@
 //!    redactor would hide the password, but not the personal data, and it
 //!    is better not to rely on one layer for the password either. lapin's
 //!    `debug` and above stay available. To see frames, capture the traffic
-//!    (Wireshark decodes AMQP 0-9-1) on a test broker instead.
+//!    (Wireshark decodes AMQP 0-9-1) on a test broker instead. lapin's note on
+//!    a returned (unroutable) message is dropped at every level for the same
+//!    reason: it prints the whole message, body included; the publisher says
+//!    what was unroutable itself.
 
 pub mod redact;
 
@@ -76,10 +79,14 @@ pub fn init(format: LogFormat, default_filter: &str) {
     };
 }
 
-/// Drops lapin's `trace` events and spans, the ones that dump AMQP frames
-/// (see the module documentation).
+/// Drops lapin's `trace` events and spans, the ones that dump AMQP frames,
+/// and its note on returned messages, which prints them whole (see the
+/// module documentation).
 fn no_frame_dumps() -> FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
-    FilterFn::new(|meta| !(is_lapin(meta.target()) && *meta.level() == Level::TRACE))
+    FilterFn::new(|meta| {
+        let lapin = is_lapin(meta.target());
+        !(lapin && *meta.level() == Level::TRACE || meta.target() == "lapin::returned_messages")
+    })
 }
 
 fn is_lapin(target: &str) -> bool {
@@ -134,6 +141,7 @@ mod tests {
             tracing::trace!(target: "lapin", "another frame dump");
             tracing::debug!(target: "lapin::channels", "create channel");
             tracing::trace!(target: "lapinesque", "not lapin");
+            tracing::warn!(target: "lapin::returned_messages", "a whole returned message");
             tracing::trace!(
                 target: "some_crate",
                 response = ?b"\0user\0telemetry-test-Pw-81f2",
@@ -145,6 +153,7 @@ mod tests {
         assert!(!logs.contains("frame dump"), "{logs}");
         assert!(logs.contains("create channel"), "{logs}");
         assert!(logs.contains("not lapin"), "{logs}");
+        assert!(!logs.contains("a whole returned message"), "{logs}");
         assert!(!logs.contains("telemetry-test-Pw-81f2"), "{logs}");
         let listed: Vec<String> = "telemetry-test-Pw-81f2"
             .bytes()
