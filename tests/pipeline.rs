@@ -16,6 +16,30 @@ use ticket_worker::storage::TicketStore;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Stores a ticket for `event_id`, issued at `issued_at`, with its
+/// `ticket.ready` in the outbox, as a worker that died right after saving
+/// leaves it; returns the record and that event's JSON.
+async fn store_ticket(
+    store: &TicketStore,
+    event_id: &str,
+    issued_at: DateTime<Utc>,
+) -> (ticket_worker::domain::TicketRecord, String) {
+    let record = ticket_worker::domain::TicketRecord {
+        event_id: EventId::parse(event_id).expect("id"),
+        xc_user_id: format!("cust-{event_id}"),
+        user_id: format!("tt-{event_id}"),
+        user_device_id: "d-1".into(),
+        platform: ticket_worker::domain::Platform::Web,
+        ticket: ticket_worker::domain::AuthTicket::new(format!("ticket-of-{event_id}")),
+        issued_at,
+        expires_at: issued_at + TimeDelta::hours(1),
+    };
+    let ready = serde_json::to_string(&ticket_worker::events::TicketReady::for_record(&record))
+        .expect("encode");
+    store.save(&record, &ready).await.expect("save");
+    (record, ready)
+}
+
 fn parse_time(value: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(value.as_str().expect("a timestamp string"))
         .expect("RFC 3339")
@@ -741,20 +765,7 @@ async fn the_worker_purges_long_expired_tickets() {
         .await
         .expect("migrate");
     let store = TicketStore::from_pool(h.db.pool.clone());
-    let long_ago = Utc::now() - TimeDelta::days(3);
-    let old = ticket_worker::domain::TicketRecord {
-        event_id: EventId::parse("old-event").expect("id"),
-        xc_user_id: "cust-old".into(),
-        user_id: "tt-old".into(),
-        user_device_id: "d".into(),
-        platform: ticket_worker::domain::Platform::Web,
-        ticket: ticket_worker::domain::AuthTicket::new("old-ticket".into()),
-        issued_at: long_ago,
-        expires_at: long_ago + TimeDelta::hours(1),
-    };
-    let ready = serde_json::to_string(&ticket_worker::events::TicketReady::for_record(&old))
-        .expect("encode");
-    store.save(&old, &ready).await.expect("save");
+    let (old, _) = store_ticket(&store, "old-event", Utc::now() - TimeDelta::days(3)).await;
 
     let mut settings = h.settings();
     settings.purge = Some(ticket_worker::purge::PurgeSettings {
@@ -919,20 +930,12 @@ async fn outcomes_stored_but_never_announced_are_announced_from_the_outbox() {
     // RabbitMQ dead-lettered their login events afterwards): the rows and
     // their announcements are in Postgres, nothing is on the bus.
     let store = TicketStore::from_pool(h.db.pool.clone());
-    let issued_at = Utc::now() - TimeDelta::minutes(2);
-    let stranded = ticket_worker::domain::TicketRecord {
-        event_id: EventId::parse("stranded-ticket").expect("id"),
-        xc_user_id: "cust-stranded".into(),
-        user_id: "tt-stranded".into(),
-        user_device_id: "d-1".into(),
-        platform: ticket_worker::domain::Platform::Ios,
-        ticket: ticket_worker::domain::AuthTicket::new("stranded-secret-ticket".into()),
-        issued_at,
-        expires_at: issued_at + TimeDelta::hours(1),
-    };
-    let ready = serde_json::to_string(&ticket_worker::events::TicketReady::for_record(&stranded))
-        .expect("encode");
-    store.save(&stranded, &ready).await.expect("save");
+    let (_, ready) = store_ticket(
+        &store,
+        "stranded-ticket",
+        Utc::now() - TimeDelta::minutes(2),
+    )
+    .await;
     let failure = ticket_worker::storage::StoredFailure {
         reason: ticket_worker::events::FailureReason::Expired,
         message: "too late".into(),

@@ -23,52 +23,6 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A RabbitMQ user that exists for one test, deleted again on drop.
-struct RabbitUser {
-    name: String,
-    password: String,
-}
-
-impl RabbitUser {
-    fn create() -> RabbitUser {
-        let name = format!("tw-test-{}", unique());
-        // Characters a URL must percent-encode, so the password appears in
-        // more than one spelling (the URL's, and the decoded one sent in SASL).
-        let password = format!("Amqp@Pw/{}", unique());
-        let ok = |args: &[&str]| {
-            std::process::Command::new("rabbitmqctl")
-                .arg("-q")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        assert!(ok(&["add_user", &name, &password]), "rabbitmqctl add_user");
-        // From here on the guard deletes the user, whatever happens next.
-        let user = RabbitUser { name, password };
-        assert!(
-            ok(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]),
-            "rabbitmqctl set_permissions"
-        );
-        user
-    }
-
-    fn url(&self, password: &str, host_port: &str, scheme: &str) -> String {
-        format!(
-            "{scheme}://{}:{}@{host_port}/%2f",
-            self.name,
-            url_encode(password)
-        )
-    }
-}
-
-impl Drop for RabbitUser {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "delete_user", &self.name])
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn secrets_never_reach_the_logs_at_any_level() {
     let h = Harness::new(Knobs {
