@@ -469,44 +469,330 @@ fn server_key_header() -> String {
     server_key().header_value().expose_secret().to_owned()
 }
 
-#[tokio::test]
-async fn demo_runs_end_to_end_and_prints_the_table() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::new().await;
-    let t = &broker.topology;
-    let output = tokio::task::spawn_blocking({
-        let (db_url, t) = (db.url.clone(), t.clone());
-        move || {
-            bin()
-                .args(["demo", "--events", "40", "--timeout", "60s"])
-                .env("AMQP_URL", amqp_url())
-                .env("DATABASE_URL", db_url)
-                .env("LOGIN_EXCHANGE", &t.login_exchange)
-                .env("WORK_QUEUE", &t.work_queue)
-                .env("DEAD_LETTER_EXCHANGE", &t.dead_letter_exchange)
-                .env("DEAD_LETTER_QUEUE", &t.dead_letter_queue)
-                .env("TICKET_EXCHANGE", &t.ticket_exchange)
-                .output()
-                .expect("demo")
-        }
+use ticket_worker::broker::Topology;
+use ticket_worker::demo::DemoRun;
+
+/// Runs `ticket-worker demo` with `args` against the local RabbitMQ and the
+/// database at `db_url`, plus `env`; returns its exit code, stdout and stderr.
+async fn demo(
+    args: &[&str],
+    db_url: &str,
+    env: &[(&'static str, String)],
+) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut env = env.to_vec();
+    env.push(("AMQP_URL", amqp_url()));
+    env.push(("DATABASE_URL", db_url.to_owned()));
+    let output = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("demo")
+            .args(&args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("demo")
     })
     .await
     .expect("demo thread");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The run the demo announced on stderr (`demo: run demo-1a2b3c4d, …`).
+fn announced_run(stderr: &str) -> DemoRun {
+    let at = stderr
+        .find("demo: run demo-")
+        .expect("the demo names its run")
+        + "demo: run ".len();
+    let id = stderr
+        .get(at..at + "demo-1a2b3c4d".len())
+        .expect("a run id");
+    DemoRun::parse(id).expect("a run id")
+}
+
+/// The number in the summary's "… → N tickets stored".
+fn tickets_stored(stdout: &str) -> i64 {
+    stdout
+        .split(" tickets stored")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ticket count in {stdout}"))
+}
+
+/// Rows per table whose event id starts with `prefix` (`""`: all rows).
+async fn demo_rows(db: &TestDb, prefix: &str) -> [i64; 3] {
+    let mut counts = [0; 3];
+    for (count, table) in
+        counts
+            .iter_mut()
+            .zip(["auth_tickets", "event_outcomes", "ticket_event_outbox"])
+    {
+        let query = format!("SELECT count(*) FROM {table} WHERE starts_with(event_id, $1)");
+        *count = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+            .bind(prefix)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count rows");
+    }
+    counts
+}
+
+/// Which of `topology`'s exchanges and queues exist, by passive declarations
+/// (each on a channel of its own: a missing one closes the channel).
+async fn existing(topology: &Topology) -> Vec<String> {
+    use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let not_found = |e: &lapin::Error| matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404);
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let mut found = Vec::new();
+    for queue in [&topology.work_queue, &topology.dead_letter_queue] {
+        let channel = connection.create_channel().await.expect("channel");
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => found.push(queue.clone()),
+            Err(e) => assert!(not_found(&e), "passive declare of {queue}: {e}"),
+        }
+    }
+    for exchange in [
+        &topology.login_exchange,
+        &topology.dead_letter_exchange,
+        &topology.ticket_exchange,
+    ] {
+        let channel = connection.create_channel().await.expect("channel");
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(()) => found.push(exchange.clone()),
+            Err(e) => assert!(not_found(&e), "passive declare of {exchange}: {e}"),
+        }
+    }
+    let _ = connection.close(200, "".into()).await;
+    found
+}
+
+/// Names of the local broker's queues and exchanges containing `fragment`,
+/// by `rabbitmqctl`; `None` where rabbitmqctl cannot list them (a broker
+/// elsewhere).
+fn listed_by_rabbitmqctl(fragment: &str) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for what in ["list_queues", "list_exchanges"] {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args(["-q", what, "name"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        names.extend(
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter(|name| name.contains(fragment))
+                .map(str::to_owned),
+        );
+    }
+    Some(names)
+}
+
+/// Deletes a demo run's exchanges and queues when dropped, so that a failing
+/// test leaves none behind either.
+struct DeleteOnDrop(Topology);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let topology = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(connection) =
+                    lapin::Connection::connect(&amqp_url(), Default::default()).await
+                {
+                    if let Ok(channel) = connection.create_channel().await {
+                        let _ = topology.delete(&channel).await;
+                    }
+                    let _ = connection.close(200, "".into()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn demo_runs_end_to_end_prints_the_table_and_leaves_nothing_behind() {
+    let db = TestDb::create().await;
+    let (code, stdout, stderr) = demo(&["--events", "40", "--timeout", "60s"], &db.url, &[]).await;
+    let run = announced_run(&stderr);
+    let topology = run.topology(20);
+    let _leftovers = DeleteOnDrop(topology.clone());
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("auth_tickets (first 12 of"), "{stdout}");
     assert!(stdout.contains("40 login events →"), "{stdout}");
     assert!(stdout.contains("events/s"), "{stdout}");
-    let rows = db.count().await;
-    assert!((38..=40).contains(&rows), "one row per valid event: {rows}");
     assert!(
-        stdout.contains(&format!("{rows} tickets stored")),
-        "{stdout}"
+        stdout.contains("FROM current_auth_ticket('") && stdout.contains("rows are removed"),
+        "the hint says the rows go: {stdout}"
     );
+    let stored = tickets_stored(&stdout);
+    assert!(
+        (38..=40).contains(&stored),
+        "one row per valid event: {stdout}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "on exchanges and queues of its own (taptalk.{run}.*)"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "removed what run {run} made: its rows ({stored} auth_tickets, "
+        )) && stderr.contains(&format!(
+            "its exchanges and queues taptalk.{run}.* (with 1 dead letter)"
+        )),
+        "one line says what was removed: {stderr}"
+    );
+
+    // The database is this test's alone: every row would be the demo's.
+    assert_eq!(demo_rows(&db, "").await, [0, 0, 0], "no rows left");
+    assert_eq!(existing(&topology).await, Vec::<String>::new());
+    if let Some(listed) = listed_by_rabbitmqctl(&run.to_string()) {
+        assert_eq!(listed, Vec::<String>::new(), "nothing named after the run");
+    }
+}
+
+#[tokio::test]
+async fn demo_keep_keeps_what_it_made_and_says_how_to_remove_it() {
+    let db = TestDb::create().await;
+    let (code, stdout, stderr) = demo(
+        &["--events", "20", "--timeout", "60s", "--keep"],
+        &db.url,
+        &[],
+    )
+    .await;
+    let run = announced_run(&stderr);
+    let topology = run.topology(20);
+    let _leftovers = DeleteOnDrop(topology.clone());
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let remove_with = format!("remove them with: ticket-worker demo --remove {run}");
+    assert!(
+        stderr.contains(&format!(
+            "kept what run {run} made: its rows (event ids {run}-…)"
+        )) && stderr.contains(&remove_with),
+        "one line says what was kept and how to remove it: {stderr}"
+    );
+
+    // The rows are there, all of this run's events, and so is the topology.
+    let stored = tickets_stored(&stdout);
+    assert!(stored >= 18, "one row per valid event: {stdout}");
+    let [tickets, outcomes, _] = demo_rows(&db, &run.event_id_prefix()).await;
+    assert_eq!(tickets, stored);
+    assert!(outcomes >= tickets, "{outcomes} outcomes");
+    assert_eq!(
+        demo_rows(&db, "").await[..2],
+        [tickets, outcomes],
+        "no others"
+    );
+    assert_eq!(existing(&topology).await.len(), 5, "{topology:?}");
+
+    // The hint works afterwards, as printed.
+    let select = stdout
+        .split("current ticket with: ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no SELECT in {stdout}"));
+    let ticket: Option<(String, String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(select.to_owned()))
+            .fetch_optional(&db.pool)
+            .await
+            .expect("the printed SELECT runs");
+    assert!(ticket.is_some(), "{select} finds the user's ticket");
+
+    // And so does the way to remove them.
+    let (code, _, removing) = demo(&["--remove", &run.to_string()], &db.url, &[]).await;
+    assert_eq!(code, Some(0), "{removing}");
+    assert!(
+        removing.contains(&format!(
+            "removed what run {run} left: its rows ({tickets} auth_tickets, {outcomes} event_outcomes"
+        )) && removing.contains(&format!("any exchanges and queues taptalk.{run}.*")),
+        "{removing}"
+    );
+    assert_eq!(demo_rows(&db, "").await, [0, 0, 0]);
+    assert_eq!(existing(&topology).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn demo_on_topology_names_given_uses_them_and_leaves_them_in_place() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::new().await;
+    let t = &broker.topology;
+    let env = [
+        ("LOGIN_EXCHANGE", t.login_exchange.clone()),
+        ("WORK_QUEUE", t.work_queue.clone()),
+        ("DEAD_LETTER_EXCHANGE", t.dead_letter_exchange.clone()),
+        ("DEAD_LETTER_QUEUE", t.dead_letter_queue.clone()),
+    ];
+    let (code, stdout, stderr) = demo(
+        &[
+            "--events",
+            "20",
+            "--timeout",
+            "60s",
+            "--ticket-exchange",
+            &t.ticket_exchange,
+        ],
+        &db.url,
+        &env,
+    )
+    .await;
+    let run = announced_run(&stderr);
+    let _leftovers = DeleteOnDrop(run.topology(20));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "on the exchanges and queues you named (LOGIN_EXCHANGE, WORK_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, TICKET_EXCHANGE)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("removed what run {run} made: its rows ("))
+            && stderr.contains("the exchanges and queues you named stay as they are"),
+        "{stderr}"
+    );
+    // The events went through the names given: the invalid one is in that
+    // dead-letter queue, which is still there.
+    let dead = broker.all_dead_letters().await;
+    assert_eq!(dead.len(), 1, "the unknown platform");
+    assert!(
+        String::from_utf8_lossy(&dead[0].data).contains(&run.event_id_prefix()),
+        "a dead letter of this run"
+    );
+    assert_eq!(existing(t).await.len(), 5);
+    assert_eq!(existing(&run.topology(20)).await, Vec::<String>::new());
+    assert_eq!(demo_rows(&db, "").await, [0, 0, 0], "its rows are gone");
 }
 
 #[tokio::test]

@@ -4,6 +4,10 @@
 //! a redelivery, another replica). Whichever copy first records an outcome —
 //! a stored ticket or a failure — decides it for all of them, so one event
 //! never gets both `ticket.ready` and `ticket.failed`.
+//!
+//! Everything stored about an event goes together: [`TicketStore::purge_batch`]
+//! deletes long-decided events, and [`TicketStore::forget_events`] deletes
+//! named ones (the demo, removing what it made).
 
 use super::tickets::Row;
 use super::{StoreError, TicketStore};
@@ -29,6 +33,28 @@ pub enum Known {
     Issued(TicketRecord),
     /// It failed; every copy answers with this failure.
     Failed(StoredFailure),
+}
+
+/// What [`TicketStore::forget_events`] deleted, table by table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// `auth_tickets` rows.
+    pub tickets: u64,
+    /// `event_outcomes` rows (one per event that had an outcome).
+    pub outcomes: u64,
+    /// `ticket_event_outbox` rows (ticket events not confirmed yet).
+    pub announcements: u64,
+}
+
+impl Forgotten {
+    fn from_counts((tickets, outcomes, announcements): (i64, i64, i64)) -> Forgotten {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Forgotten {
+            tickets: count(tickets),
+            outcomes: count(outcomes),
+            announcements: count(announcements),
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -182,5 +208,78 @@ impl TicketStore {
         .await?
         .rows_affected();
         Ok(deleted)
+    }
+
+    /// Deletes everything stored about these events, in one statement: their
+    /// tickets, outcomes and waiting announcements. Rows of other events are
+    /// untouched. For removing what a demo made; the worker never forgets.
+    #[tracing::instrument(name = "storage.forget_events", skip_all, fields(events = event_ids.len()))]
+    pub async fn forget_events(&self, event_ids: &[EventId]) -> Result<Forgotten, StoreError> {
+        let ids: Vec<&str> = event_ids.iter().map(EventId::as_str).collect();
+        let counts = sqlx::query_as(
+            "WITH tickets AS (
+                 DELETE FROM auth_tickets WHERE event_id = ANY($1) RETURNING 1
+             ),
+             announcements AS (
+                 DELETE FROM ticket_event_outbox WHERE event_id = ANY($1) RETURNING 1
+             ),
+             outcomes AS (
+                 DELETE FROM event_outcomes WHERE event_id = ANY($1) RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM tickets), (SELECT count(*) FROM outcomes),
+                    (SELECT count(*) FROM announcements)",
+        )
+        .bind(ids)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Forgotten::from_counts(counts))
+    }
+
+    /// Like [`TicketStore::forget_events`], for every event whose id starts
+    /// with `prefix` (as a demo run's ids do). Refuses a prefix shorter than
+    /// 8 bytes, which could match real events.
+    #[tracing::instrument(name = "storage.forget_events_starting_with", skip(self))]
+    pub async fn forget_events_starting_with(&self, prefix: &str) -> Result<Forgotten, StoreError> {
+        if prefix.len() < 8 {
+            return Err(StoreError::Failed(format!(
+                "refusing to forget every event whose id starts with {prefix:?}: too short"
+            )));
+        }
+        let counts = sqlx::query_as(
+            "WITH tickets AS (
+                 DELETE FROM auth_tickets WHERE starts_with(event_id, $1) RETURNING 1
+             ),
+             announcements AS (
+                 DELETE FROM ticket_event_outbox WHERE starts_with(event_id, $1) RETURNING 1
+             ),
+             outcomes AS (
+                 DELETE FROM event_outcomes WHERE starts_with(event_id, $1) RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM tickets), (SELECT count(*) FROM outcomes),
+                    (SELECT count(*) FROM announcements)",
+        )
+        .bind(prefix)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Forgotten::from_counts(counts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    #[tokio::test]
+    async fn forgetting_by_prefix_refuses_short_prefixes_before_asking_postgres() {
+        // Nothing listens on port 1: reaching Postgres at all would fail otherwise.
+        let url = SecretString::from("postgres://nobody@127.0.0.1:1/none");
+        let store = TicketStore::connect_lazy(&url, 1).expect("a lazy pool");
+        for prefix in ["", "%", "demo-", "1234567"] {
+            match store.forget_events_starting_with(prefix).await {
+                Err(StoreError::Failed(message)) => assert!(message.contains("too short")),
+                other => panic!("{prefix:?}: {other:?}"),
+            }
+        }
     }
 }
