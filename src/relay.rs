@@ -58,6 +58,9 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut last_pass = Instant::now();
+    // One warning per run of failures: Postgres or RabbitMQ being down is
+    // reported where it matters (the worker pauses or reconnects).
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(FLUSH_EVERY) => {}
@@ -68,9 +71,17 @@ pub async fn run(
             last_pass = Instant::now();
             tokio::select! {
                 relayed = relay(&store, &publisher, settings.after) => match relayed {
-                    Ok(0) => {}
-                    Ok(count) => tracing::info!(count, "announced stored outcomes whose ticket events had not been confirmed (from the outbox)"),
-                    Err(error) => tracing::warn!(%error, "relaying ticket events from the outbox failed; trying again later"),
+                    Ok(count) => {
+                        failing = false;
+                        if count > 0 {
+                            tracing::info!(count, "announced stored outcomes whose ticket events had not been confirmed (from the outbox)");
+                        }
+                    }
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(%error, "relaying ticket events from the outbox failed; trying again every {}", humantime::format_duration(settings.every));
+                    }
+                    Err(error) => tracing::debug!(%error, "relaying ticket events from the outbox failed again"),
                 },
                 _ = stop.cancelled() => break,
             }
