@@ -212,6 +212,8 @@ enum PhaseEnd {
     Shutdown,
     Paused,
     Lost(String),
+    /// The quarantine is over: consume again at full prefetch.
+    QuarantineOver,
 }
 
 /// How a pause ended.
@@ -396,7 +398,16 @@ impl Worker {
                 "RabbitMQ delivered a message whose header frame exceeds frame_max (its headers nearly filled the frame, and a redelivery added x-delivery-count); it cannot be received. Taking one message at a time until RabbitMQ's delivery limit dead-letters it"
             );
         }
-        losses <= limit.saturating_add(5)
+        if losses > limit.saturating_add(5) {
+            // More failures than one message can explain: stop hurrying.
+            self.landmines.store(0, Ordering::Relaxed);
+            tracing::error!(
+                losses,
+                "sessions keep failing on oversized frames beyond the delivery limit; back to ordinary reconnect pauses and full speed"
+            );
+            return false;
+        }
+        true
     }
 
     /// Starts the outbox relay for this session; cancel the token to stop it.
@@ -453,26 +464,36 @@ impl Worker {
         })
     }
 
-    /// Ends the quarantine with the first fresh delivery: full prefetch and
-    /// concurrency again.
+    /// Ends the quarantine (after the first fresh delivery): full prefetch
+    /// and concurrency again. RabbitMQ applies a new prefetch only to
+    /// consumers started after it, so the quarantined consumer is cancelled
+    /// and the caller consumes anew; messages in flight go on meanwhile.
     async fn leave_quarantine(
         &self,
         session: &Session,
+        consumer: &Consumer,
         permits: &Semaphore,
-    ) -> Result<(), lapin::Error> {
-        if !session.quarantined.swap(false, Ordering::Relaxed) {
-            return Ok(());
-        }
+    ) -> Result<(), String> {
+        session.quarantined.store(false, Ordering::Relaxed);
         self.landmines.store(0, Ordering::Relaxed);
+        let cancel = session
+            .consume
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(BROKER_STEP_TIMEOUT, cancel).await {
+            Ok(cancelled) => cancelled.map_err(|e| e.to_string())?,
+            Err(_) => return Err("RabbitMQ did not confirm the consumer's cancellation".into()),
+        }
+        session
+            .consume
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
         permits.add_permits(self.settings.concurrency.saturating_sub(1));
         tracing::info!(
             prefetch = self.settings.prefetch,
             "every returned message is through; consuming at full speed again"
         );
-        session
-            .consume
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
-            .await
+        Ok(())
     }
 
     /// Consumes in phases (paused while a dependency is down) until shutdown or loss.
@@ -504,6 +525,11 @@ impl Worker {
                     break;
                 }
                 PhaseEnd::Lost(reason) => return self.lose(&mut tasks, reason).await,
+                PhaseEnd::QuarantineOver => {
+                    if let Err(reason) = self.leave_quarantine(session, &consumer, &permits).await {
+                        return self.lose(&mut tasks, reason).await;
+                    }
+                }
                 PhaseEnd::Paused => {
                     match self
                         .pause(session, consumer, &permits, &mut tasks, shutdown)
@@ -551,12 +577,11 @@ impl Worker {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => report(joined),
                 (permit, next) = next_delivery(permits, consumer) => match next {
                     Some(Ok(delivery)) => {
-                        if !delivery.redelivered
-                            && let Err(error) = self.leave_quarantine(session, permits).await
-                        {
-                            return PhaseEnd::Lost(error.to_string());
-                        }
+                        let fresh = !delivery.redelivered;
                         self.spawn(session, tasks, delivery, permit);
+                        if fresh && session.quarantined.load(Ordering::Relaxed) {
+                            return PhaseEnd::QuarantineOver;
+                        }
                     }
                     Some(Err(error)) => return PhaseEnd::Lost(error.to_string()),
                     None => return PhaseEnd::Lost("RabbitMQ cancelled the consumer (was the queue deleted?)".into()),

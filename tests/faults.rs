@@ -823,16 +823,12 @@ async fn messages_whose_headers_fill_the_frame_never_stall_valid_traffic() {
 
 #[tokio::test]
 async fn a_redelivery_too_large_to_receive_costs_valid_traffic_seconds_and_no_deliveries() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::with_delivery_limit(4).await;
-    let taptalk = fake_taptalk(quick_latency()).await;
-    let tap = broker.tap().await;
-    let h = Harness {
-        db,
-        broker,
-        taptalk,
-        tap,
-    };
+    // RabbitMQ's delivery limit and the worker's reconnect pauses at their
+    // defaults (20; 0.5 s growing to 30 s): reconnecting with backoff after
+    // each of the 20 failures it takes to dead-letter the message would stall
+    // the queue for about 7 minutes.
+    let h = Harness::new(quick_latency()).await;
+    assert_eq!(h.broker.topology.delivery_limit, 20);
     // A message whose headers fill the frame, taken once by a consumer that
     // dies before acknowledging it: its redelivery carries x-delivery-count
     // and no longer fits in a frame the worker can receive.
@@ -869,7 +865,9 @@ async fn a_redelivery_too_large_to_receive_costs_valid_traffic_seconds_and_no_de
     h.broker.publish_events(&valid).await;
 
     let started = Instant::now();
-    let worker = h.worker();
+    let mut settings = h.settings();
+    settings.broker.reconnect = ticket_worker::configuration::RECONNECT_PAUSES;
+    let worker = TestWorker::spawn(settings);
     let ready = h.tap.wait_for("ticket.ready", 50, SETTLE).await;
     let took = started.elapsed();
     let dlq = h.broker.topology.dead_letter_queue.clone();
@@ -892,7 +890,17 @@ async fn a_redelivery_too_large_to_receive_costs_valid_traffic_seconds_and_no_de
     assert_eq!(h.db.count().await, 50);
     assert_eq!(h.broker.ready_count(&h.broker.topology.work_queue).await, 0);
     let sessions = worker.stats().sessions;
-    assert!(sessions > 1 && sessions <= 8, "sessions: {sessions}");
+    assert!(sessions > 1 && sessions <= 26, "sessions: {sessions}");
+    // Once the returned messages were through, full speed again.
+    h.broker.publish_events(&[login_event("cust-after")]).await;
+    h.tap.wait_for("ticket.ready", 51, SETTLE).await;
+    let queue = h.broker.topology.work_queue.clone();
+    eventually(
+        SETTLE,
+        "the worker consuming at its full prefetch",
+        || async { (consumer_prefetch_counts(&queue) == [32]).then_some(()) },
+    )
+    .await;
     worker.stop().await;
     println!(
         "scenario oversized-redelivery: 1 message too large to receive on redelivery, 50 events; outcome: 50 tickets in {took:.1?}, {sessions} RabbitMQ sessions, the landmine dead-lettered by RabbitMQ's delivery limit, no valid event spent"

@@ -909,6 +909,23 @@ impl Drop for WorkerProcess {
 /// Closes, as an operator would with `rabbitmqctl close_connection`, every
 /// RabbitMQ connection whose client properties mention `fragment` (the
 /// worker's `AMQP_CONNECTION_NAME`). Returns how many it closed.
+/// The prefetch counts of the consumers on `queue`, as RabbitMQ sees them.
+pub fn consumer_prefetch_counts(queue: &str) -> Vec<u32> {
+    let Ok(listing) = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_consumers", "queue_name", "prefetch_count"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, count) = line.rsplit_once(char::is_whitespace)?;
+            (name.trim() == queue).then(|| count.trim().parse().ok())?
+        })
+        .collect()
+}
+
 pub fn close_rabbitmq_connections(fragment: &str) -> usize {
     let Ok(listing) = std::process::Command::new("rabbitmqctl")
         .args(["-q", "list_connections", "pid", "client_properties"])
