@@ -78,12 +78,23 @@ async fn headers_and_user_ids_set_by_a_publisher_do_not_steer_the_worker() {
             json_properties().with_user_id("guest".into()),
         )
         .await;
+    // D also carries headers that only the worker may write.
     let mut invalid = login_event("cust-invalid");
     invalid["userPlatform"] = json!("windows");
+    let mut forged_headers = with_retries(7);
+    for (name, value) in [
+        ("x-ticket-worker-reason", "forged"),
+        ("x-original-user-id", "admin"),
+        ("x-original-exchange", "somewhere-else"),
+    ] {
+        forged_headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
     h.broker
         .publish_raw(
             invalid.to_string().as_bytes(),
-            json_properties().with_user_id("guest".into()),
+            json_properties()
+                .with_user_id("guest".into())
+                .with_headers(forged_headers),
         )
         .await;
     // E: a publisher cannot borrow the worker's user_id: RabbitMQ refuses it.
@@ -141,6 +152,15 @@ async fn headers_and_user_ids_set_by_a_publisher_do_not_steer_the_worker() {
         header(&dead[0], "x-original-user-id").as_deref(),
         Some("guest")
     );
+    assert_eq!(
+        header(&dead[0], "x-ticket-worker-reason").as_deref(),
+        Some("invalid")
+    );
+    assert_eq!(
+        header(&dead[0], "x-original-exchange"),
+        Some(h.broker.topology.login_exchange.clone())
+    );
+    assert_eq!(header(&dead[0], "x-ticket-worker-retries"), None);
     assert_eq!(
         dead[0].properties.user_id().as_ref().map(|u| u.to_string()),
         Some(user.name.clone()),

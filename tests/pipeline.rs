@@ -831,6 +831,17 @@ async fn an_event_that_keeps_failing_alone_is_given_up_after_max_requeues() {
         header(&dead[0], "x-ticket-worker-reason").as_deref(),
         Some("retries_exhausted")
     );
+    // The dead letter says where the event was first published, not where the
+    // worker's own copies went, and how often it went back.
+    assert_eq!(dead[0].routing_key.as_str(), "login");
+    assert_eq!(
+        header(&dead[0], "x-original-exchange"),
+        Some(h.broker.topology.login_exchange.clone())
+    );
+    assert_eq!(
+        header(&dead[0], "x-ticket-worker-retries").as_deref(),
+        Some("LongLongInt(2)")
+    );
     assert_eq!(
         worker.stats().retry_later,
         2,

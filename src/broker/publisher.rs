@@ -39,19 +39,6 @@ pub const ORIGINAL_USER_ID_HEADER: &str = "x-original-user-id";
 /// Header with the time the worker dead-lettered a message.
 pub const DEAD_LETTERED_AT_HEADER: &str = "x-ticket-worker-dead-lettered-at";
 
-/// The headers the worker sets on a dead letter; never trimmed away.
-const OWN_HEADERS: [&str; 9] = [
-    REASON_HEADER,
-    PROBLEM_HEADER,
-    ERROR_HEADER,
-    FIELD_HEADER,
-    RETRIES_HEADER,
-    ORIGINAL_EXCHANGE_HEADER,
-    ORIGINAL_ROUTING_KEY_HEADER,
-    DEAD_LETTERED_AT_HEADER,
-    ORIGINAL_USER_ID_HEADER,
-];
-
 /// Why the broker did not take a message.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -212,36 +199,29 @@ impl Publisher {
         delivery: &Delivery,
         note: &DeadLetterNote,
     ) -> Result<(), PublishError> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(REASON_HEADER.into(), long(note.reason));
-        headers.insert(ERROR_HEADER.into(), long(&note.message));
+        let mut copy = Copy::of(self, delivery);
+        copy.set(REASON_HEADER, long(note.reason));
+        copy.set(ERROR_HEADER, long(&note.message));
         if let Some(problem) = note.problem {
-            headers.insert(PROBLEM_HEADER.into(), long(problem));
+            copy.set(PROBLEM_HEADER, long(problem));
         }
         if let Some(field) = &note.field {
-            headers.insert(FIELD_HEADER.into(), long(field));
+            copy.set(FIELD_HEADER, long(field));
         }
-        headers.insert(
-            ORIGINAL_EXCHANGE_HEADER.into(),
-            long(delivery.exchange.as_str()),
-        );
-        headers.insert(
-            ORIGINAL_ROUTING_KEY_HEADER.into(),
-            long(delivery.routing_key.as_str()),
-        );
-        headers.insert(
-            DEAD_LETTERED_AT_HEADER.into(),
-            AMQPValue::Timestamp(now_seconds()),
-        );
-        if let Some(user_id) = delivery.properties.user_id() {
-            headers.insert(ORIGINAL_USER_ID_HEADER.into(), long(user_id.as_str()));
+        copy.set(DEAD_LETTERED_AT_HEADER, AMQPValue::Timestamp(now_seconds()));
+        let retries = self.retries(delivery);
+        if retries > 0 {
+            copy.set(
+                RETRIES_HEADER,
+                AMQPValue::LongLongInt(i64::try_from(retries).unwrap_or(i64::MAX)),
+            );
         }
-        let properties = self.as_own(delivery.properties.clone().with_headers(headers));
-        let properties = self.fit(properties, &OWN_HEADERS)?;
+        let routing_key = copy.original_routing_key.clone();
+        let properties = self.fit(copy.properties(self, delivery), &copy.written)?;
         self.publish(
             &self.copies,
             &self.topology.dead_letter_exchange,
-            delivery.routing_key.as_str(),
+            &routing_key,
             &delivery.data,
             properties,
         )
@@ -254,19 +234,19 @@ impl Publisher {
     /// (see [`Publisher::retries`]): the event itself failed, rather than
     /// being sent back because a dependency is down for everybody. The copy
     /// carries the worker's own RabbitMQ user as its `user_id`, which RabbitMQ
-    /// checks, so the count on it can be trusted.
+    /// checks, so the count on it can be trusted; and where the original was
+    /// first published, for a dead letter to say later.
     #[tracing::instrument(name = "broker.retry_later", skip_all)]
     pub async fn retry_later(&self, delivery: &Delivery, count: bool) -> Result<(), PublishError> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         let retries = self.retries(delivery).saturating_add(u64::from(count));
-        if retries > 0 || headers.inner().contains_key(RETRIES_HEADER) {
-            headers.insert(
-                RETRIES_HEADER.into(),
+        let mut copy = Copy::of(self, delivery);
+        if retries > 0 {
+            copy.set(
+                RETRIES_HEADER,
                 AMQPValue::LongLongInt(i64::try_from(retries).unwrap_or(i64::MAX)),
             );
         }
-        let properties = self.as_own(delivery.properties.clone().with_headers(headers));
-        let properties = self.fit(properties, &[RETRIES_HEADER])?;
+        let properties = self.fit(copy.properties(self, delivery), &copy.written)?;
         self.publish(
             &self.copies,
             "",
@@ -279,16 +259,10 @@ impl Publisher {
 
     /// How often the worker has put this message back because it could not
     /// get a ticket for it (the `x-ticket-worker-retries` header). Only copies
-    /// the worker itself put back count: they come through the default
-    /// exchange to the work queue with the worker's own RabbitMQ user as
-    /// their `user_id` (RabbitMQ refuses a `user_id` that is not the
-    /// publisher's own). Anything else a publisher wrote there reads as 0.
+    /// the worker itself put back count (see [`Publisher::is_own_copy`]);
+    /// anything a publisher wrote there reads as 0.
     pub fn retries(&self, delivery: &Delivery) -> u64 {
-        let trusted = self.user.is_some()
-            && delivery.exchange.as_str().is_empty()
-            && delivery.routing_key.as_str() == self.topology.work_queue
-            && delivery.properties.user_id().as_ref() == self.user.as_ref();
-        if !trusted {
+        if !self.is_own_copy(delivery) {
             return 0;
         }
         let headers = delivery.properties.headers().as_ref();
@@ -297,6 +271,17 @@ impl Publisher {
             Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
             _ => 0,
         }
+    }
+
+    /// Whether `delivery` is a copy the worker put back itself: it came
+    /// through the default exchange to the work queue with the worker's own
+    /// RabbitMQ user as its `user_id`, which RabbitMQ lets no other user set.
+    /// Only on such a copy do the worker's headers mean anything.
+    pub fn is_own_copy(&self, delivery: &Delivery) -> bool {
+        self.user.is_some()
+            && delivery.exchange.as_str().is_empty()
+            && delivery.routing_key.as_str() == self.topology.work_queue
+            && delivery.properties.user_id().as_ref() == self.user.as_ref()
     }
 
     /// A copy's properties as the worker may publish them: RabbitMQ refuses a
@@ -357,6 +342,87 @@ impl Publisher {
             }),
             Confirmation::Nack(_) => Err(PublishError::Nacked(exchange.to_owned())),
         }
+    }
+}
+
+/// What the worker's own copies record about the original, kept on every
+/// further copy.
+const KEPT_FROM_OWN_COPIES: [&str; 4] = [
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    ORIGINAL_USER_ID_HEADER,
+    copies::TRIMMED_HEADER,
+];
+
+/// The headers of a copy the worker makes of a delivery, and which of them
+/// the worker wrote (those are never trimmed).
+struct Copy {
+    headers: std::collections::BTreeMap<ShortString, AMQPValue>,
+    written: Vec<&'static str>,
+    original_routing_key: String,
+}
+
+impl Copy {
+    /// Starts from the original's headers. The worker's own names
+    /// (`x-ticket-worker-*`, `x-original-*`) mean nothing coming from a
+    /// publisher and are dropped, unless the delivery is the worker's own copy,
+    /// whose record of the original (exchange, routing key, `user_id`) is kept.
+    fn of(publisher: &Publisher, delivery: &Delivery) -> Copy {
+        let own = publisher.is_own_copy(delivery);
+        let mut headers: std::collections::BTreeMap<ShortString, AMQPValue> = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().clone())
+            .unwrap_or_default();
+        headers.retain(|name, _| {
+            let name = name.as_str();
+            let workers = name.starts_with("x-ticket-worker-") || name.starts_with("x-original-");
+            !workers || (own && KEPT_FROM_OWN_COPIES.contains(&name))
+        });
+        let mut copy = Copy {
+            headers,
+            written: Vec::new(),
+            original_routing_key: delivery.routing_key.to_string(),
+        };
+        if own {
+            if let Some(AMQPValue::LongString(key)) = copy.headers.get(ORIGINAL_ROUTING_KEY_HEADER)
+            {
+                copy.original_routing_key = key.to_string();
+            }
+            for name in KEPT_FROM_OWN_COPIES {
+                if copy.headers.contains_key(name) {
+                    copy.written.push(name);
+                }
+            }
+        } else {
+            copy.set(ORIGINAL_EXCHANGE_HEADER, long(delivery.exchange.as_str()));
+            copy.set(
+                ORIGINAL_ROUTING_KEY_HEADER,
+                long(delivery.routing_key.as_str()),
+            );
+            if let Some(user_id) = delivery.properties.user_id() {
+                copy.set(ORIGINAL_USER_ID_HEADER, long(user_id.as_str()));
+            }
+        }
+        copy
+    }
+
+    fn set(&mut self, name: &'static str, value: AMQPValue) {
+        self.headers.insert(name.into(), value);
+        if !self.written.contains(&name) {
+            self.written.push(name);
+        }
+    }
+
+    /// The copy's properties: the original's, with these headers and the
+    /// worker's `user_id` (RabbitMQ refuses any other from the worker).
+    fn properties(&self, publisher: &Publisher, delivery: &Delivery) -> BasicProperties {
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(lapin::types::FieldTable::from(self.headers.clone()));
+        publisher.as_own(properties)
     }
 }
 
