@@ -174,3 +174,32 @@ async fn headers_and_user_ids_set_by_a_publisher_do_not_steer_the_worker() {
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_user_name_rabbitmq_would_refuse_as_user_id_is_not_used() {
+    // The URL's user name is not always the one RabbitMQ authenticated (an
+    // OAuth 2 token names its own): the worker asks RabbitMQ before using it.
+    let broker = TestBroker::new().await;
+    let topology = std::sync::Arc::new(broker.topology.clone());
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .expect("connect");
+    let right =
+        ticket_worker::broker::Publisher::open(&connection, topology.clone(), Some("guest"))
+            .await
+            .expect("publisher");
+    assert_eq!(right.user_id(), Some("guest"));
+    let wrong =
+        ticket_worker::broker::Publisher::open(&connection, topology, Some("somebody-else"))
+            .await
+            .expect("the refusal costs neither the connection nor the publisher");
+    assert_eq!(wrong.user_id(), None);
+    let failed = ticket_worker::events::TicketFailed::new(
+        &ticket_worker::domain::EventId::parse("e-1").expect("id"),
+        ticket_worker::events::FailureReason::Expired,
+        "late".to_owned(),
+        None,
+    );
+    wrong.ticket_failed(&failed).await.expect("still publishes");
+    let _ = connection.close(200, "done".into()).await;
+}

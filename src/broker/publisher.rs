@@ -110,14 +110,29 @@ impl Publisher {
     ) -> Result<Publisher, lapin::Error> {
         let events = confirm_channel(connection).await?;
         let copies = confirm_channel(connection).await?;
+        let user = match user.filter(|u| !u.is_empty()).map(short) {
+            Some(user) => accepted_user_id(connection, user).await?,
+            None => None,
+        };
+        if user.is_none() {
+            tracing::warn!(
+                "the worker's RabbitMQ user is not known (auth_mechanism external or anonymous, or RabbitMQ refused it as user_id): retry counts cannot be trusted, so MAX_REQUEUES never gives an event up"
+            );
+        }
         Ok(Publisher {
             events,
             copies,
             topology,
             warned_unroutable: Arc::new(AtomicBool::new(false)),
             frame_max: connection.configuration().frame_max(),
-            user: user.filter(|u| !u.is_empty()).map(short),
+            user,
         })
+    }
+
+    /// The `user_id` the worker's copies carry: its RabbitMQ user, when
+    /// RabbitMQ accepts it as such.
+    pub fn user_id(&self) -> Option<&str> {
+        self.user.as_ref().map(|u| u.as_str())
     }
 
     /// The negotiated `frame_max` of this publisher's connection.
@@ -424,6 +439,50 @@ impl Copy {
             .with_headers(lapin::types::FieldTable::from(self.headers.clone()));
         publisher.as_own(properties)
     }
+}
+
+/// Whether RabbitMQ takes `user` as the `user_id` of what this connection
+/// publishes: it must be the user the connection logged in as, which the URL
+/// need not tell (an OAuth 2 token names its own). Asked once per connection
+/// with an empty message nobody receives, on a channel of its own, since a
+/// refusal closes the channel.
+async fn accepted_user_id(
+    connection: &Connection,
+    user: ShortString,
+) -> Result<Option<ShortString>, lapin::Error> {
+    let channel = confirm_channel(connection).await?;
+    let probe = async {
+        channel
+            .basic_publish(
+                "".into(),
+                "ticket-worker.user-id-check".into(),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default().with_user_id(user.clone()),
+            )
+            .await?
+            .await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
+        Ok(Ok(_)) => {
+            let _ = channel.close(200, "user_id checked".into()).await;
+            Ok(Some(user))
+        }
+        Ok(Err(error)) if is_precondition_failed(&error) => {
+            tracing::error!(%error, user = user.as_str(), "RabbitMQ refuses the worker's user name as user_id; copies go out without one");
+            Ok(None)
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => {
+            let _ = channel.close(200, "user_id check timed out".into()).await;
+            Ok(None)
+        }
+    }
+}
+
+/// RabbitMQ closed the channel with PRECONDITION_FAILED (406).
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 /// A new channel in confirm mode.
