@@ -70,6 +70,8 @@ pub enum Outcome {
     /// An unexpected failure: nacked back to the queue, spending one of its
     /// deliveries (the queue's delivery limit ends a loop).
     Requeued,
+    /// Rejected without requeueing: RabbitMQ dead-letters it (`x-death`).
+    Rejected,
     /// The broker connection failed mid-way; RabbitMQ will redeliver it.
     Abandoned,
 }
@@ -89,6 +91,11 @@ enum Decision {
     RetryLater {
         count: bool,
     },
+    /// Its headers nearly fill the frame: a trimmed copy goes back to the
+    /// queue in its place. Should RabbitMQ refuse the copy, the original is
+    /// rejected (RabbitMQ dead-letters it), never requeued: its redelivery
+    /// would not fit a frame.
+    Defuse,
     Requeue,
 }
 
@@ -175,7 +182,7 @@ impl Pipeline {
                 frame_max = bus.frame_max(),
                 "a login event's headers nearly fill RabbitMQ's frame size; a copy with trimmed headers goes back to the queue in its place"
             );
-            return Decision::RetryLater { count: false };
+            return Decision::Defuse;
         }
         if self.breaker.is_open() {
             // Intake is pausing: hand the event back without touching anything.
@@ -439,6 +446,13 @@ impl Pipeline {
                 .retry_later(delivery, count)
                 .await
                 .map(|()| Outcome::RetryLater),
+            Decision::Defuse => match bus.retry_later(delivery, false).await {
+                Err(error) if !error.is_broker_failure() => {
+                    tracing::error!(%error, "RabbitMQ refused the trimmed copy; the message is rejected, and dead-lettered by RabbitMQ");
+                    return reject(delivery).await;
+                }
+                other => other.map(|()| Outcome::RetryLater),
+            },
             Decision::Requeue => return nack(delivery).await,
         };
         match published {
@@ -523,6 +537,19 @@ async fn nack(delivery: &Delivery) -> Outcome {
     match delivery.acker.nack(options).await {
         Ok(true) => Outcome::Requeued,
         _ => abandoned("the negative acknowledgement failed"),
+    }
+}
+
+/// Rejects a delivery without requeueing it: the work queue's dead-letter
+/// exchange receives it, with RabbitMQ's `x-death` header.
+async fn reject(delivery: &Delivery) -> Outcome {
+    let options = BasicNackOptions {
+        requeue: false,
+        ..Default::default()
+    };
+    match delivery.acker.nack(options).await {
+        Ok(true) => Outcome::Rejected,
+        _ => abandoned("the rejection failed"),
     }
 }
 

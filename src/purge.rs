@@ -45,9 +45,16 @@ pub async fn purge(
 ) -> Result<u64, crate::storage::StoreError> {
     let mut total = 0;
     while !shutdown.is_triggered() {
-        let deleted = store.purge_batch(after, batch).await?;
-        total += deleted;
-        if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
+        let purged = store.purge_batch(after, batch).await?;
+        total += purged.events;
+        if purged.unannounced > 0 {
+            // The outbox relay tried for a day: RabbitMQ never confirmed them.
+            tracing::warn!(
+                events = purged.unannounced,
+                "purged events whose ticket event RabbitMQ never confirmed; their consumers were never told"
+            );
+        }
+        if purged.events < u64::try_from(batch).unwrap_or(u64::MAX) {
             break;
         }
     }

@@ -18,8 +18,8 @@
 //! already asks consumers to dedupe on `eventID`.
 
 use crate::broker::Publisher;
-use crate::storage::{Announced, Announcement, TicketStore};
-use std::time::{Duration, Instant};
+use crate::storage::{Announced, Announcement, StoreError, TicketStore};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often confirmed announcements are deleted from the outbox.
@@ -50,6 +50,8 @@ impl RelaySettings {
 }
 
 /// Runs until `stop`, then deletes what was announced meanwhile one last time.
+/// Deleting and relaying run side by side, so a relay pass waiting on
+/// RabbitMQ never holds up the deletes.
 pub async fn run(
     store: TicketStore,
     announced: Announced,
@@ -57,50 +59,81 @@ pub async fn run(
     settings: RelaySettings,
     stop: CancellationToken,
 ) {
-    let mut last_pass = Instant::now();
+    tokio::join!(
+        flush_until(&store, &announced, &stop),
+        relay_until(&store, &publisher, settings, &stop),
+    );
+}
+
+/// Deletes the outbox rows of announced events every [`FLUSH_EVERY`], and
+/// once more at `stop`.
+async fn flush_until(store: &TicketStore, announced: &Announced, stop: &CancellationToken) {
+    let mut failing = false;
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(FLUSH_EVERY) => false,
+            _ = stop.cancelled() => true,
+        };
+        match flush(store, announced).await {
+            Ok(()) => failing = false,
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "cannot delete announced ticket events from the outbox; keeping them to try again (the relay may announce them once more)");
+            }
+            Err(error) => tracing::debug!(%error, "deleting announced ticket events failed again"),
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Relays due announcements every `settings.every` until `stop`.
+async fn relay_until(
+    store: &TicketStore,
+    publisher: &Publisher,
+    settings: RelaySettings,
+    stop: &CancellationToken,
+) {
     // One warning per run of failures: Postgres or RabbitMQ being down is
     // reported where it matters (the worker pauses or reconnects).
     let mut failing = false;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(FLUSH_EVERY) => {}
-            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(settings.every) => {}
+            _ = stop.cancelled() => return,
         }
-        flush(&store, &announced).await;
-        if last_pass.elapsed() >= settings.every {
-            last_pass = Instant::now();
-            tokio::select! {
-                relayed = relay(&store, &publisher, settings.after) => match relayed {
-                    Ok(count) => {
-                        failing = false;
-                        if count > 0 {
-                            tracing::info!(count, "announced stored outcomes whose ticket events had not been confirmed (from the outbox)");
-                        }
+        tokio::select! {
+            relayed = relay(store, publisher, settings.after) => match relayed {
+                Ok(count) => {
+                    failing = false;
+                    if count > 0 {
+                        tracing::info!(count, "announced stored outcomes whose ticket events had not been confirmed (from the outbox)");
                     }
-                    Err(error) if !failing => {
-                        failing = true;
-                        tracing::warn!(%error, "relaying ticket events from the outbox failed; trying again every {}", humantime::format_duration(settings.every));
-                    }
-                    Err(error) => tracing::debug!(%error, "relaying ticket events from the outbox failed again"),
-                },
-                _ = stop.cancelled() => break,
-            }
+                }
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "relaying ticket events from the outbox failed; trying again every {}", humantime::format_duration(settings.every));
+                }
+                Err(error) => tracing::debug!(%error, "relaying ticket events from the outbox failed again"),
+            },
+            _ = stop.cancelled() => return,
         }
     }
-    flush(&store, &announced).await;
 }
 
 /// Deletes the outbox rows of announced events; on failure keeps them for
 /// the next flush (at worst, the relay announces them once more).
-async fn flush(store: &TicketStore, announced: &Announced) {
+async fn flush(store: &TicketStore, announced: &Announced) -> Result<(), StoreError> {
     let ids = announced.take();
     if ids.is_empty() {
-        return;
+        return Ok(());
     }
     if let Err(error) = store.delete_announced(&ids).await {
-        tracing::debug!(%error, "cannot delete announced ticket events from the outbox yet");
         announced.restore(ids);
+        return Err(error);
     }
+    Ok(())
 }
 
 /// Publishes every due announcement; returns how many RabbitMQ confirmed.

@@ -132,7 +132,7 @@ impl WorkerStats {
         let counter = match outcome {
             Outcome::Issued => &self.issued,
             Outcome::AlreadyIssued => &self.already_issued,
-            Outcome::DeadLettered(_) => &self.dead_lettered,
+            Outcome::DeadLettered(_) | Outcome::Rejected => &self.dead_lettered,
             Outcome::Expired => &self.expired,
             Outcome::RetryLater => &self.retry_later,
             Outcome::Requeued => &self.requeued,
@@ -248,6 +248,20 @@ struct Session {
     quarantined: AtomicBool,
 }
 
+/// The outbox relay of one session.
+struct Relay {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Stops it, letting it delete what was announced meanwhile (bounded).
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(BROKER_STEP_TIMEOUT, self.task).await;
+    }
+}
+
 impl Session {
     /// Whether the connection failed on a frame too large to receive (lapin
     /// closes it with a FRAME_ERROR). Call once the session is over: it reads
@@ -306,7 +320,7 @@ impl Worker {
                     let started = Instant::now();
                     let relay = self.start_relay(&session);
                     let end = self.run_session(&session, shutdown).await;
-                    relay.cancel();
+                    relay.stop().await;
                     close(&session.connection, "session over").await;
                     if let SessionEnd::Lost(reason) = &end {
                         tracing::warn!(%reason, "lost the RabbitMQ session; in-flight messages will be redelivered");
@@ -411,16 +425,16 @@ impl Worker {
     }
 
     /// Starts the outbox relay for this session; cancel the token to stop it.
-    fn start_relay(&self, session: &Session) -> CancellationToken {
+    fn start_relay(&self, session: &Session) -> Relay {
         let stop = CancellationToken::new();
-        tokio::spawn(crate::relay::run(
+        let task = tokio::spawn(crate::relay::run(
             self.pipeline.store().clone(),
             self.pipeline.announced().clone(),
             session.publisher.clone(),
             self.settings.relay,
             stop.clone(),
         ));
-        stop
+        Relay { stop, task }
     }
 
     async fn open_session(&self) -> Result<Session, lapin::Error> {

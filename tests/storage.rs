@@ -265,11 +265,44 @@ async fn events_long_decided_are_purged_with_their_tickets_and_recent_ones_kept(
         )
         .await
         .expect("record");
-    let deleted =
+    // One old event's announcement was confirmed long ago; the others'
+    // never were, and go with them, counted.
+    store
+        .delete_announced(&["old-0".into()])
+        .await
+        .expect("announced");
+    let mut purged = Vec::new();
+    loop {
+        let batch = store
+            .purge_batch(Duration::from_secs(24 * 3600), 3)
+            .await
+            .expect("purge");
+        purged.push(batch);
+        if batch.events < 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        purged.iter().map(|p| p.events).collect::<Vec<_>>(),
+        [3, 3, 1],
+        "in batches of 3"
+    );
+    assert_eq!(
+        purged.iter().map(|p| p.unannounced).sum::<u64>(),
+        6,
+        "all but old-0 were never announced"
+    );
+    let again =
         ticket_worker::purge::purge(&store, Duration::from_secs(24 * 3600), 3, &Shutdown::new())
             .await
             .expect("purge");
-    assert_eq!(deleted, 7, "in batches of 3");
+    assert_eq!(again, 0, "nothing left to purge");
+    let waiting: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM ticket_event_outbox ORDER BY event_id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("outbox");
+    assert_eq!(waiting, ["current", "failed-just-now", "recently-expired"]);
     let left: Vec<String> =
         sqlx::query_scalar("SELECT event_id FROM auth_tickets ORDER BY event_id")
             .fetch_all(&db.pool)

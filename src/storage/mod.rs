@@ -18,7 +18,7 @@ mod outcomes;
 mod tickets;
 
 pub use outbox::{Announced, Announcement};
-pub use outcomes::{Forgotten, Known, StoredFailure};
+pub use outcomes::{Forgotten, Known, Purged, StoredFailure};
 pub use tickets::Saved;
 
 use crate::breaker::Failure;

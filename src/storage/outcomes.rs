@@ -16,6 +16,16 @@ use crate::events::FailureReason;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
+/// What one purge statement deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Events deleted, outcome and ticket together.
+    pub events: u64,
+    /// Of those, events whose ticket event was still waiting in the outbox:
+    /// RabbitMQ never confirmed it in all that time.
+    pub unannounced: u64,
+}
+
 /// A failure recorded as an event's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredFailure {
@@ -185,10 +195,14 @@ impl TicketStore {
     /// Deletes up to `batch` events decided more than `older_than` + 1 hour ago
     /// (for tickets: expired more than `older_than` ago), outcome, ticket and
     /// any announcement still waiting together in one statement; returns how
-    /// many events went.
+    /// many events went, and how many of them were never announced.
     #[tracing::instrument(name = "storage.purge_batch", skip(self))]
-    pub async fn purge_batch(&self, older_than: Duration, batch: i64) -> Result<u64, StoreError> {
-        let deleted = sqlx::query(
+    pub async fn purge_batch(
+        &self,
+        older_than: Duration,
+        batch: i64,
+    ) -> Result<Purged, StoreError> {
+        let (events, unannounced): (i64, i64) = sqlx::query_as(
             "WITH doomed AS (
                  SELECT event_id FROM event_outcomes
                  WHERE decided_at < now() - make_interval(secs => $1) - interval '1 hour'
@@ -199,15 +213,22 @@ impl TicketStore {
              ),
              unannounced AS (
                  DELETE FROM ticket_event_outbox WHERE event_id IN (SELECT event_id FROM doomed)
+                 RETURNING event_id
+             ),
+             outcomes AS (
+                 DELETE FROM event_outcomes WHERE event_id IN (SELECT event_id FROM doomed)
+                 RETURNING event_id
              )
-             DELETE FROM event_outcomes WHERE event_id IN (SELECT event_id FROM doomed)",
+             SELECT (SELECT count(*) FROM outcomes), (SELECT count(*) FROM unannounced)",
         )
         .bind(older_than.as_secs_f64())
         .bind(batch)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        Ok(deleted)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Purged {
+            events: u64::try_from(events).unwrap_or(0),
+            unannounced: u64::try_from(unannounced).unwrap_or(0),
+        })
     }
 
     /// Deletes everything stored about these events, in one statement: their
