@@ -24,14 +24,12 @@
 
 pub mod breaker;
 pub mod broker;
-pub mod cli;
+pub mod commands;
 pub mod configuration;
-pub mod demo;
 pub mod domain;
 pub mod events;
 pub mod fake_taptalk;
 pub mod pipeline;
-pub mod publish;
 pub mod purge;
 pub mod relay;
 pub mod retry;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use ticket_worker::cli::Cli;
+use ticket_worker::commands::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -470,7 +470,7 @@ fn server_key_header() -> String {
 }
 
 use ticket_worker::broker::Topology;
-use ticket_worker::demo::DemoRun;
+use ticket_worker::commands::demo::DemoRun;
 
 /// Runs `ticket-worker demo` with `args` against the local RabbitMQ and the
 /// database at `db_url`, plus `env`; returns its exit code, stdout and stderr.

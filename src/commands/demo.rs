@@ -15,7 +15,7 @@
 //! queues alone, since they may be somebody's real ones.
 
 use crate::broker::{Topology, connect};
-use crate::cli::CommandError;
+use super::CommandError;
 use crate::configuration::{
     BrokerArgs, BrokerSettings, DatabaseArgs, DatabaseSettings, RunArgs, ServerKeyArgs, Settings,
     TaptalkArgs,

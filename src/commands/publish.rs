@@ -14,7 +14,7 @@
 //! `message_id` copied from either would be a guess.
 
 use crate::broker::{Topology, connect};
-use crate::cli::CommandError;
+use super::CommandError;
 use crate::configuration::{BrokerArgs, BrokerSettings};
 use crate::events::{
     BodyEventId, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_EVENT_BYTES, Envelope, InvalidEvent,

@@ -1,0 +1,96 @@
+//! `ticket-worker fake-taptalk`: serves the TapTalk.io stand-in until SIGTERM
+//! or SIGINT (see [`crate::fake_taptalk`]).
+
+use super::CommandError;
+use crate::configuration::ServerKeyArgs;
+use crate::fake_taptalk::{FakeTaptalk, Knobs};
+use crate::shutdown::Shutdown;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// `ticket-worker fake-taptalk`.
+#[derive(clap::Args)]
+pub struct FakeTaptalkArgs {
+    /// Address to listen on
+    #[arg(
+        long,
+        env = "FAKE_TAPTALK_LISTEN",
+        value_name = "FAKE_TAPTALK_LISTEN",
+        default_value = "127.0.0.1:8089"
+    )]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub key: ServerKeyArgs,
+    /// Delay added to every answer
+    #[arg(long, env = "FAKE_LATENCY", value_name = "FAKE_LATENCY", value_parser = duration, default_value = "0s")]
+    pub latency: Duration,
+    /// Random extra delay, up to this much
+    #[arg(long, env = "FAKE_LATENCY_JITTER", value_name = "FAKE_LATENCY_JITTER", value_parser = duration, default_value = "0s")]
+    pub latency_jitter: Duration,
+    /// Share of requests answered 503 (0 to 1)
+    #[arg(long, env = "FAKE_FAIL_503", value_name = "FAKE_FAIL_503", value_parser = share, default_value_t = 0.0)]
+    pub fail_503: f64,
+    /// Share of requests answered 429 with Retry-After: 1 (0 to 1)
+    #[arg(long, env = "FAKE_FAIL_429", value_name = "FAKE_FAIL_429", value_parser = share, default_value_t = 0.0)]
+    pub fail_429: f64,
+    /// Share of requests that hang past any client timeout (0 to 1)
+    #[arg(long, env = "FAKE_HANG", value_name = "FAKE_HANG", value_parser = share, default_value_t = 0.0)]
+    pub hang: f64,
+    /// How long a hanging request hangs
+    #[arg(long, env = "FAKE_HANG_FOR", value_name = "FAKE_HANG_FOR", value_parser = duration, default_value = "5m")]
+    pub hang_for: Duration,
+    /// Answer every request HeaderValidationFailed, as if the key were revoked
+    #[arg(long, env = "FAKE_WRONG_KEY", value_name = "FAKE_WRONG_KEY")]
+    pub wrong_key: bool,
+    /// Send numeric error codes (40001, 40002) instead of names
+    #[arg(
+        long,
+        env = "FAKE_NUMERIC_ERROR_CODES",
+        value_name = "FAKE_NUMERIC_ERROR_CODES"
+    )]
+    pub numeric_error_codes: bool,
+}
+
+
+pub async fn run(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
+    let key = crate::configuration::server_key(&args.key)?;
+    key.register_with_logs();
+    let knobs = Knobs {
+        latency: args.latency,
+        latency_jitter: args.latency_jitter,
+        fail_503: args.fail_503,
+        fail_429: args.fail_429,
+        hang: args.hang,
+        hang_for: args.hang_for,
+        wrong_key: args.wrong_key,
+        numeric_codes: args.numeric_error_codes,
+    };
+    let server = FakeTaptalk::start(args.listen, &key, knobs.clone(), false)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (FAKE_TAPTALK_LISTEN): {e}",
+                args.listen
+            )
+        })?;
+    tracing::info!(url = %server.base_url(), server_key_id = key.id(), ?knobs, "TapTalk stand-in listening");
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .map_err(|e| anyhow::anyhow!("cannot listen for signals: {e}"))?;
+    shutdown.triggered().await;
+    server.stop();
+    Ok(())
+}
+
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| format!("{e}; write e.g. 25ms, 2s"))
+}
+
+fn share(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err("must be a number between 0 and 1".into()),
+    }
+}

@@ -1,0 +1,96 @@
+//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish`.
+//! Each command lives in its own file; this one only parses and dispatches,
+//! registers secrets with the log redactor before anything connects, and turns
+//! failures into exit codes (2: configuration, 1: other), the final error line
+//! scrubbed like every log line.
+
+pub mod demo;
+mod error;
+pub mod fake_taptalk;
+mod migrate;
+pub mod publish;
+mod run;
+mod secrets;
+
+pub use error::CommandError;
+
+use crate::configuration::{BrokerSettings, DatabaseArgs, DatabaseSettings, RunArgs};
+use crate::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Turns login events on RabbitMQ into TapTalk.io auth tickets stored in Postgres.
+#[derive(Parser)]
+#[command(name = "ticket-worker", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Consume login events and turn them into auth tickets (the worker)
+    Run(Box<RunArgs>),
+    /// Apply the database migrations, then exit
+    Migrate(DatabaseArgs),
+    /// Serve the TapTalk.io stand-in (for local runs, tests and benchmarks)
+    FakeTaptalk(fake_taptalk::FakeTaptalkArgs),
+    /// See it work: the stand-in, a worker and a few hundred login events, on the local RabbitMQ and Postgres
+    Demo(Box<demo::DemoArgs>),
+    /// Publish login events (JSON lines, from a file or stdin) to the login exchange
+    Publish(publish::PublishArgs),
+}
+
+impl Cli {
+    /// Runs the chosen command and maps its result to the process exit code.
+    pub async fn execute(self) -> ExitCode {
+        let filter = match self.command {
+            Command::Demo(_) | Command::Publish(_) => telemetry::QUIET_FILTER,
+            _ => telemetry::DEFAULT_FILTER,
+        };
+        telemetry::init(self.log_format, filter);
+        register_early_secrets(&self.command);
+        let result = match self.command {
+            Command::Run(args) => run::run(&args).await,
+            Command::Migrate(args) => migrate::run(&args).await,
+            Command::FakeTaptalk(args) => fake_taptalk::run(&args).await,
+            Command::Demo(args) => demo::run(&args).await,
+            Command::Publish(args) => publish::run(&args).await,
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("ticket-worker: {}", telemetry::scrub(&error.to_string()));
+                ExitCode::from(error.exit_code())
+            }
+        }
+    }
+}
+
+/// `demo` and `publish` read their settings in their own modules: read the
+/// URLs here too, only to register their passwords with the log redactor
+/// before anything connects. A setting that does not parse is left to the
+/// command to report.
+fn register_early_secrets(command: &Command) {
+    match command {
+        Command::Demo(args) => {
+            let local = demo::LOCAL_AMQP_URL;
+            if let Ok(broker) = BrokerSettings::from_args(&args.broker, Some(local)) {
+                secrets::register_broker(&broker);
+            }
+            let local = demo::LOCAL_DATABASE_URL;
+            if let Ok(database) = DatabaseSettings::from_args(&args.database, Some(local)) {
+                secrets::register_database(&database);
+            }
+        }
+        Command::Publish(args) => {
+            if let Ok(broker) = BrokerSettings::from_args(&args.broker, None) {
+                secrets::register_broker(&broker);
+            }
+        }
+        Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) => {}
+    }
+}

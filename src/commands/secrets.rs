@@ -1,0 +1,16 @@
+//! Registering a command's secrets with the log redactor as soon as its
+//! settings are read, before anything connects or logs.
+
+use crate::configuration::{BrokerSettings, DatabaseSettings};
+use crate::telemetry;
+use secrecy::ExposeSecret;
+
+/// The password in `AMQP_URL`, in every spelling the redactor knows.
+pub fn register_broker(broker: &BrokerSettings) {
+    telemetry::register_url(broker.amqp_url.expose_secret());
+}
+
+/// The password in `DATABASE_URL`.
+pub fn register_database(database: &DatabaseSettings) {
+    telemetry::register_url(database.url.expose_secret());
+}
