@@ -25,7 +25,7 @@
 pub mod breaker;
 pub mod broker;
 pub mod commands;
-pub mod configuration;
+pub mod config;
 pub mod domain;
 pub mod events;
 pub mod fake_taptalk;

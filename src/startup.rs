@@ -2,7 +2,7 @@
 //! shutdown. `main` and the integration tests both go through here.
 
 use crate::breaker::Breaker;
-use crate::configuration::Settings;
+use crate::config::Settings;
 use crate::pipeline::{EventPolicy, Pipeline};
 use crate::purge::PurgeSettings;
 use crate::retry::{RetryPolicy, Verdict, retry};
@@ -117,7 +117,7 @@ impl Application {
 /// outage later on, that waits for an operator instead of exiting.
 pub async fn migrate(store: &TicketStore) -> anyhow::Result<()> {
     retry(
-        &crate::configuration::PROBE_PAUSES,
+        &crate::config::PROBE_PAUSES,
         || store.migrate(),
         |error| match error {
             sqlx::migrate::MigrateError::Execute(e) if crate::storage::is_transient(e) => {

@@ -26,7 +26,7 @@
 
 use crate::breaker::{Dependency, Health};
 use crate::broker::{Publisher, connect};
-use crate::configuration::BrokerSettings;
+use crate::config::BrokerSettings;
 use crate::pipeline::{Outcome, Pipeline};
 use crate::relay::RelaySettings;
 use crate::retry::{RetryPolicy, Schedule};

@@ -866,7 +866,7 @@ async fn a_redelivery_too_large_to_receive_costs_valid_traffic_seconds_and_no_de
 
     let started = Instant::now();
     let mut settings = h.settings();
-    settings.broker.reconnect = ticket_worker::configuration::RECONNECT_PAUSES;
+    settings.broker.reconnect = ticket_worker::config::RECONNECT_PAUSES;
     let worker = TestWorker::spawn(settings);
     let ready = h.tap.wait_for("ticket.ready", 50, SETTLE).await;
     let took = started.elapsed();

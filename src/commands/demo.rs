@@ -14,9 +14,9 @@
 //! honoured as by the worker; the demo then leaves those exchanges and
 //! queues alone, since they may be somebody's real ones.
 
-use crate::broker::{Topology, connect};
 use super::CommandError;
-use crate::configuration::{
+use crate::broker::{Topology, connect};
+use crate::config::{
     BrokerArgs, BrokerSettings, DatabaseArgs, DatabaseSettings, RunArgs, ServerKeyArgs, Settings,
     TaptalkArgs,
 };
@@ -441,7 +441,7 @@ async fn show(
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot connect to RabbitMQ at {}: {e}",
-                crate::configuration::redact_url(broker.amqp_url.expose_secret())
+                crate::config::redact_url(broker.amqp_url.expose_secret())
             )
         })?;
     let channel = connection

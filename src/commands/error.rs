@@ -1,7 +1,7 @@
 //! How a command fails, and which exit code that is: 2 for missing or
 //! malformed settings, 1 for anything else.
 
-use crate::configuration::{ConfigError, ConfigErrors};
+use crate::config::{ConfigError, ConfigErrors};
 
 /// How a command failed.
 #[derive(Debug, thiserror::Error)]

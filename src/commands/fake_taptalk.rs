@@ -2,7 +2,7 @@
 //! or SIGINT (see [`crate::fake_taptalk`]).
 
 use super::CommandError;
-use crate::configuration::ServerKeyArgs;
+use crate::config::ServerKeyArgs;
 use crate::fake_taptalk::{FakeTaptalk, Knobs};
 use crate::shutdown::Shutdown;
 use std::net::SocketAddr;
@@ -51,9 +51,8 @@ pub struct FakeTaptalkArgs {
     pub numeric_error_codes: bool,
 }
 
-
 pub async fn run(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
-    let key = crate::configuration::server_key(&args.key)?;
+    let key = crate::config::server_key(&args.key)?;
     key.register_with_logs();
     let knobs = Knobs {
         latency: args.latency,
@@ -82,7 +81,6 @@ pub async fn run(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
     server.stop();
     Ok(())
 }
-
 
 fn duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|e| format!("{e}; write e.g. 25ms, 2s"))

@@ -1,7 +1,7 @@
 //! `ticket-worker migrate`: applies the embedded migrations and exits.
 
 use super::{CommandError, secrets};
-use crate::configuration::{DatabaseArgs, DatabaseSettings};
+use crate::config::{DatabaseArgs, DatabaseSettings};
 use crate::storage::TicketStore;
 
 pub async fn run(args: &DatabaseArgs) -> Result<(), CommandError> {

@@ -14,7 +14,7 @@ mod secrets;
 
 pub use error::CommandError;
 
-use crate::configuration::{BrokerSettings, DatabaseArgs, DatabaseSettings, RunArgs};
+use crate::config::{BrokerSettings, DatabaseArgs, DatabaseSettings, RunArgs};
 use crate::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

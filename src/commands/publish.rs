@@ -13,9 +13,9 @@
 //! worker refuses such a line whichever copy it would have taken, and a
 //! `message_id` copied from either would be a guess.
 
-use crate::broker::{Topology, connect};
 use super::CommandError;
-use crate::configuration::{BrokerArgs, BrokerSettings};
+use crate::broker::{Topology, connect};
+use crate::config::{BrokerArgs, BrokerSettings};
 use crate::events::{
     BodyEventId, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_EVENT_BYTES, Envelope, InvalidEvent,
     LoginEvent,

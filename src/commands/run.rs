@@ -1,7 +1,7 @@
 //! `ticket-worker run`: the worker itself, until SIGTERM or SIGINT.
 
 use super::{CommandError, secrets};
-use crate::configuration::{RunArgs, Settings};
+use crate::config::{RunArgs, Settings};
 use crate::shutdown::Shutdown;
 use crate::startup::Application;
 use secrecy::ExposeSecret;
@@ -12,8 +12,8 @@ pub async fn run(args: &RunArgs) -> Result<(), CommandError> {
     secrets::register_database(&settings.database);
     settings.taptalk.server_key.register_with_logs();
     tracing::info!(
-        amqp = %crate::configuration::redact_url(settings.broker.amqp_url.expose_secret()),
-        taptalk = %crate::configuration::redact_url(settings.taptalk.base_url.as_str()),
+        amqp = %crate::config::redact_url(settings.broker.amqp_url.expose_secret()),
+        taptalk = %crate::config::redact_url(settings.taptalk.base_url.as_str()),
         server_key_id = settings.taptalk.server_key.id(),
         "starting ticket-worker {}",
         env!("CARGO_PKG_VERSION")

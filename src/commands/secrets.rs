@@ -1,7 +1,7 @@
 //! Registering a command's secrets with the log redactor as soon as its
 //! settings are read, before anything connects or logs.
 
-use crate::configuration::{BrokerSettings, DatabaseSettings};
+use crate::config::{BrokerSettings, DatabaseSettings};
 use crate::telemetry;
 use secrecy::ExposeSecret;
 

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 use ticket_worker::breaker::BreakerSettings;
 use ticket_worker::broker::Topology;
-use ticket_worker::configuration::{BrokerSettings, DatabaseSettings, Settings, TaptalkSettings};
+use ticket_worker::config::{BrokerSettings, DatabaseSettings, Settings, TaptalkSettings};
 use ticket_worker::fake_taptalk::{FakeTaptalk, Knobs};
 use ticket_worker::relay::RelaySettings;
 use ticket_worker::retry::RetryPolicy;

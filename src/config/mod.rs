@@ -1,0 +1,175 @@
+//! Configuration: every setting of `ticket-worker run`, as a flag and as an
+//! environment variable (secrets also as `*_FILE`), checked once at start into
+//! [`Settings`]. Every missing or malformed setting is a [`ConfigError`] that
+//! names the variable and says how to fix it; one reading reports them all
+//! together, as [`ConfigErrors`], so that a first run lists everything to set
+//! (the binary prints one per line and exits with code 2). Values of secrets
+//! are never repeated in an error.
+//!
+//! Numbers (`PREFETCH`, `CONCURRENCY`, …) are parsed by clap, which stops at
+//! the first value that is not a number; everything after that is checked
+//! here.
+
+mod broker;
+mod database;
+mod errors;
+mod run;
+mod taptalk;
+mod values;
+
+pub use broker::{BrokerArgs, BrokerSettings, TopologyArgs};
+pub use database::{DatabaseArgs, DatabaseSettings};
+pub use errors::{ConfigError, ConfigErrors};
+pub use run::RunArgs;
+pub use taptalk::{ServerKeyArgs, TaptalkArgs, TaptalkSettings, server_key, taptalk_base_url};
+pub use values::redact_url;
+
+use crate::breaker::BreakerSettings;
+use crate::purge::PurgeSettings;
+use crate::relay::RelaySettings;
+use crate::retry::RetryPolicy;
+use errors::Problems;
+use std::time::Duration;
+use values::{duration, positive_duration};
+
+/// Pauses between probes of a dependency that is down: 1 s growing to 60 s.
+pub const PROBE_PAUSES: RetryPolicy = RetryPolicy {
+    first_pause: Duration::from_secs(1),
+    max_pause: Duration::from_secs(60),
+    give_up_after: None,
+};
+
+/// Pauses between attempts to reach RabbitMQ: 0.5 s growing to 30 s.
+pub const RECONNECT_PAUSES: RetryPolicy = RetryPolicy {
+    first_pause: Duration::from_millis(500),
+    max_pause: Duration::from_secs(30),
+    give_up_after: None,
+};
+
+/// Everything the worker needs, checked. `Debug` hides every secret.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub broker: BrokerSettings,
+    pub database: DatabaseSettings,
+    pub taptalk: TaptalkSettings,
+    /// When TapTalk or Postgres counts as down for everybody.
+    pub breaker: BreakerSettings,
+    /// Pauses between probes while a dependency is down.
+    pub probe: RetryPolicy,
+    /// Times an event may be put back before it is given up; `None`: never.
+    pub max_requeues: Option<u32>,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub max_event_bytes: usize,
+    /// `None`: events never expire.
+    pub max_event_age: Option<Duration>,
+    /// How far ahead of the worker's clock an event's `occurredAt` may be.
+    pub max_clock_skew: Duration,
+    pub shutdown_grace: Duration,
+    pub migrate: bool,
+    /// `None`: never purge.
+    pub purge: Option<PurgeSettings>,
+    /// When unconfirmed ticket events are published from the outbox.
+    pub relay: RelaySettings,
+    /// How often a progress line is logged; `None`: never.
+    pub progress_every: Option<Duration>,
+}
+
+impl Settings {
+    /// Checks every setting, reporting every problem found.
+    pub fn from_args(args: &RunArgs) -> Result<Settings, ConfigErrors> {
+        let mut problems = Problems::default();
+        let broker = problems.take(BrokerSettings::from_args(&args.broker, None));
+        let database = problems.take(DatabaseSettings::from_args(&args.database, None));
+        let base_url = problems.take(taptalk_base_url(args.taptalk.taptalk_base_url.as_deref()));
+        let server_key = problems.take(server_key(&args.taptalk.key));
+        let timeout = problems.take(positive_duration("TAPTALK_TIMEOUT", &args.taptalk_timeout));
+        let retry_for = problems.take(duration("TAPTALK_RETRY_FOR", &args.taptalk_retry_for));
+        let outage_after = problems.take(duration("OUTAGE_AFTER", &args.outage_after));
+        problems.require(args.prefetch > 0, "PREFETCH", "must be between 1 and 65535");
+        problems.require(
+            (1..=10_000).contains(&args.concurrency),
+            "CONCURRENCY",
+            "must be between 1 and 10000",
+        );
+        problems.require(
+            args.max_event_bytes >= 256,
+            "MAX_EVENT_BYTES",
+            "must be at least 256",
+        );
+        let max_event_age = problems.take(duration("MAX_EVENT_AGE", &args.max_event_age));
+        let max_clock_skew = problems.take(duration("MAX_CLOCK_SKEW", &args.max_clock_skew));
+        let shutdown_grace = problems.take(duration("SHUTDOWN_GRACE", &args.shutdown_grace));
+        let purge_after = problems.take(duration("PURGE_AFTER", &args.purge_after));
+        let purge_every = problems.take(positive_duration("PURGE_EVERY", &args.purge_every));
+        let relay_after = problems.take(positive_duration(
+            "OUTBOX_RELAY_AFTER",
+            &args.outbox_relay_after,
+        ));
+        let progress_every = problems.take(duration("PROGRESS_EVERY", &args.progress_every));
+        let (
+            Some(broker),
+            Some(database),
+            Some(base_url),
+            Some(server_key),
+            Some(timeout),
+            Some(retry_for),
+            Some(outage_after),
+            Some(max_event_age),
+            Some(max_clock_skew),
+            Some(shutdown_grace),
+            Some(purge_after),
+            Some(purge_every),
+            Some(relay_after),
+            Some(progress_every),
+        ) = (
+            broker,
+            database,
+            base_url,
+            server_key,
+            timeout,
+            retry_for,
+            outage_after,
+            max_event_age,
+            max_clock_skew,
+            shutdown_grace,
+            purge_after,
+            purge_every,
+            relay_after,
+            progress_every,
+        )
+        else {
+            return Err(problems.into_errors());
+        };
+        if !problems.is_empty() {
+            return Err(problems.into_errors());
+        }
+        Ok(Settings {
+            broker,
+            database,
+            taptalk: TaptalkSettings::new(base_url, server_key, timeout, retry_for),
+            breaker: BreakerSettings {
+                trip_after: outage_after,
+                ..BreakerSettings::default()
+            },
+            probe: PROBE_PAUSES,
+            max_requeues: (args.max_requeues > 0).then_some(args.max_requeues),
+            prefetch: args.prefetch,
+            concurrency: args.concurrency,
+            max_event_bytes: args.max_event_bytes,
+            max_event_age: (!max_event_age.is_zero()).then_some(max_event_age),
+            max_clock_skew,
+            shutdown_grace,
+            migrate: !args.skip_migrations,
+            purge: (!purge_after.is_zero()).then_some(PurgeSettings {
+                after: purge_after,
+                every: purge_every,
+            }),
+            relay: RelaySettings::new(relay_after),
+            progress_every: (!progress_every.is_zero()).then_some(progress_every),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
