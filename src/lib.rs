@@ -22,13 +22,14 @@
 //! (commands), [`fake_taptalk`] (the TapTalk stand-in), [`demo`] and
 //! [`publish`] (the `demo` and `publish` commands).
 
-pub mod breaker;
 pub mod broker;
 pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod events;
 pub mod fake_taptalk;
+pub mod health;
+pub mod observe;
 pub mod pipeline;
 pub mod purge;
 pub mod relay;
@@ -37,5 +38,4 @@ pub mod shutdown;
 pub mod startup;
 pub mod storage;
 pub mod taptalk;
-pub mod telemetry;
 pub mod worker;

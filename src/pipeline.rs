@@ -23,10 +23,10 @@
 //! Postgres reports to the [`Breaker`], which pauses the worker when one of
 //! them fails for everybody.
 
-use crate::breaker::{Breaker, Dependency};
 use crate::broker::{DeadLetterNote, PublishError, Publisher, copies};
 use crate::domain::{IssuedTicket, TicketRecord};
 use crate::events::{Envelope, FailureReason, InvalidEvent, LoginEvent, TicketFailed, TicketReady};
+use crate::health::{Breaker, Dependency};
 use crate::retry::{RetryPolicy, Verdict, retry};
 use crate::storage::{Announced, Known, Saved, StoreError, StoredFailure, TicketStore};
 use crate::taptalk::{TaptalkClient, TicketError};

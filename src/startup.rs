@@ -1,15 +1,16 @@
 //! Startup: builds the worker's parts from [`Settings`] and runs them until
 //! shutdown. `main` and the integration tests both go through here.
 
-use crate::breaker::Breaker;
 use crate::config::Settings;
+use crate::health::{Breaker, Probes};
+use crate::observe::counters::Counters;
 use crate::pipeline::{EventPolicy, Pipeline};
 use crate::purge::PurgeSettings;
 use crate::retry::{RetryPolicy, Verdict, retry};
 use crate::shutdown::Shutdown;
 use crate::storage::{TicketStore, describe_migration};
 use crate::taptalk::TaptalkClient;
-use crate::worker::{Worker, WorkerSettings, WorkerStats};
+use crate::worker::{Worker, WorkerSettings};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,23 +56,25 @@ impl Application {
                 ),
             },
         };
-        let pipeline = Pipeline::new(
+        let breaker = Breaker::new(settings.breaker);
+        let probes = Probes::new(
+            breaker.clone(),
+            client.clone(),
             store.clone(),
-            client,
-            Breaker::new(settings.breaker),
-            policy,
+            settings.probe,
         );
+        let pipeline = Pipeline::new(store.clone(), client, breaker, policy);
         let worker = Worker::new(
             WorkerSettings {
                 broker: settings.broker.clone(),
                 prefetch: settings.prefetch,
                 concurrency: settings.concurrency,
                 shutdown_grace: settings.shutdown_grace,
-                probe: settings.probe,
                 relay: settings.relay,
                 progress_every: settings.progress_every,
             },
             pipeline,
+            probes,
         );
         Ok(Application {
             store,
@@ -82,7 +85,7 @@ impl Application {
     }
 
     /// What the worker has done so far.
-    pub fn stats(&self) -> Arc<WorkerStats> {
+    pub fn stats(&self) -> Arc<Counters> {
         self.worker.stats()
     }
 

@@ -6,7 +6,7 @@
 //!   connection or a channel fails, the session ends, in-flight work is dropped
 //!   unacknowledged (RabbitMQ redelivers it; idempotency prevents doubles) and
 //!   a new session starts after a backoff pause, re-declaring the topology.
-//! - **Outages.** When the [`Breaker`](crate::breaker::Breaker) opens (TapTalk
+//! - **Outages.** When the [`Breaker`](crate::health::Breaker) opens (TapTalk
 //!   or Postgres refuses the configuration, or fails everything), the worker
 //!   cancels its consumer, lets in-flight messages go back to the queue, and
 //!   probes the failing dependency with growing pauses; it consumes again once
@@ -24,12 +24,12 @@
 //!   at once — so that each further failure spends a delivery of that message
 //!   alone, until RabbitMQ's delivery limit dead-letters it.
 
-use crate::breaker::{Dependency, Health};
 use crate::broker::{Publisher, connect};
 use crate::config::BrokerSettings;
+use crate::health::{Health, Probes};
+use crate::observe::counters::Counters;
 use crate::pipeline::{Outcome, Pipeline};
 use crate::relay::RelaySettings;
-use crate::retry::{RetryPolicy, Schedule};
 use crate::shutdown::Shutdown;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
@@ -38,7 +38,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, 
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -69,120 +69,10 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     pub concurrency: usize,
     pub shutdown_grace: Duration,
-    /// Pauses between probes while a dependency is down.
-    pub probe: RetryPolicy,
     /// When ticket events left in the outbox are published.
     pub relay: RelaySettings,
     /// How often a progress line is logged; `None`: never.
     pub progress_every: Option<Duration>,
-}
-
-/// Counts of what happened to deliveries, for progress reports and tests.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    issued: AtomicU64,
-    already_issued: AtomicU64,
-    dead_lettered: AtomicU64,
-    expired: AtomicU64,
-    retry_later: AtomicU64,
-    requeued: AtomicU64,
-    abandoned: AtomicU64,
-    panicked: AtomicU64,
-    sessions: AtomicU64,
-    pauses: AtomicU64,
-}
-
-/// A copy of [`WorkerStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub issued: u64,
-    pub already_issued: u64,
-    pub dead_lettered: u64,
-    pub expired: u64,
-    pub retry_later: u64,
-    pub requeued: u64,
-    pub abandoned: u64,
-    pub panicked: u64,
-    /// Broker sessions opened (1 + reconnects).
-    pub sessions: u64,
-    /// Times intake paused because a dependency was down.
-    pub pauses: u64,
-}
-
-impl StatsSnapshot {
-    /// What happened between `earlier` and this snapshot.
-    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
-        StatsSnapshot {
-            issued: self.issued.saturating_sub(earlier.issued),
-            already_issued: self.already_issued.saturating_sub(earlier.already_issued),
-            dead_lettered: self.dead_lettered.saturating_sub(earlier.dead_lettered),
-            expired: self.expired.saturating_sub(earlier.expired),
-            retry_later: self.retry_later.saturating_sub(earlier.retry_later),
-            requeued: self.requeued.saturating_sub(earlier.requeued),
-            abandoned: self.abandoned.saturating_sub(earlier.abandoned),
-            panicked: self.panicked.saturating_sub(earlier.panicked),
-            sessions: self.sessions.saturating_sub(earlier.sessions),
-            pauses: self.pauses.saturating_sub(earlier.pauses),
-        }
-    }
-}
-
-impl WorkerStats {
-    fn record(&self, outcome: Outcome) {
-        let counter = match outcome {
-            Outcome::Issued => &self.issued,
-            Outcome::AlreadyIssued => &self.already_issued,
-            Outcome::DeadLettered(_) | Outcome::Rejected => &self.dead_lettered,
-            Outcome::Expired => &self.expired,
-            Outcome::RetryLater => &self.retry_later,
-            Outcome::Requeued => &self.requeued,
-            Outcome::Abandoned => &self.abandoned,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Logs what happened since the last line, every `every` in which
-    /// something did, until `stop`.
-    async fn report_progress(&self, every: Duration, stop: CancellationToken) {
-        let mut last = self.snapshot();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.cancelled() => return,
-            }
-            let now = self.snapshot();
-            let delta = now.since(&last);
-            let answered =
-                delta.issued + delta.already_issued + delta.dead_lettered + delta.expired;
-            if answered + delta.retry_later + delta.requeued + delta.abandoned > 0 {
-                tracing::info!(
-                    issued = delta.issued,
-                    announced_again = delta.already_issued,
-                    failed = delta.dead_lettered + delta.expired,
-                    back_to_queue = delta.retry_later + delta.requeued + delta.abandoned,
-                    "{answered} login events answered in the last {}",
-                    humantime::format_duration(every)
-                );
-            }
-            last = now;
-        }
-    }
-
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StatsSnapshot {
-            issued: get(&self.issued),
-            already_issued: get(&self.already_issued),
-            dead_lettered: get(&self.dead_lettered),
-            expired: get(&self.expired),
-            retry_later: get(&self.retry_later),
-            requeued: get(&self.requeued),
-            abandoned: get(&self.abandoned),
-            panicked: get(&self.panicked),
-            sessions: get(&self.sessions),
-            pauses: get(&self.pauses),
-        }
-    }
 }
 
 /// Consumes the work queue until shutdown.
@@ -190,21 +80,11 @@ impl WorkerStats {
 pub struct Worker {
     settings: Arc<WorkerSettings>,
     pipeline: Arc<Pipeline>,
-    stats: Arc<WorkerStats>,
-    probing: Arc<Mutex<ProbeMemory>>,
+    stats: Arc<Counters>,
+    probes: Probes,
     /// Sessions lost in a row to a message too large to receive (see
     /// [`Session::quarantined`]).
     landmines: Arc<AtomicU32>,
-}
-
-/// The probe pauses of the last outage, kept so that an outage that returns
-/// soon after intake resumed continues with long pauses instead of starting
-/// over at one second (a dependency that passes the probe but fails real
-/// calls would otherwise make the worker flap every second).
-#[derive(Debug, Default)]
-struct ProbeMemory {
-    schedule: Option<Schedule>,
-    resumed_at: Option<Instant>,
 }
 
 /// Why a consuming phase ended.
@@ -279,17 +159,17 @@ impl Session {
 }
 
 impl Worker {
-    pub fn new(settings: WorkerSettings, pipeline: Pipeline) -> Worker {
+    pub fn new(settings: WorkerSettings, pipeline: Pipeline, probes: Probes) -> Worker {
         Worker {
             settings: Arc::new(settings),
             pipeline: Arc::new(pipeline),
-            stats: Arc::new(WorkerStats::default()),
-            probing: Arc::new(Mutex::new(ProbeMemory::default())),
+            stats: Arc::new(Counters::default()),
+            probes,
             landmines: Arc::new(AtomicU32::new(0)),
         }
     }
 
-    pub fn stats(&self) -> Arc<WorkerStats> {
+    pub fn stats(&self) -> Arc<Counters> {
         Arc::clone(&self.stats)
     }
 
@@ -297,7 +177,7 @@ impl Worker {
     /// broker is unreachable or a session is lost.
     pub async fn run(&self, shutdown: &Shutdown) {
         tokio::select! {
-            _ = self.check_dependencies() => {}
+            _ = self.probes.check_at_start() => {}
             _ = shutdown.triggered() => return,
         }
         let progress = CancellationToken::new();
@@ -316,7 +196,7 @@ impl Worker {
             let mut quarantine = false;
             match opened {
                 Ok(session) => {
-                    self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+                    self.stats.session_opened();
                     let started = Instant::now();
                     let relay = self.start_relay(&session);
                     let end = self.run_session(&session, shutdown).await;
@@ -351,52 +231,6 @@ impl Worker {
             }
         }
         tracing::info!("worker stopped");
-    }
-
-    /// One probe of each dependency at start: a wrong key, a wrong database
-    /// password or an unreachable TapTalk pauses intake before the first
-    /// message is taken.
-    async fn check_dependencies(&self) {
-        for dependency in [Dependency::Taptalk, Dependency::Postgres] {
-            match self.probe(dependency).await {
-                Ok(()) => tracing::info!(%dependency, "{dependency} answers"),
-                Err((misconfigured, error)) => {
-                    tracing::error!(
-                        %dependency,
-                        misconfigured,
-                        %error,
-                        "{dependency} is not usable at start: intake waits, probing until it answers"
-                    );
-                    self.pipeline
-                        .breaker()
-                        .open(dependency, misconfigured, error);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Asks a dependency, without side effects, whether it would serve us;
-    /// on failure says whether the configuration is to blame.
-    async fn probe(&self, dependency: Dependency) -> Result<(), (bool, String)> {
-        let failure = match dependency {
-            Dependency::Taptalk => self
-                .pipeline
-                .taptalk()
-                .probe()
-                .await
-                .err()
-                .and_then(|e| e.failure()),
-            Dependency::Postgres => self.pipeline.store().probe().await.err().map(|e| {
-                e.failure()
-                    .unwrap_or(crate::breaker::Failure::Transient(e.to_string()))
-            }),
-        };
-        match failure {
-            None => Ok(()),
-            Some(crate::breaker::Failure::Misconfigured(reason)) => Err((true, reason)),
-            Some(crate::breaker::Failure::Transient(reason)) => Err((false, reason)),
-        }
     }
 
     /// A session was lost to a message too large to receive. Returns whether
@@ -520,7 +354,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(concurrency));
         let mut tasks = JoinSet::new();
         loop {
-            if self.pipeline.breaker().is_open() && !self.wait_for_recovery(shutdown).await {
+            if self.pipeline.breaker().is_open() && !self.probes.wait_for_recovery(shutdown).await {
                 break;
             }
             let mut consumer = match self.consume(session).await {
@@ -630,7 +464,7 @@ impl Worker {
                 Err(_) => {
                     // A bug, not the event's fault as far as we know: give it back,
                     // spending one delivery, so the delivery limit ends a loop.
-                    stats.panicked.fetch_add(1, Ordering::Relaxed);
+                    stats.panicked();
                     tracing::error!("handling a delivery panicked; it goes back to the queue");
                     if delivery.acker.usable() {
                         let requeue = BasicNackOptions {
@@ -657,7 +491,7 @@ impl Worker {
         tasks: &mut JoinSet<()>,
         shutdown: &Shutdown,
     ) -> Result<PauseEnd, String> {
-        self.stats.pauses.fetch_add(1, Ordering::Relaxed);
+        self.stats.paused();
         if let Health::Down {
             dependency,
             misconfigured,
@@ -704,46 +538,6 @@ impl Worker {
             return Err("a channel failed while returning messages to the queue".into());
         }
         Ok(PauseEnd::Drained)
-    }
-
-    /// Probes the dependency that is down, with growing pauses, until it
-    /// answers (`true`) or shutdown is asked for (`false`).
-    async fn wait_for_recovery(&self, shutdown: &Shutdown) -> bool {
-        let mut schedule = {
-            let mut memory = self.probing.lock().unwrap_or_else(|p| p.into_inner());
-            match (memory.schedule.take(), memory.resumed_at) {
-                (Some(schedule), Some(at)) if at.elapsed() < HEALTHY_SESSION => schedule,
-                _ => self.settings.probe.schedule(),
-            }
-        };
-        loop {
-            let Health::Down { dependency, .. } = self.pipeline.breaker().health() else {
-                return true;
-            };
-            let pause = schedule
-                .next_pause(None)
-                .unwrap_or(self.settings.probe.max_pause);
-            let probed = tokio::select! {
-                probed = async {
-                    tokio::time::sleep(pause).await;
-                    self.probe(dependency).await
-                } => probed,
-                _ = shutdown.triggered() => return false,
-            };
-            match probed {
-                Ok(()) => {
-                    self.pipeline.breaker().close();
-                    tracing::info!(%dependency, "{dependency} answers again; resuming intake");
-                    let mut memory = self.probing.lock().unwrap_or_else(|p| p.into_inner());
-                    memory.schedule = Some(schedule);
-                    memory.resumed_at = Some(Instant::now());
-                    return true;
-                }
-                Err((_, error)) => {
-                    tracing::info!(%dependency, %error, "{dependency} still unavailable; intake stays paused")
-                }
-            }
-        }
     }
 
     /// The session is unusable: drop in-flight work (RabbitMQ redelivers it).

@@ -680,7 +680,7 @@ fn removal_line(run: &DemoRun, removal: &Removal, whose: Whose) -> String {
     if whose == Whose::ThisRunOnNamesGiven {
         line.push_str("; the exchanges and queues you named stay as they are");
     }
-    crate::telemetry::scrub(&line)
+    crate::observe::scrub(&line)
 }
 
 /// The one line after a run with `--keep`. `held` is `None` when the

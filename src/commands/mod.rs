@@ -15,7 +15,7 @@ mod secrets;
 pub use error::CommandError;
 
 use crate::config::{BrokerSettings, DatabaseArgs, DatabaseSettings, RunArgs};
-use crate::telemetry::{self, LogFormat};
+use crate::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -48,10 +48,10 @@ impl Cli {
     /// Runs the chosen command and maps its result to the process exit code.
     pub async fn execute(self) -> ExitCode {
         let filter = match self.command {
-            Command::Demo(_) | Command::Publish(_) => telemetry::QUIET_FILTER,
-            _ => telemetry::DEFAULT_FILTER,
+            Command::Demo(_) | Command::Publish(_) => observe::QUIET_FILTER,
+            _ => observe::DEFAULT_FILTER,
         };
-        telemetry::init(self.log_format, filter);
+        observe::init(self.log_format, filter);
         register_early_secrets(&self.command);
         let result = match self.command {
             Command::Run(args) => run::run(&args).await,
@@ -63,7 +63,7 @@ impl Cli {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("ticket-worker: {}", telemetry::scrub(&error.to_string()));
+                eprintln!("ticket-worker: {}", observe::scrub(&error.to_string()));
                 ExitCode::from(error.exit_code())
             }
         }

@@ -2,15 +2,15 @@
 //! settings are read, before anything connects or logs.
 
 use crate::config::{BrokerSettings, DatabaseSettings};
-use crate::telemetry;
+use crate::observe;
 use secrecy::ExposeSecret;
 
 /// The password in `AMQP_URL`, in every spelling the redactor knows.
 pub fn register_broker(broker: &BrokerSettings) {
-    telemetry::register_url(broker.amqp_url.expose_secret());
+    observe::register_url(broker.amqp_url.expose_secret());
 }
 
 /// The password in `DATABASE_URL`.
 pub fn register_database(database: &DatabaseSettings) {
-    telemetry::register_url(database.url.expose_secret());
+    observe::register_url(database.url.expose_secret());
 }

@@ -24,7 +24,7 @@ pub use run::RunArgs;
 pub use taptalk::{ServerKeyArgs, TaptalkArgs, TaptalkSettings, server_key, taptalk_base_url};
 pub use values::redact_url;
 
-use crate::breaker::BreakerSettings;
+use crate::health::BreakerSettings;
 use crate::purge::PurgeSettings;
 use crate::relay::RelaySettings;
 use crate::retry::RetryPolicy;

@@ -15,13 +15,14 @@
 
 mod outbox;
 mod outcomes;
+mod rows;
 mod tickets;
 
 pub use outbox::{Announced, Announcement};
 pub use outcomes::{Forgotten, Known, Purged, StoredFailure};
 pub use tickets::Saved;
 
-use crate::breaker::Failure;
+use crate::health::Failure;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};

@@ -9,7 +9,7 @@
 //! deletes long-decided events, and [`TicketStore::forget_events`] deletes
 //! named ones (the demo, removing what it made).
 
-use super::tickets::Row;
+use super::rows::Row;
 use super::{StoreError, TicketStore};
 use crate::domain::{EventId, TicketRecord};
 use crate::events::FailureReason;

@@ -52,8 +52,8 @@ impl ServerKey {
     /// Registers the secret and the `Server-Key` header value with the log
     /// redactor: from now on no log line shows them, in any encoding.
     pub fn register_with_logs(&self) {
-        crate::telemetry::register_secret(self.secret.expose_secret());
-        crate::telemetry::register_secret(self.header_value().expose_secret());
+        crate::observe::register_secret(self.secret.expose_secret());
+        crate::observe::register_secret(self.header_value().expose_secret());
     }
 
     /// Replaces any copy of the secret (raw or inside the header value) in a

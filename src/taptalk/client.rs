@@ -6,8 +6,8 @@ use super::api::{
     AUTH_TICKET_PATH, ApiEnvelope, HEADER_VALIDATION_FAILED, PARAM_VALIDATION_FAILED,
     SERVER_KEY_HEADER, ServerKey, TicketData,
 };
-use crate::breaker::Failure;
 use crate::domain::{AuthTicket, Field, IssuedTicket, TicketRequest};
+use crate::health::Failure;
 use chrono::{SubsecRound, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};

@@ -21,16 +21,16 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use std::future::Future;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
-use ticket_worker::breaker::BreakerSettings;
 use ticket_worker::broker::Topology;
 use ticket_worker::config::{BrokerSettings, DatabaseSettings, Settings, TaptalkSettings};
 use ticket_worker::fake_taptalk::{FakeTaptalk, Knobs};
+use ticket_worker::health::BreakerSettings;
+use ticket_worker::observe::counters::{Counters, Snapshot as StatsSnapshot};
 use ticket_worker::relay::RelaySettings;
 use ticket_worker::retry::RetryPolicy;
 use ticket_worker::shutdown::Shutdown;
 use ticket_worker::startup::Application;
 use ticket_worker::taptalk::ServerKey;
-use ticket_worker::worker::{StatsSnapshot, WorkerStats};
 use tokio::task::JoinHandle;
 
 pub fn amqp_url() -> String {
@@ -52,8 +52,8 @@ pub fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            ticket_worker::telemetry::init(
-                ticket_worker::telemetry::LogFormat::Text,
+            ticket_worker::observe::init(
+                ticket_worker::observe::LogFormat::Text,
                 "info,ticket_worker=debug,lapin=warn",
             );
         }
@@ -729,7 +729,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
 pub struct TestWorker {
     shutdown: Shutdown,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
-    stats: Arc<WorkerStats>,
+    stats: Arc<Counters>,
 }
 
 impl TestWorker {

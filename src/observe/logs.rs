@@ -6,7 +6,7 @@
 //! 1. Nothing secret is recorded as a field by this crate: tickets and keys
 //!    are wrapped in types whose `Debug` prints `[REDACTED]`, and URLs are
 //!    logged redacted.
-//! 2. Every line, from any crate, passes through [`redact`] before it reaches
+//! 2. Every line, from any crate, passes through [`redact`](super::redact) before it reaches
 //!    stderr: each secret registered with [`register_secret`] or
 //!    [`register_url`] is replaced, raw and in the encodings a library may
 //!    print (byte lists, base64, hex, percent and JSON escapes). The commands
@@ -25,9 +25,7 @@
 //!    reason: it prints the whole message, body included; the publisher says
 //!    what was unroutable itself.
 
-pub mod redact;
-
-pub use redact::{RedactingMakeWriter, register_secret, register_url, scrub};
+pub use super::redact::{RedactingMakeWriter, register_secret, register_url, scrub};
 
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
