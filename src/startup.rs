@@ -75,6 +75,7 @@ impl Application {
             },
             pipeline,
             probes,
+            store.clone(),
         );
         Ok(Application {
             store,

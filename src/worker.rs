@@ -24,13 +24,14 @@
 //!   at once — so that each further failure spends a delivery of that message
 //!   alone, until RabbitMQ's delivery limit dead-letters it.
 
-use crate::broker::{Publisher, connect};
+use crate::broker::{Publisher, Settler, connect, inbound};
 use crate::config::BrokerSettings;
 use crate::health::{Health, Probes};
 use crate::observe::counters::Counters;
 use crate::pipeline::{Outcome, Pipeline};
 use crate::relay::RelaySettings;
 use crate::shutdown::Shutdown;
+use crate::storage::{Announced, TicketStore};
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -80,6 +81,10 @@ pub struct WorkerSettings {
 pub struct Worker {
     settings: Arc<WorkerSettings>,
     pipeline: Arc<Pipeline>,
+    /// For the outbox relay.
+    store: TicketStore,
+    /// Ticket events confirmed by RabbitMQ, whose outbox rows the relay deletes.
+    announced: Announced,
     stats: Arc<Counters>,
     probes: Probes,
     /// Sessions lost in a row to a message too large to receive (see
@@ -113,7 +118,7 @@ enum SessionEnd {
 struct Session {
     connection: Connection,
     consume: Channel,
-    publisher: Publisher,
+    settler: Settler,
     /// Cancelled by a task that found the broker unusable.
     broken: CancellationToken,
     /// The connection's events, read once the session is over to learn
@@ -159,10 +164,17 @@ impl Session {
 }
 
 impl Worker {
-    pub fn new(settings: WorkerSettings, pipeline: Pipeline, probes: Probes) -> Worker {
+    pub fn new(
+        settings: WorkerSettings,
+        pipeline: Pipeline,
+        probes: Probes,
+        store: TicketStore,
+    ) -> Worker {
         Worker {
             settings: Arc::new(settings),
             pipeline: Arc::new(pipeline),
+            store,
+            announced: Announced::default(),
             stats: Arc::new(Counters::default()),
             probes,
             landmines: Arc::new(AtomicU32::new(0)),
@@ -262,9 +274,9 @@ impl Worker {
     fn start_relay(&self, session: &Session) -> Relay {
         let stop = CancellationToken::new();
         let task = tokio::spawn(crate::relay::run(
-            self.pipeline.store().clone(),
-            self.pipeline.announced().clone(),
-            session.publisher.clone(),
+            self.store.clone(),
+            self.announced.clone(),
+            session.settler.publisher().clone(),
             self.settings.relay,
             stop.clone(),
         ));
@@ -305,7 +317,7 @@ impl Worker {
         Ok(Session {
             connection,
             consume,
-            publisher,
+            settler: Settler::new(publisher, self.announced.clone()),
             broken: CancellationToken::new(),
             events,
             quarantined: AtomicBool::new(quarantined),
@@ -447,13 +459,16 @@ impl Worker {
     ) {
         let pipeline = Arc::clone(&self.pipeline);
         let stats = Arc::clone(&self.stats);
-        let publisher = session.publisher.clone();
+        let settler = session.settler.clone();
         let broken = session.broken.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            let handled = AssertUnwindSafe(pipeline.handle(&delivery, &publisher))
-                .catch_unwind()
-                .await;
+            let handle = async {
+                let message = inbound::message(&delivery, settler.publisher());
+                let decision = pipeline.decide(&message).await;
+                settler.settle(&delivery, decision).await
+            };
+            let handled = AssertUnwindSafe(handle).catch_unwind().await;
             match handled {
                 Ok(outcome) => {
                     stats.record(outcome);

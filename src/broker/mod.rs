@@ -5,11 +5,14 @@
 
 pub mod connection;
 pub mod copies;
+pub mod inbound;
 pub mod publisher;
+pub mod settle;
 pub mod topology;
 
 pub use connection::connect;
-pub use publisher::{DeadLetterNote, PublishError, Publisher};
+pub use publisher::{PublishError, Publisher};
+pub use settle::Settler;
 pub use topology::Topology;
 
 use lapin::types::ShortString;

@@ -12,6 +12,7 @@
 
 use super::{Topology, copies, short};
 use crate::events::{TicketFailed, TicketReady};
+use crate::pipeline::DeadLetterNote;
 use crate::storage::Announcement;
 use lapin::message::Delivery;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -70,17 +71,6 @@ impl PublishError {
     pub fn is_broker_failure(&self) -> bool {
         matches!(self, PublishError::Broker(_))
     }
-}
-
-/// What the dead-letter headers say about a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterNote {
-    /// `invalid`, `rejected_by_upstream`, `retries_exhausted`.
-    pub reason: &'static str,
-    /// For invalid events, the finer problem code (`not_json`, …).
-    pub problem: Option<&'static str>,
-    pub message: String,
-    pub field: Option<String>,
 }
 
 /// A confirm-mode channel for everything the worker publishes. Cheap to clone.

@@ -1,0 +1,29 @@
+//! Reading a delivery for the pipeline: its body and envelope, the retry
+//! count when the delivery is the worker's own copy (see
+//! [`Publisher::retries`]), and whether its headers fill the frame (see
+//! [`copies::is_landmine`]).
+
+use super::{Publisher, copies};
+use crate::events::Envelope;
+use crate::pipeline::{HeaderFrame, Message};
+use lapin::message::Delivery;
+
+/// The pipeline's view of `delivery`, as received on `publisher`'s connection.
+pub fn message<'a>(delivery: &'a Delivery, publisher: &Publisher) -> Message<'a> {
+    let properties = &delivery.properties;
+    let frame_max = publisher.frame_max();
+    let oversized_headers = copies::is_landmine(properties, frame_max).then(|| HeaderFrame {
+        bytes: copies::header_frame_len(properties),
+        frame_max,
+    });
+    Message {
+        body: &delivery.data,
+        envelope: Envelope {
+            content_type: properties.content_type().as_ref().map(|s| s.as_str()),
+            content_encoding: properties.content_encoding().as_ref().map(|s| s.as_str()),
+            message_id: properties.message_id().as_ref().map(|s| s.as_str()),
+        },
+        retries: publisher.retries(delivery),
+        oversized_headers,
+    }
+}

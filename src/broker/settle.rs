@@ -1,0 +1,130 @@
+//! Settling a delivery with the broker once the pipeline has decided what
+//! becomes of it: publish what the decision announces (ticket events, a dead
+//! letter, a copy put back for later), each with a publisher confirm, and only
+//! then acknowledge the delivery. A crash anywhere in between repeats work,
+//! never loses it.
+
+use super::{PublishError, Publisher};
+use crate::events::TicketReady;
+use crate::pipeline::{Decision, Outcome};
+use crate::storage::Announced;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+
+/// Carries decisions out on one session's channels. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Settler {
+    publisher: Publisher,
+    /// Events whose ticket event RabbitMQ confirmed: their outbox rows can go.
+    announced: Announced,
+}
+
+impl Settler {
+    pub fn new(publisher: Publisher, announced: Announced) -> Settler {
+        Settler {
+            publisher,
+            announced,
+        }
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Carries `decision` out and settles `delivery` (ack, nack or reject).
+    pub async fn settle(&self, delivery: &Delivery, decision: Decision) -> Outcome {
+        let bus = &self.publisher;
+        let published = match decision {
+            Decision::Ready(record, outcome) => bus
+                .ticket_ready(&TicketReady::for_record(&record))
+                .await
+                .map(|()| {
+                    self.announced.push(record.event_id.as_str());
+                    outcome
+                }),
+            Decision::Fail {
+                failed,
+                dead_letter,
+                outcome,
+                recorded,
+            } => {
+                async {
+                    if let Some(failed) = failed {
+                        bus.ticket_failed(&failed).await?;
+                        if recorded {
+                            self.announced.push(&failed.event_id);
+                        }
+                    }
+                    if let Some(note) = dead_letter {
+                        match bus.dead_letter(delivery, &note).await {
+                            Err(PublishError::DoesNotFit(error)) => {
+                                // Not even a trimmed copy fits: drop it, loudly.
+                                tracing::error!(%error, reason = note.reason, "the message cannot be dead-lettered and is dropped");
+                            }
+                            other => other?,
+                        }
+                    }
+                    Ok(outcome)
+                }
+                .await
+            }
+            Decision::RetryLater { count } => bus
+                .retry_later(delivery, count)
+                .await
+                .map(|()| Outcome::RetryLater),
+            Decision::Defuse => match bus.retry_later(delivery, false).await {
+                Err(error) if !error.is_broker_failure() => {
+                    tracing::error!(%error, "RabbitMQ refused the trimmed copy; the message is rejected, and dead-lettered by RabbitMQ");
+                    return reject(delivery).await;
+                }
+                other => other.map(|()| Outcome::RetryLater),
+            },
+            Decision::Requeue => return nack(delivery).await,
+        };
+        match published {
+            Ok(outcome) => match delivery.acker.ack(BasicAckOptions::default()).await {
+                Ok(true) => outcome,
+                _ => abandoned("the acknowledgement failed"),
+            },
+            Err(error) if error.is_broker_failure() => abandoned(&error.to_string()),
+            Err(error) => {
+                // The broker is fine but refused this message: try it again later.
+                tracing::warn!(%error, "publishing for this delivery failed; it goes back to the queue");
+                nack(delivery).await
+            }
+        }
+    }
+}
+
+/// Returns a delivery to the queue, spending one of its deliveries.
+pub async fn nack(delivery: &Delivery) -> Outcome {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    match delivery.acker.nack(options).await {
+        Ok(true) => Outcome::Requeued,
+        _ => abandoned("the negative acknowledgement failed"),
+    }
+}
+
+/// Rejects a delivery without requeueing it: the work queue's dead-letter
+/// exchange receives it, with RabbitMQ's `x-death` header.
+async fn reject(delivery: &Delivery) -> Outcome {
+    let options = BasicNackOptions {
+        requeue: false,
+        ..Default::default()
+    };
+    match delivery.acker.nack(options).await {
+        Ok(true) => Outcome::Rejected,
+        _ => abandoned("the rejection failed"),
+    }
+}
+
+fn abandoned(why: &str) -> Outcome {
+    tracing::warn!(
+        why,
+        "could not settle the delivery; RabbitMQ will redeliver it"
+    );
+    Outcome::Abandoned
+}
