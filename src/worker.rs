@@ -466,7 +466,9 @@ impl Worker {
             let handle = async {
                 let message = inbound::message(&delivery, settler.publisher());
                 let decision = pipeline.decide(&message).await;
-                settler.settle(&delivery, decision).await
+                let outcome = settler.settle(&delivery, decision).await;
+                tracing::debug!(?outcome, "settled");
+                outcome
             };
             let handled = AssertUnwindSafe(handle).catch_unwind().await;
             match handled {

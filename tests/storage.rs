@@ -495,3 +495,79 @@ async fn each_outcome_is_queued_for_announcement_with_it_and_only_once() {
     assert_eq!(deleted, 2);
     assert!(outbox().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_batch_of_saves_stores_each_event_once_and_answers_each_copy_as_it_stands() {
+    let db = TestDb::migrated().await;
+    let store = TicketStore::from_pool(db.pool.clone());
+    // Known before the batch: one event already has a ticket, one a failure.
+    let earlier = record("b-issued", "u0", "d0", "ticket-earlier", 0);
+    store.save(&earlier, READY).await.expect("save earlier");
+    let failure = StoredFailure {
+        reason: FailureReason::Expired,
+        message: "too old".into(),
+        field: None,
+    };
+    store
+        .record_failure(&EventId::parse("b-failed").expect("id"), &failure, FAILED)
+        .await
+        .expect("record failure");
+
+    let batch: Vec<(TicketRecord, String)> = [
+        record("b-new-1", "u1", "d1", "ticket-1", 0),
+        record("b-issued", "u0", "d0", "ticket-late", 0),
+        record("b-new-2", "u2", "d2", "ticket-2", 0),
+        record("b-failed", "u3", "d3", "ticket-3", 0),
+        // The same event twice in one batch: stored once, for its first copy.
+        record("b-new-1", "u1", "d1", "ticket-1-again", 0),
+    ]
+    .into_iter()
+    .map(|r| (r, READY.to_owned()))
+    .collect();
+    let answers: Vec<Saved> = store
+        .save_many(&batch)
+        .await
+        .expect("one statement")
+        .into_iter()
+        .map(|a| a.expect("answer"))
+        .collect();
+    assert_eq!(answers[0], Saved::Inserted(batch[0].0.clone()));
+    assert!(
+        matches!(&answers[1], Saved::Existing(stored) if stored.ticket.expose() == "ticket-earlier"),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(answers[2], Saved::Inserted(batch[2].0.clone()));
+    assert_eq!(answers[3], Saved::Failed(failure.clone()));
+    assert!(
+        matches!(&answers[4], Saved::Existing(stored) if stored.ticket.expose() == "ticket-1"),
+        "{:?}",
+        answers[4]
+    );
+    // Rows: earlier + two new; outbox: one ready event per stored ticket (the
+    // earlier one's is still there too) and the failure's.
+    assert_eq!(db.count().await, 3);
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_event_outbox")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count outbox");
+    assert_eq!(queued, 4);
+
+    // One lookup statement answers for several events, in the order asked,
+    // unknown ones included, and repeats.
+    let ids: Vec<EventId> = ["b-new-2", "b-nobody", "b-failed", "b-new-2"]
+        .iter()
+        .map(|id| EventId::parse(id).expect("id"))
+        .collect();
+    let known: Vec<Known> = store
+        .known_many(&ids)
+        .await
+        .expect("lookup")
+        .into_iter()
+        .map(|k| k.expect("known"))
+        .collect();
+    assert!(matches!(&known[0], Known::Issued(r) if r.ticket.expose() == "ticket-2"));
+    assert_eq!(known[1], Known::Nothing);
+    assert_eq!(known[2], Known::Failed(failure));
+    assert_eq!(known[0], known[3]);
+}

@@ -37,7 +37,7 @@ use crate::domain::{IssuedTicket, TicketRecord};
 use crate::events::{FailureReason, LoginEvent, TicketReady};
 use crate::health::{Breaker, Dependency};
 use crate::retry::{Verdict, retry};
-use crate::storage::{Known, Saved, StoreError, StoredFailure, TicketStore};
+use crate::storage::{BatchedStore, Known, Saved, StoreError, StoredFailure, TicketStore};
 use crate::taptalk::{TaptalkClient, TicketError};
 use chrono::Utc;
 use decision::{encoding_failed, failed, invalid_event, ticket_failed};
@@ -47,7 +47,7 @@ use std::time::Duration;
 /// The services one event needs, shared by all in-flight messages.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    store: TicketStore,
+    store: BatchedStore,
     taptalk: TaptalkClient,
     breaker: Breaker,
     policy: EventPolicy,
@@ -61,7 +61,7 @@ impl Pipeline {
         policy: EventPolicy,
     ) -> Pipeline {
         Pipeline {
-            store,
+            store: BatchedStore::new(store),
             taptalk,
             breaker,
             policy,
@@ -175,6 +175,7 @@ impl Pipeline {
         match self
             .store_call(event, || {
                 self.store
+                    .store()
                     .record_failure(&event.event_id, &failure, &announcement)
             })
             .await

@@ -13,11 +13,14 @@
 //! hint, the detail only where it cannot quote row data, and says which
 //! setting to fix when the code points at DATABASE_URL.
 
+mod batched;
+mod batcher;
 mod outbox;
 mod outcomes;
 mod rows;
 mod tickets;
 
+pub use batched::BatchedStore;
 pub use outbox::{Announced, Announcement};
 pub use outcomes::{Forgotten, Known, Purged, StoredFailure};
 pub use tickets::Saved;
@@ -41,13 +44,14 @@ pub const DEFAULT_READER_ROLE: &str = "ticket_reader";
 /// from (`current_setting('ticket_worker.reader_role', true)`).
 pub const READER_ROLE_SETTING: &str = "ticket_worker.reader_role";
 
-/// A storage failure, sorted by what the worker does about it.
-#[derive(Debug, thiserror::Error)]
+/// A storage failure, sorted by what the worker does about it. Cloneable,
+/// so that one failed batch statement answers every event in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The connection dropped, the server restarted, the pool ran dry:
     /// trying again later can succeed.
-    #[error("Postgres is unavailable: {}", describe(.0))]
-    Unavailable(sqlx::Error),
+    #[error("Postgres is unavailable: {0}")]
+    Unavailable(String),
     /// Every event will fail the same way until an operator acts: a wrong
     /// password, a missing database, table or privilege.
     #[error(
@@ -68,7 +72,7 @@ impl StoreError {
     /// one event only.
     pub fn failure(&self) -> Option<Failure> {
         match self {
-            StoreError::Unavailable(error) => Some(Failure::Transient(describe(error))),
+            StoreError::Unavailable(reason) => Some(Failure::Transient(reason.clone())),
             StoreError::Misconfigured(reason) => Some(Failure::Misconfigured(reason.clone())),
             StoreError::Failed(_) => None,
         }
@@ -79,7 +83,7 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> StoreError {
         // `describe` never shows row contents (which could include a ticket).
         if is_transient(&error) {
-            StoreError::Unavailable(error)
+            StoreError::Unavailable(describe(&error))
         } else if is_misconfiguration(&error) {
             StoreError::Misconfigured(describe(&error))
         } else {

@@ -14,6 +14,7 @@ use super::{StoreError, TicketStore};
 use crate::domain::{EventId, TicketRecord};
 use crate::events::FailureReason;
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// What one purge statement deleted.
@@ -69,6 +70,7 @@ impl Forgotten {
 
 #[derive(sqlx::FromRow)]
 struct OutcomeRow {
+    event_id: String,
     outcome: String,
     reason: Option<String>,
     message: Option<String>,
@@ -83,25 +85,11 @@ struct OutcomeRow {
     expires_at: Option<DateTime<Utc>>,
 }
 
-impl TicketStore {
-    /// The outcome of an event, with its ticket when it was issued.
-    #[tracing::instrument(name = "storage.known", skip_all, fields(event_id = %event_id))]
-    pub async fn known(&self, event_id: &EventId) -> Result<Known, StoreError> {
-        let row: Option<OutcomeRow> = sqlx::query_as(
-            "SELECT o.outcome, o.reason, o.message, o.field,
-                    t.event_id AS t_event_id, t.xc_user_id, t.user_id, t.user_device_id,
-                    t.user_platform, t.ticket, t.issued_at, t.expires_at
-             FROM event_outcomes o LEFT JOIN auth_tickets t ON t.event_id = o.event_id
-             WHERE o.event_id = $1",
-        )
-        .bind(event_id.as_str())
-        .fetch_optional(self.pool())
-        .await?;
-        let Some(row) = row else {
-            return Ok(Known::Nothing);
-        };
-        if row.outcome == "failed" {
-            let reason = row
+impl OutcomeRow {
+    /// What the row says about its event.
+    fn into_known(self) -> Result<Known, StoreError> {
+        if self.outcome == "failed" {
+            let reason = self
                 .reason
                 .as_deref()
                 .and_then(FailureReason::parse)
@@ -110,19 +98,19 @@ impl TicketStore {
                 })?;
             return Ok(Known::Failed(StoredFailure {
                 reason,
-                message: row.message.unwrap_or_default(),
-                field: row.field,
+                message: self.message.unwrap_or_default(),
+                field: self.field,
             }));
         }
         let ticket = match (
-            row.t_event_id,
-            row.xc_user_id,
-            row.user_id,
-            row.user_device_id,
-            row.user_platform,
-            row.ticket,
-            row.issued_at,
-            row.expires_at,
+            self.t_event_id,
+            self.xc_user_id,
+            self.user_id,
+            self.user_device_id,
+            self.user_platform,
+            self.ticket,
+            self.issued_at,
+            self.expires_at,
         ) {
             (
                 Some(event_id),
@@ -147,6 +135,51 @@ impl TicketStore {
             _ => return Ok(Known::Nothing),
         };
         Ok(Known::Issued(TicketRecord::try_from(ticket)?))
+    }
+}
+
+/// The outcomes of the events in `$1` (a `text[]`), with their tickets.
+const KNOWN_MANY: &str = "SELECT o.event_id, o.outcome, o.reason, o.message, o.field,
+        t.event_id AS t_event_id, t.xc_user_id, t.user_id, t.user_device_id,
+        t.user_platform, t.ticket, t.issued_at, t.expires_at
+     FROM event_outcomes o LEFT JOIN auth_tickets t ON t.event_id = o.event_id
+     WHERE o.event_id = ANY($1)";
+
+impl TicketStore {
+    /// The outcome of an event, with its ticket when it was issued.
+    #[tracing::instrument(name = "storage.known", level = "debug", skip_all, fields(event_id = %event_id))]
+    pub async fn known(&self, event_id: &EventId) -> Result<Known, StoreError> {
+        let mut known = self.known_many(std::slice::from_ref(event_id)).await?;
+        known.pop().unwrap_or(Ok(Known::Nothing))
+    }
+
+    /// The outcomes of several events, in the order asked, in one statement.
+    /// A row that makes no sense fails its own event only.
+    #[tracing::instrument(name = "storage.known_many", level = "debug", skip_all, fields(events = event_ids.len()))]
+    pub async fn known_many(
+        &self,
+        event_ids: &[EventId],
+    ) -> Result<Vec<Result<Known, StoreError>>, StoreError> {
+        let ids: Vec<&str> = event_ids.iter().map(EventId::as_str).collect();
+        let rows: Vec<OutcomeRow> = sqlx::query_as(KNOWN_MANY)
+            .bind(&ids)
+            .fetch_all(self.pool())
+            .await?;
+        let mut found: HashMap<String, Result<Known, StoreError>> =
+            HashMap::with_capacity(rows.len());
+        for row in rows {
+            let event_id = row.event_id.clone();
+            found.insert(event_id, row.into_known());
+        }
+        Ok(event_ids
+            .iter()
+            .map(|id| {
+                found
+                    .get(id.as_str())
+                    .cloned()
+                    .unwrap_or(Ok(Known::Nothing))
+            })
+            .collect())
     }
 
     /// Records a failure as the event's outcome, unless it already has one,

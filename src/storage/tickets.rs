@@ -7,6 +7,8 @@ use super::outcomes::{Known, StoredFailure};
 use super::rows::Row;
 use super::{StoreError, TicketStore};
 use crate::domain::{EventId, TicketRecord};
+use chrono::{DateTime, Utc};
+use std::collections::HashSet;
 
 /// What `save` found.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,61 +51,171 @@ impl TicketStore {
         rows.into_iter().map(TicketRecord::try_from).collect()
     }
 
-    /// Stores a ticket, unless the event already has an outcome. One
-    /// statement, so one transaction: it claims the event's outcome, writes
-    /// the row and queues `ready_event` (the `ticket.ready` JSON) in the
-    /// outbox together, or does none of it. Concurrent saves of one event
-    /// serialise on the outcome's primary key.
-    #[tracing::instrument(name = "storage.save", skip_all, fields(event_id = %record.event_id))]
+    /// Stores a ticket, unless the event already has an outcome (see
+    /// [`TicketStore::save_many`]).
+    #[tracing::instrument(name = "storage.save", level = "debug", skip_all, fields(event_id = %record.event_id))]
     pub async fn save(
         &self,
         record: &TicketRecord,
         ready_event: &str,
     ) -> Result<Saved, StoreError> {
-        let inserted: bool = sqlx::query_scalar(
-            "WITH claim AS (
-                 INSERT INTO event_outcomes (event_id, outcome, decided_at)
-                 VALUES ($1, 'issued', $7)
-                 ON CONFLICT (event_id) DO NOTHING
-                 RETURNING event_id
-             ),
-             stored AS (
-                 INSERT INTO auth_tickets
-                     (event_id, xc_user_id, user_id, user_device_id, user_platform, ticket, issued_at, expires_at)
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM claim
-                 ON CONFLICT (event_id) DO NOTHING
-                 RETURNING event_id
-             ),
-             announced AS (
-                 INSERT INTO ticket_event_outbox (event_id, routing_key, body)
-                 SELECT event_id, 'ticket.ready', $9 FROM stored
-                 ON CONFLICT (event_id) DO NOTHING
-             )
-             SELECT EXISTS (SELECT 1 FROM stored)",
-        )
-        .bind(record.event_id.as_str())
-        .bind(&record.xc_user_id)
-        .bind(&record.user_id)
-        .bind(&record.user_device_id)
-        .bind(record.platform.as_str())
-        .bind(record.ticket.expose())
-        .bind(record.issued_at)
-        .bind(record.expires_at)
-        .bind(ready_event)
-        .fetch_one(self.pool())
-        .await?;
-        if inserted {
-            return Ok(Saved::Inserted(record.clone()));
+        let mut saved = self
+            .save_many(std::slice::from_ref(&(
+                record.clone(),
+                ready_event.to_owned(),
+            )))
+            .await?;
+        saved.pop().unwrap_or_else(|| {
+            Err(StoreError::Failed(
+                "saving a ticket returned no answer".into(),
+            ))
+        })
+    }
+
+    /// Stores many tickets, each unless its event already has an outcome,
+    /// in one statement, so one transaction: for every event it claims the
+    /// outcome, writes the row and queues its `ticket.ready` JSON in the
+    /// outbox together, or does none of it. Answers in the order given.
+    ///
+    /// Concurrent saves of one event serialise on the outcome's primary key;
+    /// rows are claimed in `event_id` order, so two batches that share events
+    /// wait for each other instead of deadlocking. An event given twice is
+    /// stored once; its other copies answer like a later copy would.
+    #[tracing::instrument(name = "storage.save_many", level = "debug", skip_all, fields(events = tickets.len()))]
+    pub async fn save_many(
+        &self,
+        tickets: &[(TicketRecord, String)],
+    ) -> Result<Vec<Result<Saved, StoreError>>, StoreError> {
+        let mut columns = Columns::with_capacity(tickets.len());
+        let mut seen = HashSet::with_capacity(tickets.len());
+        for (record, ready_event) in tickets {
+            if seen.insert(record.event_id.as_str()) {
+                columns.push(record, ready_event);
+            }
         }
-        // Another copy of the event got there first. Read what it left in a new
-        // statement, whose snapshot sees that commit.
-        match self.known(&record.event_id).await? {
-            Known::Issued(existing) => Ok(Saved::Existing(existing)),
-            Known::Failed(failure) => Ok(Saved::Failed(failure)),
-            Known::Nothing => Err(StoreError::Failed(format!(
-                "event {} conflicted with an outcome that is gone (purged meanwhile?)",
-                record.event_id
-            ))),
+        let inserted: Vec<String> = sqlx::query_scalar(SAVE_MANY)
+            .bind(&columns.event_id)
+            .bind(&columns.xc_user_id)
+            .bind(&columns.user_id)
+            .bind(&columns.user_device_id)
+            .bind(&columns.user_platform)
+            .bind(&columns.ticket)
+            .bind(&columns.issued_at)
+            .bind(&columns.expires_at)
+            .bind(&columns.ready_event)
+            .fetch_all(self.pool())
+            .await?;
+        // Which of the given tickets this statement stored: each stored event
+        // once, for its first copy in the batch.
+        let mut inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+        let stored: Vec<bool> = tickets
+            .iter()
+            .map(|(record, _)| inserted.remove(record.event_id.as_str()))
+            .collect();
+        // For the rest, another copy got there first: read what it left, in a
+        // new statement, whose snapshot sees that commit.
+        let lost: Vec<EventId> = tickets
+            .iter()
+            .zip(&stored)
+            .filter(|(_, stored)| !**stored)
+            .map(|((record, _), _)| record.event_id.clone())
+            .collect();
+        let mut lost_answers = if lost.is_empty() {
+            Vec::new()
+        } else {
+            self.known_many(&lost).await?
         }
+        .into_iter();
+        Ok(tickets
+            .iter()
+            .zip(stored)
+            .map(|((record, _), stored)| {
+                if stored {
+                    return Ok(Saved::Inserted(record.clone()));
+                }
+                match lost_answers.next() {
+                    Some(Ok(Known::Issued(existing))) => Ok(Saved::Existing(existing)),
+                    Some(Ok(Known::Failed(failure))) => Ok(Saved::Failed(failure)),
+                    Some(Ok(Known::Nothing)) | None => Err(StoreError::Failed(format!(
+                        "event {} conflicted with an outcome that is gone (purged meanwhile?)",
+                        record.event_id
+                    ))),
+                    Some(Err(error)) => Err(error),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Claims the outcomes, stores the tickets and queues their `ticket.ready`
+/// events for the rows given as parallel arrays; returns the events stored.
+const SAVE_MANY: &str = "WITH input AS (
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[])
+             AS i(event_id, xc_user_id, user_id, user_device_id, user_platform,
+                  ticket, issued_at, expires_at, ready_event)
+     ),
+     claim AS (
+         INSERT INTO event_outcomes (event_id, outcome, decided_at)
+         SELECT event_id, 'issued', issued_at FROM input ORDER BY event_id
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id
+     ),
+     stored AS (
+         INSERT INTO auth_tickets
+             (event_id, xc_user_id, user_id, user_device_id, user_platform, ticket, issued_at, expires_at)
+         SELECT i.event_id, i.xc_user_id, i.user_id, i.user_device_id, i.user_platform,
+                i.ticket, i.issued_at, i.expires_at
+         FROM input i JOIN claim c ON c.event_id = i.event_id
+         ORDER BY i.event_id
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id
+     ),
+     announced AS (
+         INSERT INTO ticket_event_outbox (event_id, routing_key, body)
+         SELECT i.event_id, 'ticket.ready', i.ready_event
+         FROM input i JOIN stored s ON s.event_id = i.event_id
+         ON CONFLICT (event_id) DO NOTHING
+     )
+     SELECT event_id FROM stored";
+
+/// Tickets as the parallel arrays [`SAVE_MANY`] takes.
+struct Columns<'a> {
+    event_id: Vec<&'a str>,
+    xc_user_id: Vec<&'a str>,
+    user_id: Vec<&'a str>,
+    user_device_id: Vec<&'a str>,
+    user_platform: Vec<&'static str>,
+    ticket: Vec<&'a str>,
+    issued_at: Vec<DateTime<Utc>>,
+    expires_at: Vec<DateTime<Utc>>,
+    ready_event: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn with_capacity(n: usize) -> Columns<'a> {
+        Columns {
+            event_id: Vec::with_capacity(n),
+            xc_user_id: Vec::with_capacity(n),
+            user_id: Vec::with_capacity(n),
+            user_device_id: Vec::with_capacity(n),
+            user_platform: Vec::with_capacity(n),
+            ticket: Vec::with_capacity(n),
+            issued_at: Vec::with_capacity(n),
+            expires_at: Vec::with_capacity(n),
+            ready_event: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, record: &'a TicketRecord, ready_event: &'a str) {
+        self.event_id.push(record.event_id.as_str());
+        self.xc_user_id.push(&record.xc_user_id);
+        self.user_id.push(&record.user_id);
+        self.user_device_id.push(&record.user_device_id);
+        self.user_platform.push(record.platform.as_str());
+        self.ticket.push(record.ticket.expose());
+        self.issued_at.push(record.issued_at);
+        self.expires_at.push(record.expires_at);
+        self.ready_event.push(ready_event);
     }
 }
