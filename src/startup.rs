@@ -124,7 +124,13 @@ pub async fn migrate(store: &TicketStore) -> anyhow::Result<()> {
         &crate::config::PROBE_PAUSES,
         || store.migrate(),
         |error| match error {
-            sqlx::migrate::MigrateError::Execute(e) if crate::storage::is_transient(e) => {
+            // A connection lost while a migration ran (Postgres restarted, the
+            // backend was terminated): the migration's transaction rolled back,
+            // so trying again is safe.
+            sqlx::migrate::MigrateError::Execute(e)
+            | sqlx::migrate::MigrateError::ExecuteMigration(e, _)
+                if crate::storage::is_transient(e) =>
+            {
                 let error = describe_migration(error);
                 tracing::warn!(%error, "cannot reach Postgres to apply migrations; retrying");
                 Verdict::Retry(None)

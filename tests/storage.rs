@@ -571,3 +571,35 @@ async fn a_batch_of_saves_stores_each_event_once_and_answers_each_copy_as_it_sta
     assert_eq!(known[2], Known::Failed(failure));
     assert_eq!(known[0], known[3]);
 }
+
+#[tokio::test]
+async fn migrating_waits_through_backends_terminated_while_a_migration_runs() {
+    let db = TestDb::create().await;
+    let store =
+        TicketStore::connect_lazy(&secrecy::SecretString::from(db.url.clone()), 2).expect("pool");
+    // Terminate the backend running the first migration whenever it is
+    // caught at it, for a while: its transaction rolls back each time.
+    let mut terminated = 0i64;
+    let killer = async {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(3500) {
+            terminated += sqlx::query_scalar::<_, i64>(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = $1 AND pid <> pg_backend_pid() AND state = 'active'
+                   AND query LIKE '%CREATE TABLE auth_tickets%'",
+            )
+            .bind(&db.name)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or(0);
+        }
+    };
+    let (migrated, ()) = tokio::join!(ticket_worker::startup::migrate(&store), killer);
+    assert!(
+        terminated > 0,
+        "a migration was caught running and terminated"
+    );
+    migrated.expect("migrations wait for Postgres and finish");
+    MIGRATOR.run(&db.pool).await.expect("nothing left to apply");
+    assert_eq!(db.count().await, 0);
+}
