@@ -3,6 +3,7 @@
 //! worker sends ([`publisher`]), and keeping the copies it sends within
 //! RabbitMQ's frame size ([`copies`]). Consuming lives in the worker.
 
+pub mod acks;
 pub mod connection;
 pub mod copies;
 pub mod inbound;

@@ -4,12 +4,12 @@
 //! then acknowledge the delivery. A crash anywhere in between repeats work,
 //! never loses it.
 
+use super::acks::{Acks, Settlement};
 use super::{PublishError, Publisher};
 use crate::events::TicketReady;
 use crate::pipeline::{Decision, Outcome};
 use crate::storage::Announced;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 
 /// Carries decisions out on one session's channels. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -17,18 +17,25 @@ pub struct Settler {
     publisher: Publisher,
     /// Events whose ticket event RabbitMQ confirmed: their outbox rows can go.
     announced: Announced,
+    /// Acknowledges the consuming channel's deliveries, in bulk.
+    acks: Acks,
 }
 
 impl Settler {
-    pub fn new(publisher: Publisher, announced: Announced) -> Settler {
+    pub fn new(publisher: Publisher, announced: Announced, acks: Acks) -> Settler {
         Settler {
             publisher,
             announced,
+            acks,
         }
     }
 
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
+    }
+
+    pub fn acks(&self) -> &Acks {
+        &self.acks
     }
 
     /// Carries `decision` out and settles `delivery` (ack, nack or reject).
@@ -75,49 +82,37 @@ impl Settler {
             Decision::Defuse => match bus.retry_later(delivery, false).await {
                 Err(error) if !error.is_broker_failure() => {
                     tracing::error!(%error, "RabbitMQ refused the trimmed copy; the message is rejected, and dead-lettered by RabbitMQ");
-                    return reject(delivery).await;
+                    return self.reject(delivery);
                 }
                 other => other.map(|()| Outcome::RetryLater),
             },
-            Decision::Requeue => return nack(delivery).await,
+            Decision::Requeue => return self.requeue(delivery),
         };
         match published {
-            Ok(outcome) => match delivery.acker.ack(BasicAckOptions::default()).await {
-                Ok(true) => outcome,
-                _ => abandoned("the acknowledgement failed"),
-            },
+            Ok(outcome) => {
+                self.acks.settle(delivery.delivery_tag, Settlement::Ack);
+                outcome
+            }
             Err(error) if error.is_broker_failure() => abandoned(&error.to_string()),
             Err(error) => {
                 // The broker is fine but refused this message: try it again later.
                 tracing::warn!(%error, "publishing for this delivery failed; it goes back to the queue");
-                nack(delivery).await
+                self.requeue(delivery)
             }
         }
     }
-}
 
-/// Returns a delivery to the queue, spending one of its deliveries.
-pub async fn nack(delivery: &Delivery) -> Outcome {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..Default::default()
-    };
-    match delivery.acker.nack(options).await {
-        Ok(true) => Outcome::Requeued,
-        _ => abandoned("the negative acknowledgement failed"),
+    /// Returns a delivery to the queue, spending one of its deliveries.
+    pub fn requeue(&self, delivery: &Delivery) -> Outcome {
+        self.acks.settle(delivery.delivery_tag, Settlement::Requeue);
+        Outcome::Requeued
     }
-}
 
-/// Rejects a delivery without requeueing it: the work queue's dead-letter
-/// exchange receives it, with RabbitMQ's `x-death` header.
-async fn reject(delivery: &Delivery) -> Outcome {
-    let options = BasicNackOptions {
-        requeue: false,
-        ..Default::default()
-    };
-    match delivery.acker.nack(options).await {
-        Ok(true) => Outcome::Rejected,
-        _ => abandoned("the rejection failed"),
+    /// Rejects a delivery without requeueing it: the work queue's dead-letter
+    /// exchange receives it, with RabbitMQ's `x-death` header.
+    fn reject(&self, delivery: &Delivery) -> Outcome {
+        self.acks.settle(delivery.delivery_tag, Settlement::Reject);
+        Outcome::Rejected
     }
 }
 
