@@ -59,8 +59,8 @@ impl Application {
         let breaker = Breaker::new(settings.breaker);
         let probes = Probes::new(
             breaker.clone(),
-            client.clone(),
-            store.clone(),
+            Arc::new(client.clone()),
+            Arc::new(store.clone()),
             settings.probe,
         );
         let pipeline = Pipeline::new(store.clone(), client, breaker, policy);

@@ -6,4 +6,4 @@ pub mod breaker;
 pub mod probes;
 
 pub use breaker::{Breaker, BreakerSettings, Dependency, Failure, Health};
-pub use probes::Probes;
+pub use probes::{Probe, Probes};

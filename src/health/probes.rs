@@ -9,10 +9,17 @@
 use super::{Breaker, Dependency, Failure, Health};
 use crate::retry::{RetryPolicy, Schedule};
 use crate::shutdown::Shutdown;
-use crate::storage::TicketStore;
-use crate::taptalk::TaptalkClient;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A dependency that can be asked, without side effects, whether it would
+/// serve the worker. The TapTalk client and the store implement it.
+pub trait Probe: Send + Sync + std::fmt::Debug {
+    /// `None` when it answers as it should; otherwise what is wrong.
+    fn probe(&self) -> Pin<Box<dyn Future<Output = Option<Failure>> + Send + '_>>;
+}
 
 /// An outage that returns within this long after intake resumed continues
 /// with the long pauses it had reached.
@@ -23,8 +30,8 @@ const RESUMED_RECENTLY: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Probes {
     breaker: Breaker,
-    taptalk: TaptalkClient,
-    store: TicketStore,
+    taptalk: Arc<dyn Probe>,
+    postgres: Arc<dyn Probe>,
     pauses: RetryPolicy,
     memory: Arc<Mutex<ProbeMemory>>,
 }
@@ -42,14 +49,14 @@ struct ProbeMemory {
 impl Probes {
     pub fn new(
         breaker: Breaker,
-        taptalk: TaptalkClient,
-        store: TicketStore,
+        taptalk: Arc<dyn Probe>,
+        postgres: Arc<dyn Probe>,
         pauses: RetryPolicy,
     ) -> Probes {
         Probes {
             breaker,
             taptalk,
-            store,
+            postgres,
             pauses,
             memory: Arc::new(Mutex::new(ProbeMemory::default())),
         }
@@ -84,13 +91,8 @@ impl Probes {
     #[tracing::instrument(name = "health.probe", skip(self))]
     pub async fn probe(&self, dependency: Dependency) -> Result<(), (bool, String)> {
         let failure = match dependency {
-            Dependency::Taptalk => self.taptalk.probe().await.err().and_then(|e| e.failure()),
-            Dependency::Postgres => self
-                .store
-                .probe()
-                .await
-                .err()
-                .map(|e| e.failure().unwrap_or(Failure::Transient(e.to_string()))),
+            Dependency::Taptalk => self.taptalk.probe().await,
+            Dependency::Postgres => self.postgres.probe().await,
         };
         match failure {
             None => Ok(()),

@@ -290,6 +290,21 @@ impl TicketStore {
     }
 }
 
+impl crate::health::Probe for TicketStore {
+    fn probe(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Failure>> + Send + '_>> {
+        Box::pin(async {
+            let error = TicketStore::probe(self).await.err()?;
+            Some(
+                error
+                    .failure()
+                    .unwrap_or(Failure::Transient(error.to_string())),
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::describe_postgres;

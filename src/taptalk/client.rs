@@ -385,6 +385,14 @@ fn clip(text: &str) -> String {
     }
 }
 
+impl crate::health::Probe for TaptalkClient {
+    fn probe(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Failure>> + Send + '_>> {
+        Box::pin(async { TaptalkClient::probe(self).await.err()?.failure() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
