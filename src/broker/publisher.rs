@@ -131,7 +131,7 @@ impl Publisher {
     }
 
     /// Publishes `ticket.ready`.
-    #[tracing::instrument(name = "broker.publish_ready", skip_all, fields(event_id = %ready.event_id))]
+    #[tracing::instrument(name = "broker.publish_ready", level = "debug", skip_all, fields(event_id = %ready.event_id))]
     pub async fn ticket_ready(&self, ready: &TicketReady) -> Result<(), PublishError> {
         let body = serde_json::to_vec(ready)?;
         self.ticket_event(TicketReady::ROUTING_KEY, &ready.event_id, &body)
@@ -139,7 +139,7 @@ impl Publisher {
     }
 
     /// Publishes `ticket.failed`.
-    #[tracing::instrument(name = "broker.publish_failed", skip_all, fields(event_id = %failed.event_id, reason = failed.reason.as_str()))]
+    #[tracing::instrument(name = "broker.publish_failed", level = "debug", skip_all, fields(event_id = %failed.event_id, reason = failed.reason.as_str()))]
     pub async fn ticket_failed(&self, failed: &TicketFailed) -> Result<(), PublishError> {
         let body = serde_json::to_vec(failed)?;
         self.ticket_event(TicketFailed::ROUTING_KEY, &failed.event_id, &body)
@@ -147,7 +147,7 @@ impl Publisher {
     }
 
     /// Publishes a ticket event from the outbox, exactly as it was stored.
-    #[tracing::instrument(name = "broker.publish_announcement", skip_all, fields(event_id = %announcement.event_id, routing_key = %announcement.routing_key))]
+    #[tracing::instrument(name = "broker.publish_announcement", level = "debug", skip_all, fields(event_id = %announcement.event_id, routing_key = %announcement.routing_key))]
     pub async fn announcement(&self, announcement: &Announcement) -> Result<(), PublishError> {
         self.ticket_event(
             &announcement.routing_key,
@@ -198,7 +198,7 @@ impl Publisher {
     /// Sends a copy of `delivery` to the dead-letter exchange with headers that
     /// say why, under its original routing key. Original headers that would
     /// not fit RabbitMQ's frame size are dropped, and a header says so.
-    #[tracing::instrument(name = "broker.dead_letter", skip_all, fields(reason = note.reason))]
+    #[tracing::instrument(name = "broker.dead_letter", level = "debug", skip_all, fields(reason = note.reason))]
     pub async fn dead_letter(
         &self,
         delivery: &Delivery,
@@ -241,7 +241,7 @@ impl Publisher {
     /// carries the worker's own RabbitMQ user as its `user_id`, which RabbitMQ
     /// checks, so the count on it can be trusted; and where the original was
     /// first published, for a dead letter to say later.
-    #[tracing::instrument(name = "broker.retry_later", skip_all)]
+    #[tracing::instrument(name = "broker.retry_later", level = "debug", skip_all)]
     pub async fn retry_later(&self, delivery: &Delivery, count: bool) -> Result<(), PublishError> {
         let retries = self.retries(delivery).saturating_add(u64::from(count));
         let mut copy = Copy::of(self, delivery);

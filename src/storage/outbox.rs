@@ -58,7 +58,7 @@ impl TicketStore {
     /// Takes up to `limit` announcements nobody has set out to publish for
     /// `older_than`, and marks them attempted now, so that other replicas
     /// leave them alone for as long again.
-    #[tracing::instrument(name = "storage.outbox_take_due", skip(self))]
+    #[tracing::instrument(name = "storage.outbox_take_due", level = "debug", skip(self))]
     pub async fn take_due_announcements(
         &self,
         older_than: Duration,
@@ -90,7 +90,7 @@ impl TicketStore {
     }
 
     /// Deletes the outbox rows of events whose ticket event is confirmed.
-    #[tracing::instrument(name = "storage.outbox_delete", skip_all, fields(events = event_ids.len()))]
+    #[tracing::instrument(name = "storage.outbox_delete", level = "debug", skip_all, fields(events = event_ids.len()))]
     pub async fn delete_announced(&self, event_ids: &[String]) -> Result<u64, StoreError> {
         if event_ids.is_empty() {
             return Ok(0);

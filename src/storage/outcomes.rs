@@ -186,7 +186,7 @@ impl TicketStore {
     /// and queues `failed_event` (the `ticket.failed` JSON) in the outbox in
     /// the same statement; returns the outcome that stands (ours, or the one
     /// recorded first).
-    #[tracing::instrument(name = "storage.record_failure", skip_all, fields(event_id = %event_id, reason = failure.reason.as_str()))]
+    #[tracing::instrument(name = "storage.record_failure", level = "debug", skip_all, fields(event_id = %event_id, reason = failure.reason.as_str()))]
     pub async fn record_failure(
         &self,
         event_id: &EventId,

@@ -25,7 +25,7 @@ pub enum Saved {
 
 impl TicketStore {
     /// The stored ticket of an event, if it has one.
-    #[tracing::instrument(name = "storage.find", skip_all, fields(event_id = %event_id))]
+    #[tracing::instrument(name = "storage.find", level = "debug", skip_all, fields(event_id = %event_id))]
     pub async fn find(&self, event_id: &EventId) -> Result<Option<TicketRecord>, StoreError> {
         let row: Option<Row> = sqlx::query_as(
             "SELECT event_id, xc_user_id, user_id, user_device_id, user_platform, ticket, issued_at, expires_at
@@ -38,7 +38,7 @@ impl TicketStore {
     }
 
     /// The stored tickets of several events, oldest first.
-    #[tracing::instrument(name = "storage.find_many", skip_all, fields(events = event_ids.len()))]
+    #[tracing::instrument(name = "storage.find_many", level = "debug", skip_all, fields(events = event_ids.len()))]
     pub async fn find_many(&self, event_ids: &[EventId]) -> Result<Vec<TicketRecord>, StoreError> {
         let ids: Vec<String> = event_ids.iter().map(ToString::to_string).collect();
         let rows: Vec<Row> = sqlx::query_as(

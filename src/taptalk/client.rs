@@ -107,7 +107,7 @@ impl TaptalkClient {
 
     /// Requests one auth ticket. The ticket's expiry runs from the moment the
     /// request was sent.
-    #[tracing::instrument(name = "taptalk.request_ticket", skip_all, fields(xc_user_id = request.xc_user_id()))]
+    #[tracing::instrument(name = "taptalk.request_ticket", level = "debug", skip_all, fields(xc_user_id = request.xc_user_id()))]
     pub async fn request_ticket(
         &self,
         request: &TicketRequest,
