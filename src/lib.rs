@@ -3,24 +3,28 @@
 //!
 //! Follow one login event through the code in the order it runs:
 //!
-//! 1. [`worker`] takes a delivery from the work queue (bounded concurrency,
-//!    reconnects, pauses during TapTalk outages, graceful shutdown);
-//! 2. [`pipeline`] decides what happens to it and settles it;
-//! 3. [`events::LoginEvent`] parses and checks it into [`domain`] values;
-//! 4. [`storage`] looks for a ticket already stored for its `eventID`;
-//! 5. [`taptalk::TaptalkClient`] requests the ticket, retried by [`retry`];
-//!    every TapTalk and Postgres call reports to the [`breaker`], which pauses
+//! 1. [`worker`] takes a delivery from the work queue (sessions, reconnects,
+//!    pauses during outages, graceful shutdown), and [`broker::inbound`]
+//!    reads it into a [`pipeline::Message`];
+//! 2. [`pipeline`] decides what becomes of it ([`pipeline::Decision`]):
+//!    [`events::LoginEvent`] parses and checks it into [`domain`] values;
+//!    [`storage`] looks for an outcome already recorded for its `eventID`;
+//!    [`taptalk::TaptalkClient`] requests the ticket, retried by [`retry`];
+//!    [`storage`] saves the row and its announcement (the outbox). Lookups
+//!    and saves of many events in flight are folded into one statement each;
+//!    every TapTalk and Postgres call reports to [`health`], which pauses
 //!    intake when one of them fails for everybody;
-//! 6. [`storage`] saves the row and its announcement (the outbox) in one
-//!    statement; [`broker::Publisher`] publishes [`events::TicketReady`] with
-//!    a confirm; the delivery is acknowledged. The [`relay`] publishes any
-//!    announcement whose delivery was lost before that.
+//! 3. [`broker::settle`] carries the decision out: it publishes
+//!    [`events::TicketReady`] (or `ticket.failed`, a dead letter, a copy put
+//!    back) with a confirm through [`broker::Publisher`], then acknowledges
+//!    the delivery through [`broker::acks`], in bulk. The [`relay`] publishes
+//!    any announcement whose delivery was lost before that.
 //!
-//! Around it: [`configuration`] (settings and their checks), [`startup`]
-//! (wiring), [`telemetry`] (logs), [`shutdown`] (the stop signal), [`purge`]
-//! (deleting long-expired tickets), [`cli`]
-//! (commands), [`fake_taptalk`] (the TapTalk stand-in), [`demo`] and
-//! [`publish`] (the `demo` and `publish` commands).
+//! Around it: [`config`] (settings and their checks), [`startup`] (wiring),
+//! [`observe`] (logs, counters), [`shutdown`] (the stop signal), [`purge`]
+//! (deleting long-expired tickets), [`commands`] (the command line: `run`,
+//! `migrate`, `fake-taptalk`, `demo`, `publish`) and [`fake_taptalk`] (the
+//! TapTalk stand-in).
 
 pub mod broker;
 pub mod commands;

@@ -1,9 +1,11 @@
 //! Postgres storage: the connection pool, the migrations, and how storage
-//! errors are sorted and worded. The queries live beside it: [`tickets`] (the
-//! `auth_tickets` rows app backends read), [`outcomes`] (the final outcome
-//! of each event, which keeps every copy of an event ending the same way) and
-//! [`outbox`] (the ticket event announcing each outcome, until it is
-//! confirmed).
+//! errors are sorted and worded. The queries live beside it: `tickets.rs` (the
+//! `auth_tickets` rows app backends read), `outcomes.rs` (the final outcome
+//! of each event, which keeps every copy of an event ending the same way),
+//! `outbox.rs` (the ticket event announcing each outcome, until it is
+//! confirmed) and `rows.rs` (rows into domain values). [`BatchedStore`] is the
+//! store as the pipeline uses it: the lookups and saves of all events in
+//! flight folded into one statement each (`batcher.rs`, a group commit).
 //!
 //! Errors from Postgres reach logs and the command line through [`describe`]
 //! and [`describe_migration`], not through sqlx's `Display`: that one appends
