@@ -10,7 +10,7 @@
 //! until `wait` returns). The limiter reads tokio's clock, so paused-time
 //! tests drive it too.
 //!
-//! Use it before acquiring a concurrency slot (the adaptive limit),
+//! Use it before [`AdaptiveLimit::acquire`](super::limit::AdaptiveLimit::acquire),
 //! so that waiting for the rate does not hold a concurrency slot or inflate a
 //! measured round trip. `Retry-After` is not its business: the retry code
 //! waits that out per event.
