@@ -101,6 +101,8 @@ mod slots;
 mod window;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use control::Phase;
