@@ -193,13 +193,15 @@ impl AdaptiveLimit {
         })
     }
 
-    /// A fixed limit of `n`: a FIFO semaphore, no adaptation.
+    /// A fixed limit of `n` (at most [`MAX_LIMIT`]): a FIFO semaphore, no
+    /// adaptation.
     pub fn fixed(n: NonZeroUsize) -> AdaptiveLimit {
+        let n = n.get().min(MAX_LIMIT);
         AdaptiveLimit {
             shared: Arc::new(Shared {
-                slots: Slots::new(n.get()),
+                slots: Slots::new(n),
                 control: None,
-                limit_tx: watch::Sender::new(n.get()),
+                limit_tx: watch::Sender::new(n),
             }),
         }
     }

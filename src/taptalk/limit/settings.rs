@@ -23,17 +23,19 @@ pub enum Concurrency {
 impl FromStr for Concurrency {
     type Err = InvalidLimitSettings;
 
-    /// `auto` (any case) or a whole number of at least 1.
+    /// `auto` (any case) or a whole number from 1 to [`MAX_LIMIT`].
     fn from_str(text: &str) -> Result<Concurrency, InvalidLimitSettings> {
         let text = text.trim();
         if text.eq_ignore_ascii_case("auto") {
             return Ok(Concurrency::Auto);
         }
         text.parse::<NonZeroUsize>()
+            .ok()
+            .filter(|n| n.get() <= MAX_LIMIT)
             .map(Concurrency::Fixed)
-            .map_err(|_| {
+            .ok_or_else(|| {
                 InvalidLimitSettings(format!(
-                    "{:?} is neither `auto` nor a whole number of at least 1",
+                    "{:?} is neither `auto` nor a whole number from 1 to {MAX_LIMIT}",
                     clip(text)
                 ))
             })
@@ -143,10 +145,13 @@ impl LimitSettings {
     /// Checks that the settings can work together. In fixed mode the bounds
     /// and the tuning are not used, and not checked.
     pub fn validate(&self) -> Result<(), InvalidLimitSettings> {
-        if let Concurrency::Fixed(_) = self.concurrency {
+        let fail = |text: String| Err(InvalidLimitSettings(text));
+        if let Concurrency::Fixed(n) = self.concurrency {
+            if n.get() > MAX_LIMIT {
+                return fail(format!("a fixed concurrency of {n} is above {MAX_LIMIT}"));
+            }
             return Ok(());
         }
-        let fail = |text: String| Err(InvalidLimitSettings(text));
         if self.min == 0 {
             return fail("the minimum concurrency must be at least 1".into());
         }
@@ -203,7 +208,7 @@ mod tests {
             "64".parse(),
             Ok(Concurrency::Fixed(NonZeroUsize::new(64).expect("64")))
         );
-        for bad in ["0", "-1", "", "lots", "1.5"] {
+        for bad in ["0", "-1", "", "lots", "1.5", "99999999999"] {
             assert!(bad.parse::<Concurrency>().is_err(), "{bad}");
         }
         assert_eq!(Concurrency::Auto.to_string(), "auto");
@@ -260,6 +265,7 @@ mod tests {
                 min_interval: Duration::ZERO,
                 ..base.clone()
             },
+            LimitSettings::fixed(NonZeroUsize::new(MAX_LIMIT + 1).expect("n")),
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

@@ -248,3 +248,16 @@ async fn big_changes_are_logged_with_numeric_fields_and_not_too_often() {
     assert!(last["fields"]["baseline_ms"].as_f64().is_some());
     assert_eq!(last["level"], "INFO");
 }
+
+#[test]
+fn handles_and_futures_can_cross_tasks() {
+    fn shared<T: Send + Sync + 'static>() {}
+    fn sendable<F: std::future::Future + Send>(_: F) {}
+    shared::<AdaptiveLimit>();
+    shared::<Permit>();
+    shared::<crate::taptalk::RateLimit>();
+    let limit = AdaptiveLimit::new(&LimitSettings::default()).expect("settings");
+    sendable(limit.acquire());
+    let rate = crate::taptalk::RateLimit::new(10.0).expect("rate");
+    sendable(rate.wait());
+}
