@@ -29,48 +29,66 @@
 //!
 //! # The control law
 //!
-//! It combines TCP's slow start, Vector's adaptive request concurrency
-//! (EWMA round trips, growth only when the limit was reached, a
-//! multiplicative cut on back-pressure) and Netflix's Gradient/Vegas limits
-//! (a baseline round trip, and cutting toward where the queue would vanish):
+//! It combines TCP's slow start (with HyStart's early exit on rising round
+//! trips), Vector's adaptive request concurrency (averaged round trips,
+//! growth only when the limit was reached, a multiplicative cut on
+//! back-pressure) and Netflix's Gradient/Vegas limits (a baseline round trip,
+//! and cutting to where the queue would vanish):
 //!
-//! * **Measurements.** Successful answers give round trips. Every control
-//!   interval (one smoothed round trip, at least [`LimitSettings::min_interval`],
-//!   and at least 8 answers) closes with its mean round trip. The
+//! * **Measurements.** Successful answers give round trips. A control
+//!   interval lasts one smoothed round trip (at least
+//!   [`LimitSettings::min_interval`]) and at least 8 answers. The
 //!   **baseline** is the lowest interval mean over the last
 //!   [`LimitSettings::baseline_window`]: TapTalk's round trip when nothing
-//!   queues. Each answer also gives an estimate of the **knee** by Little's
-//!   law: a request that started with `n` in flight and took `rtt` says
-//!   TapTalk serves about `n / rtt` per second, so `n × baseline / rtt` in
-//!   flight is what it can take without queueing. Round trips above
-//!   [`LimitSettings::tolerance`] × baseline (and at least
-//!   [`LimitSettings::rtt_slack`] above it) mean TapTalk queues our requests.
+//!   queues. Round trips above [`LimitSettings::tolerance`] × baseline (and
+//!   at least [`LimitSettings::rtt_slack`] above it) mean TapTalk queues our
+//!   requests. The **knee**, what TapTalk takes without queueing, comes from
+//!   Little's law: requests at concurrency `level` that take `rtt` are served
+//!   at `level / rtt` per second, which at the baseline needs
+//!   `level × baseline / rtt` in flight (`level` is the limit for requests
+//!   that had to wait for a slot, else the count in flight when they
+//!   started). Decisions use only requests sent after the last cut; the
+//!   baseline uses them all.
 //! * **Slow start.** From [`LimitSettings::initial`], every success that
-//!   found the limit reached adds ½ (×1.5 per round trip, in steps of 1/16),
-//!   so a 100 ms TapTalk gets from 64 to 1,024 in flight within about a
-//!   second. It ends at the maximum, at back-pressure, or when the recent
-//!   round trip (an average over ~30 answers) exceeds
-//!   [`LimitSettings::slow_start_exit`] × baseline: then the limit goes to
-//!   the knee estimate at once (at most halving).
+//!   found the limit reached adds ½ (×1.5 per round trip, applied in steps
+//!   of 1/16): against a 100 ms TapTalk, from 64 to 1,024 in flight in under
+//!   a second. It ends at the maximum, at back-pressure, or when the recent
+//!   round trip (an average of the last ~30 answers) exceeds
+//!   [`LimitSettings::slow_start_exit`] × baseline: then the limit drops to
+//!   the knee estimate at once (at most halving). ×1.5 rather than TCP's ×2:
+//!   against a TapTalk that serves C at once, the first slow answers return
+//!   about 1.5 round trips after the knee is crossed; ×2 would be at ~2.5 C by
+//!   then, ×1.5 stays under ~1.9 C.
 //! * **Avoidance.** Each interval whose mean round trip stays within the
 //!   tolerance and in which the limit was reached adds
-//!   `max(√limit, limit/8)` (rounded up): +4 at 16, +128 at 1,024, about 3 s
-//!   from 16 to 1,024. An interval above the tolerance sets the limit to
-//!   the interval's knee estimate (at most halving). Against a TapTalk that
-//!   serves C at once, the limit saws between C and about 1.5 C: the cut
-//!   lands where the queue empties, which also refreshes the baseline.
+//!   `max(√limit, limit/8)` (rounded up): +4 at 16, +13 at 100, +128 at
+//!   1,024. An interval above the tolerance sets the limit to its knee
+//!   estimate (at most halving). Against a TapTalk that serves C at once, the
+//!   limit saws between C and about 1.5 C: each cut lands where the queue
+//!   empties, which also keeps the baseline honest.
 //! * **Back-pressure** (429, 503, timeouts, connection errors: any
 //!   [`TicketError::Transient`]) cuts the limit to [`LimitSettings::decrease`]
-//!   × what was in flight when the failed request started, once it is more
-//!   than [`LimitSettings::backpressure_share`] of recent answers (so a stray
-//!   503 does not cut, a storm of 429s does within a few answers), at most
-//!   once per interval, and never for a request that started before the
-//!   previous cut: a burst of 429s cuts once per round trip, like TCP's one
-//!   reduction per window. `Retry-After` is the retry code's business (it
-//!   waits it out); the limiter only learns that TapTalk pushed back.
+//!   × the load the refused request met (the higher of the level it went out
+//!   at and what was in flight when it came back, like TCP's flight size).
+//!   It acts once back-pressure is more than
+//!   [`LimitSettings::backpressure_share`] of the answers of the current and
+//!   the previous interval (and at least 2 of them): a stray 503 does not
+//!   cut, a storm of 429s does within a few milliseconds. At most one cut per
+//!   interval, and never for a request sent before the previous cut: a burst
+//!   of 429s cuts once per round trip, like TCP's one reduction per window.
+//!   `Retry-After` is the retry code's business (it waits it out); the
+//!   limiter only learns that TapTalk pushed back. Once answers are good
+//!   again, slow start brings the limit back to half what it was before the
+//!   first cut (TCP's ssthresh), then avoidance takes over.
 //! * **No growth without demand.** The limit only grows from answers to
 //!   requests that found it reached. After 5 s without that, the next burst
 //!   begins with slow start again (TCP's restart after idle).
+//! * **A slower TapTalk.** If TapTalk gets slower for good (not by
+//!   queueing), the limiter first reads the longer round trips as queueing
+//!   and cuts, down to the minimum; once the old baseline has left its window
+//!   and the new one is more than `slow_start_exit` × the old, slow start
+//!   finds the new level (~13 s in all from 100 ms to 300 ms, in the
+//!   simulation).
 //! * **Bounds.** The limit stays within [`LimitSettings::min`] and
 //!   [`LimitSettings::max`]. In fixed mode ([`Concurrency::Fixed`]) it is a
 //!   plain FIFO semaphore of that size: no measurements, no lock.
@@ -81,11 +99,12 @@
 //!
 //! # Cost
 //!
-//! Per request: one atomic compare-and-swap on the semaphore to acquire,
-//! two clock reads, and one short uncontended `std` mutex at `done` (a few
-//! arithmetic steps; never held across an `.await`). Resizing and logging
-//! happen a few times per round trip at most, and the log line is written
-//! after the lock is released.
+//! Per request: one atomic compare-and-swap on the semaphore to acquire (the
+//! waiting path only when no slot is free), two clock reads, one `Arc`
+//! clone, and one short `std` mutex at `done` (a few arithmetic steps; never
+//! held across an `.await`); no allocation. Resizing and logging happen a few
+//! times per round trip at most, and the log line is written after the lock
+//! is released. Fixed mode skips the mutex.
 //!
 //! # Logs
 //!

@@ -93,10 +93,11 @@ pub struct LimitSettings {
     /// Vector 0.9). At most one cut per round trip, so a burst of 429s cuts
     /// once, not once per request.
     pub decrease: f64,
-    /// Back-pressure acts once it is more than this share of recent answers
-    /// (about the last 64; default 0.1): a storm of 429s crosses it within a
-    /// handful of answers, while a TapTalk that fails 1% of requests at random
-    /// does not shrink the limit for nothing.
+    /// Back-pressure acts once it is more than this share of the answers of
+    /// the current and the previous control interval (about the last round
+    /// trip or two; default 0.1): a storm of 429s crosses it within a few
+    /// milliseconds, while a TapTalk that fails 1% of requests at random does
+    /// not shrink the limit for nothing.
     pub backpressure_share: f64,
     /// How long the baseline (the lowest mean round trip seen) is remembered
     /// (default 10 s): long enough to span many cycles of the limit, short
