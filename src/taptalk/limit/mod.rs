@@ -120,6 +120,8 @@ mod slots;
 mod window;
 
 #[cfg(test)]
+mod live;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;

@@ -261,3 +261,22 @@ fn handles_and_futures_can_cross_tasks() {
     let rate = crate::taptalk::RateLimit::new(10.0).expect("rate");
     sendable(rate.wait());
 }
+
+/// What one request costs the limiter, uncontended (acquire + done):
+/// `cargo test --release --lib taptalk::limit::tests::cost -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "a measurement, not a check: run by hand in release"]
+async fn cost_per_request() {
+    const ROUNDS: u32 = 1_000_000;
+    let adaptive = AdaptiveLimit::new(&LimitSettings::default()).expect("settings");
+    let fixed = AdaptiveLimit::fixed(NonZeroUsize::new(64).expect("64"));
+    for (name, limit) in [("adaptive", &adaptive), ("fixed", &fixed)] {
+        let start = std::time::Instant::now();
+        for _ in 0..ROUNDS {
+            let permit = limit.acquire().await;
+            permit.done(Signal::Success);
+        }
+        let per = start.elapsed() / ROUNDS;
+        println!("{name}: {per:?} per acquire + done");
+    }
+}
