@@ -27,6 +27,26 @@
 //! `acquire` to `done`, so anything else inside inflates it. With a hard rate
 //! limit ([`super::rate`]), wait for the rate limiter *before* acquiring.
 //!
+//! Wiring it into the worker:
+//!
+//! * In the pipeline's retry loop, one permit per attempt, inside the
+//!   attempt closure; the retry pause (and `Retry-After`) happens with no
+//!   permit held. The `select!` on the breaker may drop a waiting `acquire`:
+//!   that is fine, it is cancel-safe.
+//! * The limit only grows when requests find it reached, so the number of
+//!   events processed at once must be able to exceed it (at least
+//!   [`LimitSettings::max`], or follow the limit with headroom for the
+//!   Postgres and broker steps); otherwise it stays where it starts.
+//! * The consumer's prefetch can follow [`AdaptiveLimit::watch`] (about
+//!   twice the limit, as the README advises for `CONCURRENCY`). `basic.qos`
+//!   is a broker round trip: apply it when the value moved by a quarter or
+//!   so, not on every change. A prefetch of 2,048 also raises the worst-case
+//!   memory bound the README computes from `PREFETCH` × the broker's
+//!   `max_message_size`.
+//! * [`AdaptiveLimit::snapshot`] gives the limit, the in-flight count, the
+//!   phase, the baseline and the smoothed round trip, and counts of raises
+//!   and cuts, for `/metrics`.
+//!
 //! # The control law
 //!
 //! It combines TCP's slow start (with HyStart's early exit on rising round
