@@ -1,8 +1,14 @@
-//! TapTalk.io, the upstream: its wire format ([`api`]) and the client the
-//! worker calls it with ([`client`]).
+//! TapTalk.io, the upstream: its wire format ([`api`]), the client the
+//! worker calls it with ([`client`]), and how hard the worker may call it:
+//! the adaptive concurrency limit ([`limit`]) and the optional hard rate
+//! limit ([`rate`]).
 
 pub mod api;
 pub mod client;
+pub mod limit;
+pub mod rate;
 
 pub use api::ServerKey;
 pub use client::{TaptalkClient, TicketError};
+pub use limit::{AdaptiveLimit, LimitSettings, Permit, Signal};
+pub use rate::RateLimit;
