@@ -9,7 +9,7 @@ use crate::purge::PurgeSettings;
 use crate::retry::{RetryPolicy, Verdict, retry};
 use crate::shutdown::Shutdown;
 use crate::storage::{TicketStore, describe_migration};
-use crate::taptalk::TaptalkClient;
+use crate::taptalk::{AdaptiveLimit, TaptalkClient};
 use crate::worker::{Worker, WorkerSettings};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,12 +63,20 @@ impl Application {
             Arc::new(store.clone()),
             settings.probe,
         );
-        let pipeline = Pipeline::new(store.clone(), client, breaker, policy);
+        let limit =
+            AdaptiveLimit::new(&settings.limit).map_err(|e| anyhow::anyhow!("CONCURRENCY: {e}"))?;
+        let pipeline = Pipeline::new(
+            store.clone(),
+            client,
+            limit.clone(),
+            settings.rate_limit.clone(),
+            breaker,
+            policy,
+        );
         let worker = Worker::new(
             WorkerSettings {
                 broker: settings.broker.clone(),
                 prefetch: settings.prefetch,
-                concurrency: settings.concurrency,
                 shutdown_grace: settings.shutdown_grace,
                 relay: settings.relay,
                 progress_every: settings.progress_every,
@@ -76,6 +84,7 @@ impl Application {
             pipeline,
             probes,
             store.clone(),
+            limit,
         );
         Ok(Application {
             store,

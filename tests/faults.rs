@@ -931,7 +931,8 @@ async fn a_stored_ticket_is_announced_even_when_rabbitmq_dead_letters_its_login_
     let link = FreezableProxy::start("127.0.0.1:5672".parse().expect("addr")).await;
     let mut settings = h.settings();
     settings.broker.amqp_url = secrecy::SecretString::from(link.amqp_url());
-    settings.concurrency = 8;
+    settings.limit =
+        ticket_worker::taptalk::LimitSettings::fixed(std::num::NonZeroUsize::new(8).expect("8"));
     settings.shutdown_grace = Duration::from_millis(500);
     let worker = TestWorker::spawn(settings);
     let events: Vec<Value> = (0..100)

@@ -58,9 +58,9 @@ pub struct DemoArgs {
     /// Login events to publish
     #[arg(long, default_value_t = 300)]
     pub events: usize,
-    /// Messages the worker processes at once
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
+    /// TapTalk requests the worker has in flight: `auto` (as the worker) or a number
+    #[arg(long, default_value = "auto")]
+    pub concurrency: String,
     /// Stand-in latency per request (plus up to twice as much jitter)
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     pub latency: Duration,
@@ -420,8 +420,7 @@ async fn show(
             taptalk_server_key_secret_file: None,
         },
     };
-    run.concurrency = args.concurrency.max(1);
-    run.prefetch = u16::try_from(run.concurrency.saturating_mul(2)).unwrap_or(u16::MAX);
+    run.concurrency = args.concurrency.clone();
     let mut settings = Settings::from_args(&run)?;
     settings.broker.topology = topology.clone();
     settings.taptalk.retry = RetryPolicy {

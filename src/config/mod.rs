@@ -28,6 +28,9 @@ use crate::health::BreakerSettings;
 use crate::purge::PurgeSettings;
 use crate::relay::RelaySettings;
 use crate::retry::RetryPolicy;
+use crate::taptalk::limit::Concurrency;
+use crate::taptalk::{LimitSettings, RateLimit};
+use crate::worker::Prefetch;
 use errors::Problems;
 use std::time::Duration;
 use values::{duration, positive_duration};
@@ -58,8 +61,12 @@ pub struct Settings {
     pub probe: RetryPolicy,
     /// Times an event may be put back before it is given up; `None`: never.
     pub max_requeues: Option<u32>,
-    pub prefetch: u16,
-    pub concurrency: usize,
+    /// `PREFETCH`: fixed, or following the TapTalk concurrency limit.
+    pub prefetch: Prefetch,
+    /// TapTalk requests in flight: adaptive within bounds, or fixed.
+    pub limit: LimitSettings,
+    /// Most TapTalk requests per second; `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
     pub max_event_bytes: usize,
     /// `None`: events never expire.
     pub max_event_age: Option<Duration>,
@@ -86,11 +93,23 @@ impl Settings {
         let timeout = problems.take(positive_duration("TAPTALK_TIMEOUT", &args.taptalk_timeout));
         let retry_for = problems.take(duration("TAPTALK_RETRY_FOR", &args.taptalk_retry_for));
         let outage_after = problems.take(duration("OUTAGE_AFTER", &args.outage_after));
-        problems.require(args.prefetch > 0, "PREFETCH", "must be between 1 and 65535");
-        problems.require(
-            (1..=10_000).contains(&args.concurrency),
-            "CONCURRENCY",
-            "must be between 1 and 10000",
+        let prefetch = problems.take(
+            args.prefetch
+                .parse::<Prefetch>()
+                .map_err(|e| ConfigError::new("PREFETCH", e)),
+        );
+        let limit = problems.take(limit_settings(args));
+        let rate_limit = problems.take(
+            args.taptalk_rate_limit
+                .as_deref()
+                .map(RateLimit::parse)
+                .transpose()
+                .map_err(|e| {
+                    ConfigError::new(
+                        "TAPTALK_RATE_LIMIT",
+                        format!("{e}; write requests per second, e.g. 50 or 2.5"),
+                    )
+                }),
         );
         problems.require(
             args.max_event_bytes >= 256,
@@ -122,6 +141,9 @@ impl Settings {
             Some(purge_every),
             Some(relay_after),
             Some(progress_every),
+            Some(prefetch),
+            Some(limit),
+            Some(rate_limit),
         ) = (
             broker,
             database,
@@ -137,6 +159,9 @@ impl Settings {
             purge_every,
             relay_after,
             progress_every,
+            prefetch,
+            limit,
+            rate_limit,
         )
         else {
             return Err(problems.into_errors());
@@ -154,8 +179,9 @@ impl Settings {
             },
             probe: PROBE_PAUSES,
             max_requeues: (args.max_requeues > 0).then_some(args.max_requeues),
-            prefetch: args.prefetch,
-            concurrency: args.concurrency,
+            prefetch,
+            limit,
+            rate_limit,
             max_event_bytes: args.max_event_bytes,
             max_event_age: (!max_event_age.is_zero()).then_some(max_event_age),
             max_clock_skew,
@@ -169,6 +195,30 @@ impl Settings {
             progress_every: (!progress_every.is_zero()).then_some(progress_every),
         })
     }
+}
+
+/// CONCURRENCY, CONCURRENCY_MIN and CONCURRENCY_MAX, checked together.
+fn limit_settings(args: &RunArgs) -> Result<LimitSettings, ConfigErrors> {
+    let concurrency = args
+        .concurrency
+        .parse::<Concurrency>()
+        .map_err(|e| ConfigError::new("CONCURRENCY", e.to_string()))?;
+    let settings = LimitSettings {
+        concurrency,
+        min: args.concurrency_min,
+        max: args.concurrency_max,
+        ..LimitSettings::default()
+    };
+    settings.validate().map_err(|e| {
+        ConfigError::new(
+            "CONCURRENCY_MIN",
+            format!(
+                "{e} (CONCURRENCY_MIN is {}, CONCURRENCY_MAX {})",
+                args.concurrency_min, args.concurrency_max
+            ),
+        )
+    })?;
+    Ok(settings)
 }
 
 #[cfg(test)]

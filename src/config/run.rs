@@ -46,17 +46,41 @@ pub struct RunArgs {
         default_value_t = 50
     )]
     pub max_requeues: u32,
-    /// Unacknowledged messages RabbitMQ hands one worker at a time
-    #[arg(long, env = "PREFETCH", value_name = "PREFETCH", default_value_t = 128)]
-    pub prefetch: u16,
-    /// Messages one worker processes at once
+    /// Unacknowledged messages RabbitMQ hands one worker at a time: `auto` (follow the TapTalk concurrency limit) or a number
+    #[arg(
+        long,
+        env = "PREFETCH",
+        value_name = "PREFETCH",
+        default_value = "auto"
+    )]
+    pub prefetch: String,
+    /// TapTalk requests one worker has in flight: `auto` (adapts between CONCURRENCY_MIN and CONCURRENCY_MAX) or a fixed number
     #[arg(
         long,
         env = "CONCURRENCY",
         value_name = "CONCURRENCY",
-        default_value_t = 64
+        default_value = "auto"
     )]
-    pub concurrency: usize,
+    pub concurrency: String,
+    /// Lowest TapTalk concurrency the adaptive limit goes down to
+    #[arg(
+        long,
+        env = "CONCURRENCY_MIN",
+        value_name = "CONCURRENCY_MIN",
+        default_value_t = 16
+    )]
+    pub concurrency_min: usize,
+    /// Highest TapTalk concurrency the adaptive limit goes up to
+    #[arg(
+        long,
+        env = "CONCURRENCY_MAX",
+        value_name = "CONCURRENCY_MAX",
+        default_value_t = 1024
+    )]
+    pub concurrency_max: usize,
+    /// Most TapTalk requests per second one worker sends (a TapTalk quota); unset: no limit
+    #[arg(long, env = "TAPTALK_RATE_LIMIT", value_name = "TAPTALK_RATE_LIMIT")]
+    pub taptalk_rate_limit: Option<String>,
     /// Largest login event accepted, in bytes
     #[arg(long, env = "MAX_EVENT_BYTES", value_name = "MAX_EVENT_BYTES", default_value_t = crate::events::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,

@@ -185,7 +185,7 @@ fn missing_and_malformed_settings_are_reported_together_without_secrets() {
     args.taptalk.taptalk_base_url = Some("ftp://x".into());
     args.taptalk.key.taptalk_server_key_id = Some("a:b".into());
     args.taptalk.key.taptalk_server_key_secret_file = Some("/nonexistent/secret".into());
-    args.concurrency = 0;
+    args.concurrency = "0".into();
     args.max_event_age = "soon".into();
     args.purge_every = "0".into();
     let errors = Settings::from_args(&args).map(|_| ()).expect_err("bad");
@@ -340,4 +340,61 @@ fn the_reader_role_is_a_plain_postgres_identifier() {
         let error = only(Settings::from_args(&args).map(|_| ()).expect_err(bad));
         assert_eq!(error.setting, "READER_ROLE", "{bad}");
     }
+}
+
+#[test]
+fn concurrency_prefetch_and_rate_limit_are_auto_or_checked_numbers() {
+    let defaults = complete(&[]).expect("defaults");
+    assert_eq!(defaults.prefetch, crate::worker::Prefetch::Auto);
+    assert_eq!(
+        defaults.limit.concurrency,
+        crate::taptalk::limit::Concurrency::Auto
+    );
+    assert_eq!((defaults.limit.min, defaults.limit.max), (16, 1024));
+    assert!(defaults.rate_limit.is_none());
+
+    let fixed = complete(&[
+        "--concurrency",
+        "8",
+        "--prefetch",
+        "32",
+        "--taptalk-rate-limit",
+        "2.5",
+    ])
+    .expect("fixed values");
+    assert_eq!(fixed.prefetch, crate::worker::Prefetch::Fixed(32));
+    assert_eq!(fixed.limit.starting_limit(), 8);
+    assert_eq!(fixed.rate_limit.map(|r| r.per_second()), Some(2.5));
+
+    let errors = complete(&[
+        "--concurrency",
+        "lots",
+        "--prefetch",
+        "0",
+        "--taptalk-rate-limit",
+        "fast",
+    ])
+    .map(|_| ())
+    .expect_err("bad values");
+    assert_eq!(
+        errors.settings(),
+        ["PREFETCH", "CONCURRENCY", "TAPTALK_RATE_LIMIT"],
+        "{errors}"
+    );
+    let bounds = complete(&["--concurrency-min", "100", "--concurrency-max", "10"])
+        .map(|_| ())
+        .expect_err("min above max");
+    assert_eq!(bounds.settings(), ["CONCURRENCY_MIN"], "{bounds}");
+    assert!(bounds.to_string().contains("CONCURRENCY_MAX"), "{bounds}");
+}
+
+/// The complete flags, less PREFETCH and CONCURRENCY, plus `extra`.
+fn complete(extra: &[&'static str]) -> Result<Settings, ConfigErrors> {
+    let mut args: Vec<&str> = COMPLETE
+        .iter()
+        .copied()
+        .filter(|a| !a.starts_with("--prefetch") && !a.starts_with("--concurrency"))
+        .collect();
+    args.extend_from_slice(extra);
+    settings(&args)
 }

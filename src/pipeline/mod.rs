@@ -38,7 +38,7 @@ use crate::events::{FailureReason, LoginEvent, TicketReady};
 use crate::health::{Breaker, Dependency};
 use crate::retry::{Verdict, retry};
 use crate::storage::{BatchedStore, Known, Saved, StoreError, StoredFailure, TicketStore};
-use crate::taptalk::{TaptalkClient, TicketError};
+use crate::taptalk::{AdaptiveLimit, RateLimit, Signal, TaptalkClient, TicketError};
 use chrono::Utc;
 use decision::{encoding_failed, failed, invalid_event, ticket_failed};
 use std::future::Future;
@@ -49,6 +49,10 @@ use std::time::Duration;
 pub struct Pipeline {
     store: BatchedStore,
     taptalk: TaptalkClient,
+    /// TapTalk requests in flight: one permit per HTTP attempt.
+    limit: AdaptiveLimit,
+    /// A hard cap on TapTalk requests per second, when set.
+    rate: Option<RateLimit>,
     breaker: Breaker,
     policy: EventPolicy,
 }
@@ -57,12 +61,16 @@ impl Pipeline {
     pub fn new(
         store: TicketStore,
         taptalk: TaptalkClient,
+        limit: AdaptiveLimit,
+        rate: Option<RateLimit>,
         breaker: Breaker,
         policy: EventPolicy,
     ) -> Pipeline {
         Pipeline {
             store: BatchedStore::new(store),
             taptalk,
+            limit,
+            rate,
             breaker,
             policy,
         }
@@ -287,7 +295,13 @@ impl Pipeline {
         let attempts = retry(
             &self.policy.upstream_retry,
             || async {
+                // One permit per attempt, none held across a retry pause.
+                if let Some(rate) = &self.rate {
+                    rate.wait().await;
+                }
+                let permit = self.limit.acquire().await;
                 let result = self.taptalk.request_ticket(&event.request).await;
+                permit.done(Signal::of(&result));
                 match result.as_ref().map_err(TicketError::failure) {
                     Ok(_) | Err(None) => self.breaker.record_success(Dependency::Taptalk),
                     Err(Some(failure)) => {

@@ -1,63 +1,66 @@
 //! Consuming within one session: taking deliveries while a permit is free,
-//! handing each to the pipeline and the settler on a task of its own, pausing
-//! while a dependency is down (everything prefetched and in flight goes back
-//! to the queue), and finishing in-flight work at shutdown.
+//! handing each to the pipeline and the settler on a task of its own,
+//! following the TapTalk concurrency limit with the prefetch, pausing while a
+//! dependency is down (everything prefetched and in flight goes back to the
+//! queue), and finishing in-flight work at shutdown.
 
+use super::consumers::Consumers;
+use super::prefetch::{Prefetch, SETTLE};
 use super::session::Session;
-use super::{BROKER_STEP_TIMEOUT, PAUSE_DRAIN_TIMEOUT, PauseEnd, PhaseEnd, SessionEnd, Worker};
+use super::{PAUSE_DRAIN_TIMEOUT, PauseEnd, PhaseEnd, SessionEnd, Worker};
 use crate::broker::inbound;
 use crate::health::Health;
 use crate::pipeline::Outcome;
 use crate::shutdown::Shutdown;
-use futures_util::{FutureExt, StreamExt};
-use lapin::Consumer;
+use futures_util::FutureExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Events one session may have in flight outside the quarantine: the
+/// prefetch bounds them (at most twice over while a new consumer replaces an
+/// old one).
+const MAX_IN_FLIGHT: usize = 2 * u16::MAX as usize;
 
 impl Worker {
     /// Consumes in phases (paused while a dependency is down) until shutdown or loss.
     pub(super) async fn run_session(&self, session: &Session, shutdown: &Shutdown) -> SessionEnd {
-        let concurrency = if session.quarantined.load(Ordering::Relaxed) {
+        let in_flight = if session.quarantined.load(Ordering::Relaxed) {
             1
         } else {
-            self.settings.concurrency
+            MAX_IN_FLIGHT
         };
-        let permits = Arc::new(Semaphore::new(concurrency));
+        let permits = Arc::new(Semaphore::new(in_flight));
         let mut tasks = JoinSet::new();
+        let mut consumers = Consumers::new();
         loop {
             if self.pipeline.breaker().is_open() && !self.probes.wait_for_recovery(shutdown).await {
                 break;
             }
-            let mut consumer = match self.consume(session).await {
-                Ok(consumer) => consumer,
-                Err(error) => return self.lose(&mut tasks, error.to_string()).await,
-            };
+            let prefetch = self.prefetch_now(session);
+            let queue = self.settings.broker.topology.work_queue.as_str();
+            if let Err(error) = consumers.start(&session.consume, queue, prefetch).await {
+                return self.lose(&mut tasks, error).await;
+            }
             match self
-                .feed(session, &mut consumer, &permits, &mut tasks, shutdown)
+                .feed(session, &mut consumers, &permits, &mut tasks, shutdown)
                 .await
             {
                 PhaseEnd::Shutdown => {
-                    let cancel = session
-                        .consume
-                        .basic_cancel(consumer.tag(), BasicCancelOptions::default());
-                    let _ = tokio::time::timeout(BROKER_STEP_TIMEOUT, cancel).await;
+                    let _ = consumers.stop(&session.consume).await;
                     break;
                 }
                 PhaseEnd::Lost(reason) => return self.lose(&mut tasks, reason).await,
-                PhaseEnd::QuarantineOver => {
-                    if let Err(reason) = self.leave_quarantine(session, &consumer, &permits).await {
-                        return self.lose(&mut tasks, reason).await;
-                    }
-                }
+                // The next phase consumes at full prefetch, in place of the
+                // quarantined consumer.
+                PhaseEnd::QuarantineOver => self.leave_quarantine(session, &permits, in_flight),
                 PhaseEnd::Paused => {
                     match self
-                        .pause(session, consumer, &permits, &mut tasks, shutdown)
+                        .pause(session, &mut consumers, &permits, &mut tasks, shutdown)
                         .await
                     {
                         Ok(PauseEnd::Drained) => {}
@@ -71,27 +74,33 @@ impl Worker {
         session.settler.acks().flush().await;
         SessionEnd::Shutdown
     }
-    async fn consume(&self, session: &Session) -> Result<Consumer, lapin::Error> {
-        session
-            .consume
-            .basic_consume(
-                self.settings.broker.topology.work_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
+
+    /// The prefetch to consume with now: 1 in the quarantine, else the
+    /// setting's value for the current TapTalk concurrency limit.
+    fn prefetch_now(&self, session: &Session) -> u16 {
+        if session.quarantined.load(Ordering::Relaxed) {
+            1
+        } else {
+            self.settings.prefetch.for_limit(self.limit.limit())
+        }
     }
-    /// Takes deliveries while a permit is free, until something ends the phase.
+
+    /// Takes deliveries while a permit is free, until something ends the
+    /// phase; starts a consumer with a new prefetch when the TapTalk
+    /// concurrency limit moved enough.
     async fn feed(
         &self,
         session: &Session,
-        consumer: &mut Consumer,
+        consumers: &mut Consumers,
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
         shutdown: &Shutdown,
     ) -> PhaseEnd {
         let breaker = self.pipeline.breaker();
+        let mut limit = self.limit.watch();
+        let follows = self.settings.prefetch == Prefetch::Auto;
+        // A change of prefetch waiting for the last one to settle.
+        let mut resize_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -99,7 +108,29 @@ impl Worker {
                 _ = session.broken.cancelled() => return PhaseEnd::Lost("a channel failed while settling a delivery".into()),
                 _ = breaker.opened() => return PhaseEnd::Paused,
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => report(joined),
-                (permit, next) = next_delivery(permits, consumer) => match next {
+                changed = limit.changed(), if follows && resize_at.is_none() => {
+                    if changed.is_err() {
+                        // The limiter is gone (never, while the worker runs).
+                        resize_at = Some(Instant::now() + std::time::Duration::from_secs(86_400));
+                        continue;
+                    }
+                    let wanted = self.prefetch_now(session);
+                    if Prefetch::worth_changing(consumers.prefetch(), wanted) {
+                        resize_at = Some(consumers.started() + SETTLE);
+                    }
+                }
+                _ = sleep_until(resize_at) => {
+                    resize_at = None;
+                    let wanted = self.prefetch_now(session);
+                    if Prefetch::worth_changing(consumers.prefetch(), wanted) {
+                        let queue = self.settings.broker.topology.work_queue.as_str();
+                        if let Err(error) = consumers.start(&session.consume, queue, wanted).await {
+                            return PhaseEnd::Lost(error);
+                        }
+                        tracing::debug!(prefetch = wanted, limit = self.limit.limit(), "the prefetch follows the TapTalk concurrency limit");
+                    }
+                }
+                (permit, next) = next_delivery(permits, consumers) => match next {
                     Some(Ok(delivery)) => {
                         let fresh = !delivery.redelivered;
                         self.spawn(session, tasks, delivery, permit);
@@ -113,6 +144,7 @@ impl Worker {
             }
         }
     }
+
     fn spawn(
         &self,
         session: &Session,
@@ -161,7 +193,7 @@ impl Worker {
     async fn pause(
         &self,
         session: &Session,
-        mut consumer: Consumer,
+        consumers: &mut Consumers,
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
         shutdown: &Shutdown,
@@ -180,17 +212,10 @@ impl Worker {
                 "{dependency} is failing for every event: intake paused, in-flight messages go back to the queue; probing until it answers"
             );
         }
-        let cancel = session
-            .consume
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
-        match tokio::time::timeout(BROKER_STEP_TIMEOUT, cancel).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(error.to_string()),
-            Err(_) => return Err("RabbitMQ did not confirm the consumer's cancellation".into()),
-        }
+        consumers.stop(&session.consume).await?;
         let drain = async {
             loop {
-                let (permit, next) = next_delivery(permits, &mut consumer).await;
+                let (permit, next) = next_delivery(permits, consumers).await;
                 match next {
                     Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
                     Some(Err(error)) => return Err(error.to_string()),
@@ -249,12 +274,19 @@ impl Worker {
 /// Waits for a free permit, then for the next delivery.
 async fn next_delivery(
     permits: &Arc<Semaphore>,
-    consumer: &mut Consumer,
+    consumers: &mut Consumers,
 ) -> (OwnedSemaphorePermit, Option<Result<Delivery, lapin::Error>>) {
     let permit = Arc::clone(permits).acquire_owned().await;
     // The worker never closes its semaphore, so a permit always comes.
     let permit = permit.expect("the worker's semaphore is never closed");
-    (permit, consumer.next().await)
+    (permit, consumers.next().await)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn report(joined: Result<(), tokio::task::JoinError>) {

@@ -24,8 +24,12 @@
 //!   at once — so that each further failure spends a delivery of that message
 //!   alone, until RabbitMQ's delivery limit dead-letters it.
 
+mod consumers;
 mod intake;
+mod prefetch;
 mod session;
+
+pub use prefetch::Prefetch;
 
 use crate::config::BrokerSettings;
 use crate::health::Probes;
@@ -34,6 +38,7 @@ use crate::pipeline::Pipeline;
 use crate::relay::RelaySettings;
 use crate::shutdown::Shutdown;
 use crate::storage::{Announced, TicketStore};
+use crate::taptalk::AdaptiveLimit;
 use session::close;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,8 +66,8 @@ const QUARANTINE_PAUSE: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub broker: BrokerSettings,
-    pub prefetch: u16,
-    pub concurrency: usize,
+    /// `PREFETCH`: fixed, or following the TapTalk concurrency limit.
+    pub prefetch: Prefetch,
     pub shutdown_grace: Duration,
     /// When ticket events left in the outbox are published.
     pub relay: RelaySettings,
@@ -81,10 +86,13 @@ pub struct Worker {
     announced: Announced,
     stats: Arc<Counters>,
     probes: Probes,
+    /// The TapTalk concurrency limit, which the prefetch follows.
+    limit: AdaptiveLimit,
     /// Sessions lost in a row to a message too large to receive (see
     /// [`Session::quarantined`]).
     landmines: Arc<AtomicU32>,
 }
+
 /// Why a consuming phase ended.
 enum PhaseEnd {
     Shutdown,
@@ -113,6 +121,7 @@ impl Worker {
         pipeline: Pipeline,
         probes: Probes,
         store: TicketStore,
+        limit: AdaptiveLimit,
     ) -> Worker {
         Worker {
             settings: Arc::new(settings),
@@ -121,6 +130,7 @@ impl Worker {
             announced: Announced::default(),
             stats: Arc::new(Counters::default()),
             probes,
+            limit,
             landmines: Arc::new(AtomicU32::new(0)),
         }
     }

@@ -8,8 +8,7 @@ use crate::broker::acks::Acks;
 use crate::broker::{Publisher, Settler, connect};
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{BasicCancelOptions, BasicQosOptions};
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Connection};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
@@ -83,11 +82,6 @@ impl Worker {
         let connection = connect(&broker.amqp_url, &broker.connection_name).await?;
         let events = Mutex::new(connection.events_listener().boxed());
         let quarantined = self.landmines.load(Ordering::Relaxed) > 0;
-        let prefetch = if quarantined {
-            1
-        } else {
-            self.settings.prefetch
-        };
         let consume = connection.create_channel().await?;
         let broken = CancellationToken::new();
         if let Err(error) = broker.topology.declare(&consume).await {
@@ -95,9 +89,6 @@ impl Worker {
             close(&connection, "topology refused").await;
             return Err(error);
         }
-        consume
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
         let publisher = Publisher::open(
             &connection,
             Arc::new(broker.topology.clone()),
@@ -105,12 +96,14 @@ impl Worker {
         )
         .await?;
         let acks = Acks::start(consume.clone(), broken.clone());
-        let concurrency = if quarantined {
-            1
-        } else {
-            self.settings.concurrency
-        };
-        tracing::info!(queue = %broker.topology.work_queue, prefetch, concurrency, quarantined, "connected to RabbitMQ");
+        tracing::info!(
+            queue = %broker.topology.work_queue,
+            prefetch = %self.settings.prefetch,
+            concurrency_limit = self.limit.limit(),
+            adaptive = self.limit.is_adaptive(),
+            quarantined,
+            "connected to RabbitMQ"
+        );
         Ok(Session {
             connection,
             consume,
@@ -121,36 +114,20 @@ impl Worker {
         })
     }
 
-    /// Ends the quarantine (after the first fresh delivery): full prefetch
-    /// and concurrency again. RabbitMQ applies a new prefetch only to
-    /// consumers started after it, so the quarantined consumer is cancelled
-    /// and the caller consumes anew; messages in flight go on meanwhile.
-    pub(super) async fn leave_quarantine(
+    /// Ends the quarantine (after the first fresh delivery): full
+    /// concurrency again, and the caller consumes anew at full prefetch (the
+    /// new consumer replaces the quarantined one); messages in flight go on
+    /// meanwhile.
+    pub(super) fn leave_quarantine(
         &self,
         session: &Session,
-        consumer: &Consumer,
         permits: &Semaphore,
-    ) -> Result<(), String> {
+        in_flight: usize,
+    ) {
         session.quarantined.store(false, Ordering::Relaxed);
         self.landmines.store(0, Ordering::Relaxed);
-        let cancel = session
-            .consume
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
-        match tokio::time::timeout(BROKER_STEP_TIMEOUT, cancel).await {
-            Ok(cancelled) => cancelled.map_err(|e| e.to_string())?,
-            Err(_) => return Err("RabbitMQ did not confirm the consumer's cancellation".into()),
-        }
-        session
-            .consume
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        permits.add_permits(self.settings.concurrency.saturating_sub(1));
-        tracing::info!(
-            prefetch = self.settings.prefetch,
-            "every returned message is through; consuming at full speed again"
-        );
-        Ok(())
+        permits.add_permits(in_flight.saturating_sub(1));
+        tracing::info!("every returned message is through; consuming at full speed again");
     }
 }
 

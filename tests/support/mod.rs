@@ -712,8 +712,11 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         },
         probe: RetryPolicy::forever(Duration::from_millis(100), Duration::from_millis(500)),
         max_requeues: Some(50),
-        prefetch: 32,
-        concurrency: 16,
+        prefetch: ticket_worker::worker::Prefetch::Fixed(32),
+        limit: ticket_worker::taptalk::LimitSettings::fixed(
+            std::num::NonZeroUsize::new(16).expect("16 is not zero"),
+        ),
+        rate_limit: None,
         max_event_bytes: ticket_worker::events::DEFAULT_MAX_EVENT_BYTES,
         max_event_age: Some(Duration::from_secs(600)),
         max_clock_skew: Duration::from_secs(60),

@@ -1,0 +1,104 @@
+//! How many unacknowledged messages RabbitMQ hands one replica: fixed
+//! (`PREFETCH=N`), or, by default, following the TapTalk concurrency limit,
+//! with room for the events that are in Postgres or being announced rather
+//! than at TapTalk.
+//!
+//! RabbitMQ applies a new prefetch only to consumers started after it (and
+//! quorum queues have no channel-wide prefetch), so following the limit means
+//! starting a new consumer: the intake does that when the prefetch it wants
+//! is a quarter away from the one it has, at most once per [`SETTLE`].
+
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The fewest messages a replica asks for beyond its TapTalk limit: what
+/// lookups, saves and announcements hold while TapTalk answers others.
+pub const HEADROOM: usize = 128;
+
+/// The least time between two changes of the prefetch.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// `PREFETCH`: `auto` or a number of messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prefetch {
+    /// Follow the TapTalk concurrency limit ([`Prefetch::for_limit`]).
+    #[default]
+    Auto,
+    Fixed(u16),
+}
+
+impl Prefetch {
+    /// The prefetch for a TapTalk concurrency limit of `limit`: the limit
+    /// plus a quarter, and at least [`HEADROOM`] more.
+    pub fn for_limit(self, limit: usize) -> u16 {
+        match self {
+            Prefetch::Fixed(n) => n,
+            Prefetch::Auto => {
+                let wanted = limit.saturating_add((limit / 4).max(HEADROOM));
+                u16::try_from(wanted).unwrap_or(u16::MAX)
+            }
+        }
+    }
+
+    /// Whether a consumer with prefetch `current` should give way to one
+    /// with `wanted`: it moved by a quarter or more.
+    pub fn worth_changing(current: u16, wanted: u16) -> bool {
+        let (current, wanted) = (u32::from(current), u32::from(wanted));
+        wanted * 4 >= current * 5 || wanted * 4 <= current * 3
+    }
+}
+
+impl FromStr for Prefetch {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Prefetch, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(Prefetch::Auto);
+        }
+        match text.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(Prefetch::Fixed(n)),
+            _ => Err("must be `auto` or a number from 1 to 65535".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prefetch::Auto => f.write_str("auto"),
+            Prefetch::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_follows_the_limit_with_headroom() {
+        assert_eq!(Prefetch::Auto.for_limit(64), 64 + 128);
+        assert_eq!(Prefetch::Auto.for_limit(1024), 1024 + 256);
+        assert_eq!(Prefetch::Auto.for_limit(1 << 20), u16::MAX);
+        assert_eq!(Prefetch::Fixed(32).for_limit(1024), 32);
+    }
+
+    #[test]
+    fn small_moves_are_not_worth_a_new_consumer() {
+        assert!(!Prefetch::worth_changing(192, 200));
+        assert!(!Prefetch::worth_changing(1000, 1200));
+        assert!(Prefetch::worth_changing(192, 240));
+        assert!(Prefetch::worth_changing(1280, 960));
+    }
+
+    #[test]
+    fn parses_auto_or_a_number() {
+        assert_eq!("auto".parse(), Ok(Prefetch::Auto));
+        assert_eq!(" AUTO ".parse(), Ok(Prefetch::Auto));
+        assert_eq!("32".parse(), Ok(Prefetch::Fixed(32)));
+        assert!("0".parse::<Prefetch>().is_err());
+        assert!("70000".parse::<Prefetch>().is_err());
+        assert!("lots".parse::<Prefetch>().is_err());
+    }
+}
