@@ -1,4 +1,4 @@
-//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish`.
+//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish | bench`.
 //! Each command's work lives in its own module; this file only parses and
 //! dispatches, registers every secret with the log redactor as soon as the
 //! settings are read, and turns failures into exit codes (2: configuration,
@@ -42,6 +42,8 @@ pub enum Command {
     Demo(Box<crate::demo::DemoArgs>),
     /// Publish login events (JSON lines, from a file or stdin) to the login exchange
     Publish(crate::publish::PublishArgs),
+    /// Measure the worker: throughput, latency, CPU and commits per event, against a broker-only ceiling
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// `ticket-worker fake-taptalk`.
@@ -118,7 +120,7 @@ impl Cli {
     /// Runs the chosen command and maps its result to the process exit code.
     pub async fn execute(self) -> ExitCode {
         let filter = match self.command {
-            Command::Demo(_) | Command::Publish(_) => telemetry::QUIET_FILTER,
+            Command::Demo(_) | Command::Publish(_) | Command::Bench(_) => telemetry::QUIET_FILTER,
             _ => telemetry::DEFAULT_FILTER,
         };
         telemetry::init(self.log_format, filter);
@@ -129,6 +131,7 @@ impl Cli {
             Command::FakeTaptalk(args) => fake_taptalk(&args).await,
             Command::Demo(args) => crate::demo::run(&args).await,
             Command::Publish(args) => crate::publish::run(&args).await,
+            Command::Bench(args) => crate::bench::run(&args).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -143,7 +146,7 @@ impl Cli {
     }
 }
 
-/// `demo` and `publish` read their settings in their own modules: read the
+/// `demo`, `publish` and `bench` read their settings in their own modules: read the
 /// URLs here too, only to register their passwords with the log redactor
 /// before anything connects. A setting that does not parse is left to the
 /// command to report.
@@ -162,6 +165,16 @@ fn register_early_secrets(command: &Command) {
         Command::Publish(args) => {
             if let Ok(broker) = BrokerSettings::from_args(&args.broker, None) {
                 register_broker_secrets(&broker);
+            }
+        }
+        Command::Bench(args) => {
+            let local = crate::demo::LOCAL_AMQP_URL;
+            if let Ok(broker) = BrokerSettings::from_args(&args.broker, Some(local)) {
+                register_broker_secrets(&broker);
+            }
+            let local = crate::demo::LOCAL_DATABASE_URL;
+            if let Ok(database) = DatabaseSettings::from_args(&args.database, Some(local)) {
+                register_database_secrets(&database);
             }
         }
         Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) => {}

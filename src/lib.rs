@@ -20,8 +20,10 @@
 //! (wiring), [`telemetry`] (logs), [`shutdown`] (the stop signal), [`purge`]
 //! (deleting long-expired tickets), [`cli`]
 //! (commands), [`fake_taptalk`] (the TapTalk stand-in), [`demo`] and
-//! [`publish`] (the `demo` and `publish` commands).
+//! [`publish`] (the `demo` and `publish` commands), [`bench`] (the
+//! `bench` command: the worker measured against a broker-only ceiling).
 
+pub mod bench;
 pub mod breaker;
 pub mod broker;
 pub mod cli;
