@@ -1,13 +1,15 @@
 //! The broker-only ceiling: the best a replica could do on this broker with
 //! no upstream and no database. The same number of messages, of the same
 //! size as the run's login events, is preloaded into a quorum queue (as the
-//! work queue is); then, on one connection (as one replica has), several
-//! tasks consume it with a high prefetch and, for each delivery, publish one
-//! persistent message to a topic exchange with a bound queue (with a
-//! publisher confirm) and acknowledge the delivery once the confirm is in,
-//! keeping many confirms outstanding at once. The bound queue is consumed
-//! as the bench consumes ticket events. Timed from the first consume to the
-//! last acknowledgement.
+//! work queue is); then several tasks, each on a connection of its own
+//! (a replica has one, but this is the broker's best, not a replica's: more
+//! connections let RabbitMQ and the client spread the work over more
+//! threads), consume it with a high prefetch and, for each delivery,
+//! publish one persistent message to a topic exchange with a bound queue
+//! (with a publisher confirm, as the worker's `ticket.ready`) and
+//! acknowledge the delivery once the confirm is in, keeping many confirms
+//! outstanding at once. The bound queue is consumed as the bench consumes
+//! ticket events. Timed from the first consume to the last acknowledgement.
 
 use super::events::EventBody;
 use super::vhost::Place;
@@ -28,7 +30,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Consuming tasks, each with a consume and a publish channel.
+/// Consuming tasks, each on a connection of its own with a consume and a
+/// publish channel.
 const TASKS: usize = 4;
 /// Unacknowledged deliveries per task.
 const PREFETCH: u16 = 500;
@@ -41,6 +44,7 @@ pub struct Ceiling {
     pub messages: usize,
     pub seconds: f64,
     pub per_second: f64,
+    /// Tasks, each on a connection of its own.
     pub tasks: usize,
     pub prefetch_per_task: u16,
     pub message_bytes: usize,
@@ -86,11 +90,15 @@ async fn run(
 
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = CancellationToken::new();
+    let mut connections = Vec::with_capacity(TASKS);
+    for _ in 0..TASKS {
+        connections.push(connect(&place.amqp_url, "ticket-worker bench ceiling").await?);
+    }
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(TASKS);
-    for _ in 0..TASKS {
-        let consume = connection.create_channel().await?;
-        let publish = connection.create_channel().await?;
+    for own in &connections {
+        let consume = own.create_channel().await?;
+        let publish = own.create_channel().await?;
         tasks.push(tokio::spawn(relay(
             consume,
             publish,
@@ -105,6 +113,9 @@ async fn run(
     let seconds = started.elapsed().as_secs_f64();
     for task in tasks {
         task.await??;
+    }
+    for own in connections {
+        let _ = own.close(200, "ceiling measured".into()).await;
     }
     sink.abort();
     let message_bytes = bodies.first().map_or(0, |b| b.bytes.len());

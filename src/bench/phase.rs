@@ -19,6 +19,7 @@ use super::progress::Progress;
 use super::replicas::{self, Replica, WorkerEnv};
 use super::report::{InUpstream, PhaseReport, PostgresReport, ReplicaReport, UpstreamReport};
 use super::stats;
+use super::table::thousands;
 use super::vhost::Place;
 use super::watch;
 use crate::fake_taptalk::{FakeTaptalk, Knobs};
@@ -418,12 +419,14 @@ async fn unfinished(
         ),
         End::PublishFailed(reason) => format!("{reason}: "),
     };
+    let count = |n: usize| thousands(n as f64);
     why.push_str(&format!(
-        "{missing} of {} events got no ticket.ready or ticket.failed (first: {}{more}); {} published, {} confirmed",
-        ledger.events(),
+        "{} of {} events got no ticket.ready or ticket.failed (first: {}{more}); {} published, {} confirmed",
+        count(missing),
+        count(ledger.events()),
         some.join(", "),
-        ledger.published_count.load(Ordering::Relaxed),
-        ledger.confirmed.load(Ordering::Relaxed),
+        count(ledger.published_count.load(Ordering::Relaxed)),
+        count(ledger.confirmed.load(Ordering::Relaxed)),
     ));
     let topology = &ctx.place.topology;
     let passive = QueueDeclareOptions {
@@ -439,10 +442,11 @@ async fn unfinished(
         .await
     {
         why.push_str(&format!(
-            "; the work queue {} holds {} messages ready for {} consumers",
+            "; the work queue {} holds {} messages not yet delivered, with {} consumer{}",
             topology.work_queue,
-            queue.message_count(),
-            queue.consumer_count()
+            count(queue.message_count() as usize),
+            queue.consumer_count(),
+            if queue.consumer_count() == 1 { "" } else { "s" }
         ));
     }
     if let Ok(dead) = channel

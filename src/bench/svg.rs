@@ -101,9 +101,10 @@ fn panel(svg: &mut String, number: usize, top: f64, phase: &PhaseReport) {
             thousands(max_ms * fraction)
         );
     }
-    let ticks = (seconds as usize).clamp(1, 10);
-    for tick in 0..=ticks {
-        let second = seconds * tick as f64 / ticks as f64;
+    // Whole seconds, about eight ticks, at 1, 2 or 5 × 10ⁿ apart.
+    let step = nice(seconds / 8.0).max(1.0);
+    for tick in 0..=(seconds / step).floor() as usize {
+        let second = step * tick as f64;
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{:.0}</text>"#,

@@ -40,7 +40,7 @@ pub fn render(report: &Report) -> String {
         Some(c) => {
             let _ = writeln!(
                 out,
-                "broker-only ceiling: {} events/s ({} messages in {:.2} s: consume, confirmed publish, ack; {} tasks × prefetch {})",
+                "broker-only ceiling: {} events/s ({} messages in {:.2} s: consume, confirmed publish, ack; {} connections × prefetch {})",
                 thousands(c.per_second),
                 thousands(c.messages as f64),
                 c.seconds,
@@ -196,9 +196,9 @@ fn upstream_words(u: &Upstream) -> String {
     if let Some(capacity) = u.capacity {
         let line = u
             .max_queue
-            .map(|m| format!("{m} may wait"))
+            .map(|m| format!("{} may wait", thousands(m as f64)))
             .unwrap_or_else(|| "no limit on waiting".into());
-        let _ = write!(words, ", {capacity} at once, {line}");
+        let _ = write!(words, ", {} at once, {line}", thousands(capacity as f64));
         if let Some(bound) = u.bound_per_second() {
             let _ = write!(words, " ({}/s at most)", thousands(bound));
         }
