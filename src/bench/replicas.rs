@@ -26,8 +26,9 @@ const TAIL_LINES: usize = 30;
 /// Longest line kept, in bytes.
 const LONGEST_LINE: usize = 2_000;
 
-/// The environment of every replica: what to clear, then what to set.
-#[derive(Debug, Clone, Default)]
+/// The environment of every replica: what to clear, then what to set. It
+/// holds secrets (the URLs, the key secret), so it has no `Debug`.
+#[derive(Clone, Default)]
 pub struct WorkerEnv {
     pub clear: Vec<String>,
     pub set: Vec<(String, String)>,

@@ -218,7 +218,9 @@ fn load_words(load: &Load) -> String {
 }
 
 fn ms(value: f64) -> String {
-    if value < 10.0 {
+    if value < 1.0 {
+        format!("{value:.2} ms")
+    } else if value < 10.0 {
         format!("{value:.1} ms")
     } else {
         format!("{} ms", thousands(value))
