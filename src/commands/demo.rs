@@ -943,6 +943,36 @@ fn print_summary(
 /// about 1 in 50 deliberately bad (an unknown platform, caught by the worker;
 /// a malformed e-mail, caught by TapTalk). Their ids are the run's.
 fn login_events(run: &DemoRun, count: usize) -> Vec<Value> {
+    let mut rng = rand::rng();
+    let users = (count / 3).max(1);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    (0..count)
+        .map(|i| {
+            let user = rng.random_range(0..users);
+            let mut event = realistic_login_event(&mut rng, user, &run.event_id(), &now);
+            match i % 50 {
+                17 => event["userPlatform"] = json!("windows-phone"),
+                42 => {
+                    let first = event["fullName"].as_str().unwrap_or_default();
+                    let first = first.split(' ').next().unwrap_or_default().to_lowercase();
+                    event["email"] = json!(format!("{first}(at)example.com"));
+                }
+                _ => {}
+            }
+            event
+        })
+        .collect()
+}
+
+/// One valid login event of user number `user` (the same number gives the
+/// same person), on a random platform and device: what `demo` and `bench`
+/// publish.
+pub(crate) fn realistic_login_event(
+    rng: &mut impl Rng,
+    user: usize,
+    event_id: &str,
+    occurred_at: &str,
+) -> Value {
     const FIRST: [&str; 12] = [
         "Ana", "Budi", "Citra", "Dewi", "Eko", "Fajar", "Gita", "Hadi", "Intan", "Joko", "Kartika",
         "Lukas",
@@ -959,35 +989,21 @@ fn login_events(run: &DemoRun, count: usize) -> Vec<Value> {
             "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
         ),
     ];
-    let mut rng = rand::rng();
-    let users = (count / 3).max(1);
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    (0..count)
-        .map(|i| {
-            let user = rng.random_range(0..users);
-            let first = FIRST[user % FIRST.len()];
-            let last = LAST[(user / FIRST.len()) % LAST.len()];
-            let (platform, agent) = *AGENTS.choose(&mut rng).unwrap_or(&AGENTS[0]);
-            let mut event = json!({
-                "eventID": run.event_id(),
-                "occurredAt": now,
-                "userIPAddress": format!("203.0.113.{}", rng.random_range(1..255)),
-                "userAgent": agent,
-                "userPlatform": platform,
-                "userDeviceID": format!("{platform}-{:08x}", rng.random::<u32>()),
-                "xcUserID": format!("cust-{user}"),
-                "fullName": format!("{first} {last}"),
-                "email": format!("{}.{}{user}@example.com", first.to_lowercase(), last.to_lowercase()),
-                "phone": format!("+628{:09}", rng.random_range(0..1_000_000_000u64)),
-            });
-            match i % 50 {
-                17 => event["userPlatform"] = json!("windows-phone"),
-                42 => event["email"] = json!(format!("{}(at)example.com", first.to_lowercase())),
-                _ => {}
-            }
-            event
-        })
-        .collect()
+    let first = FIRST[user % FIRST.len()];
+    let last = LAST[(user / FIRST.len()) % LAST.len()];
+    let (platform, agent) = *AGENTS.choose(rng).unwrap_or(&AGENTS[0]);
+    json!({
+        "eventID": event_id,
+        "occurredAt": occurred_at,
+        "userIPAddress": format!("203.0.113.{}", rng.random_range(1..255)),
+        "userAgent": agent,
+        "userPlatform": platform,
+        "userDeviceID": format!("{platform}-{:08x}", rng.random::<u32>()),
+        "xcUserID": format!("cust-{user}"),
+        "fullName": format!("{first} {last}"),
+        "email": format!("{}.{}{user}@example.com", first.to_lowercase(), last.to_lowercase()),
+        "phone": format!("+628{:09}", rng.random_range(0..1_000_000_000u64)),
+    })
 }
 
 fn say(line: &str) {

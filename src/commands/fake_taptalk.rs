@@ -49,6 +49,17 @@ pub struct FakeTaptalkArgs {
         value_name = "FAKE_NUMERIC_ERROR_CODES"
     )]
     pub numeric_error_codes: bool,
+    /// Requests served at once (the latency is spent holding a slot); the rest wait in line. Default: no limit
+    #[arg(long, env = "FAKE_CAPACITY", value_name = "FAKE_CAPACITY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub capacity: Option<u32>,
+    /// With --capacity: requests that may wait; one more is shed at once with 503. Default: no limit
+    #[arg(
+        long,
+        env = "FAKE_MAX_QUEUE",
+        value_name = "FAKE_MAX_QUEUE",
+        requires = "capacity"
+    )]
+    pub max_queue: Option<u32>,
 }
 
 pub async fn run(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
@@ -63,6 +74,8 @@ pub async fn run(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
         hang_for: args.hang_for,
         wrong_key: args.wrong_key,
         numeric_codes: args.numeric_error_codes,
+        capacity: args.capacity.map(|n| n as usize),
+        max_queue: args.max_queue.map(|n| n as usize),
     };
     let server = FakeTaptalk::start(args.listen, &key, knobs.clone(), false)
         .await

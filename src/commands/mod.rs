@@ -1,9 +1,10 @@
-//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish`.
+//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish | bench`.
 //! Each command lives in its own file; this one only parses and dispatches,
 //! registers secrets with the log redactor before anything connects, and turns
 //! failures into exit codes (2: configuration, 1: other), the final error line
 //! scrubbed like every log line.
 
+pub mod bench;
 pub mod demo;
 mod error;
 pub mod fake_taptalk;
@@ -42,13 +43,15 @@ pub enum Command {
     Demo(Box<demo::DemoArgs>),
     /// Publish login events (JSON lines, from a file or stdin) to the login exchange
     Publish(publish::PublishArgs),
+    /// Measure the worker: throughput, latency, CPU and commits per event, against a broker-only ceiling
+    Bench(Box<bench::BenchArgs>),
 }
 
 impl Cli {
     /// Runs the chosen command and maps its result to the process exit code.
     pub async fn execute(self) -> ExitCode {
         let filter = match self.command {
-            Command::Demo(_) | Command::Publish(_) => observe::QUIET_FILTER,
+            Command::Demo(_) | Command::Publish(_) | Command::Bench(_) => observe::QUIET_FILTER,
             _ => observe::DEFAULT_FILTER,
         };
         observe::init(self.log_format, filter);
@@ -59,6 +62,7 @@ impl Cli {
             Command::FakeTaptalk(args) => fake_taptalk::run(&args).await,
             Command::Demo(args) => demo::run(&args).await,
             Command::Publish(args) => publish::run(&args).await,
+            Command::Bench(args) => bench::run(&args).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -70,7 +74,7 @@ impl Cli {
     }
 }
 
-/// `demo` and `publish` read their settings in their own modules: read the
+/// `demo`, `publish` and `bench` read their settings in their own modules: read the
 /// URLs here too, only to register their passwords with the log redactor
 /// before anything connects. A setting that does not parse is left to the
 /// command to report.
@@ -89,6 +93,16 @@ fn register_early_secrets(command: &Command) {
         Command::Publish(args) => {
             if let Ok(broker) = BrokerSettings::from_args(&args.broker, None) {
                 secrets::register_broker(&broker);
+            }
+        }
+        Command::Bench(args) => {
+            let local = demo::LOCAL_AMQP_URL;
+            if let Ok(broker) = BrokerSettings::from_args(&args.broker, Some(local)) {
+                secrets::register_broker(&broker);
+            }
+            let local = demo::LOCAL_DATABASE_URL;
+            if let Ok(database) = DatabaseSettings::from_args(&args.database, Some(local)) {
+                secrets::register_database(&database);
             }
         }
         Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) => {}

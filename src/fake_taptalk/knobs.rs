@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 /// How the stand-in misbehaves. Shares are probabilities between 0 and 1,
-/// drawn per request in this order: hang, 503, 429.
+/// drawn per request in this order: hang, 503, 429. With a `capacity`, a
+/// request first waits for a slot (or is shed), then meets the rest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Knobs {
     /// Added to every answer.
@@ -22,6 +23,13 @@ pub struct Knobs {
     pub wrong_key: bool,
     /// Send TapTalk's numeric error codes (`40001`, `40002`) instead of names.
     pub numeric_codes: bool,
+    /// At most this many requests are served at once (the latency is spent
+    /// holding a slot); the others wait in line, first come first served, so
+    /// latency grows with load. `None`: no limit.
+    pub capacity: Option<usize>,
+    /// With a `capacity`: at most this many requests wait; one more is shed
+    /// at once with 503. `None`: the line has no end.
+    pub max_queue: Option<usize>,
 }
 
 impl Default for Knobs {
@@ -35,6 +43,8 @@ impl Default for Knobs {
             hang_for: Duration::from_secs(300),
             wrong_key: false,
             numeric_codes: false,
+            capacity: None,
+            max_queue: None,
         }
     }
 }

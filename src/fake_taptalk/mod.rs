@@ -6,12 +6,18 @@
 //! `ParamValidationFailed` and the field's code, the response envelope, a
 //! stable `userID` per `xcUserID`, and a fresh random ticket per request.
 //! [`Knobs`] add latency, a share of 503s, 429s and hanging requests, or a
-//! wrong-key mode, for tests and benchmarks.
+//! wrong-key mode, for tests and benchmarks, and a capacity ([`Knobs::capacity`],
+//! [`Knobs::max_queue`]: see `line.rs`) that makes requests wait in line and
+//! sheds them beyond it; [`FakeTaptalk::load`] says how long requests spent
+//! inside.
 
+mod answer;
 mod knobs;
+mod line;
 mod rules;
 mod server;
 
 pub use knobs::Knobs;
+pub use line::{LoadStats, TimeInside};
 pub use rules::check as check_fields;
 pub use server::{FakeStats, FakeTaptalk, IssuedRecord};

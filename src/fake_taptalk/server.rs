@@ -1,5 +1,7 @@
 //! The stand-in's HTTP server and the handle tests use to steer and inspect it.
 
+use super::answer::Answer;
+use super::line::{Line, LoadStats, Slots};
 use super::{Knobs, rules};
 use crate::domain::AuthTicket;
 use crate::taptalk::ServerKey;
@@ -10,8 +12,8 @@ use crate::taptalk::api::{
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::post;
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -22,7 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// A ticket the stand-in issued, with the request body exactly as received.
@@ -44,6 +46,8 @@ pub struct FakeStats {
     pub injected_503: u64,
     pub injected_429: u64,
     pub hung: u64,
+    /// Answered 503 at once because `max_queue` requests were waiting.
+    pub shed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -55,12 +59,30 @@ struct Counters {
     injected_503: AtomicU64,
     injected_429: AtomicU64,
     hung: AtomicU64,
+    shed: AtomicU64,
+}
+
+/// The knobs, and the slots their capacity makes (replaced together).
+#[derive(Debug, Clone)]
+struct Config {
+    knobs: Knobs,
+    slots: Option<Arc<Slots>>,
+}
+
+impl Config {
+    fn new(knobs: Knobs) -> Config {
+        Config {
+            slots: Slots::for_knobs(&knobs),
+            knobs,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
     expected_key: SecretString,
-    knobs: RwLock<Knobs>,
+    config: RwLock<Config>,
+    line: Arc<Line>,
     record: bool,
     users: Mutex<HashMap<String, String>>,
     issued: Mutex<Vec<IssuedRecord>>,
@@ -89,7 +111,8 @@ impl FakeTaptalk {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             expected_key: key.header_value(),
-            knobs: RwLock::new(knobs),
+            config: RwLock::new(Config::new(knobs)),
+            line: Arc::new(Line::default()),
             record,
             users: Mutex::new(HashMap::new()),
             issued: Mutex::new(Vec::new()),
@@ -122,12 +145,25 @@ impl FakeTaptalk {
     }
 
     pub fn knobs(&self) -> Knobs {
-        read(&self.shared.knobs).clone()
+        read(&self.shared.config).knobs.clone()
     }
 
-    /// Changes the behaviour of requests that arrive from now on.
+    /// Changes the behaviour of requests that arrive from now on. A new
+    /// capacity or `max_queue` makes a new line: requests already in service
+    /// or waiting finish under the old one.
     pub fn set_knobs(&self, knobs: Knobs) {
-        *self.shared.knobs.write().unwrap_or_else(|p| p.into_inner()) = knobs;
+        let mut config = self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let same_line =
+            config.knobs.capacity == knobs.capacity && config.knobs.max_queue == knobs.max_queue;
+        if same_line {
+            config.knobs = knobs;
+        } else {
+            *config = Config::new(knobs);
+        }
     }
 
     /// Every ticket issued so far (only when started with `record`).
@@ -146,7 +182,15 @@ impl FakeTaptalk {
             injected_503: get(&c.injected_503),
             injected_429: get(&c.injected_429),
             hung: get(&c.hung),
+            shed: get(&c.shed),
         }
+    }
+
+    /// Requests in service and waiting (now and at their peaks), and the
+    /// time requests spent inside, from arrival to the answer sent, the wait
+    /// in line included.
+    pub fn load(&self) -> LoadStats {
+        self.shared.line.stats()
     }
 
     /// Stops serving; requests in progress are cut off.
@@ -174,9 +218,28 @@ async fn auth_ticket(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = Instant::now();
     let counters = &shared.counters;
     counters.requests.fetch_add(1, Ordering::Relaxed);
-    let knobs = read(&shared.knobs).clone();
+    let config = read(&shared.config).clone();
+    let Some(visit) = Line::enter(&shared.line, config.slots.as_deref(), arrived).await else {
+        counters.shed.fetch_add(1, Ordering::Relaxed);
+        return Answer::from(ApiEnvelope::failure(
+            503,
+            "50300",
+            "over capacity, request shed (injected)",
+            "",
+        ))
+        .into_response(None);
+    };
+    serve(&shared, &config.knobs, &headers, &body)
+        .await
+        .into_response(Some(visit))
+}
+
+/// Answers a request that has been let in.
+async fn serve(shared: &Shared, knobs: &Knobs, headers: &HeaderMap, body: &[u8]) -> Answer {
+    let counters = &shared.counters;
     let (delay, fate) = {
         let mut rng = rand::rng();
         let jitter = knobs.latency_jitter.as_millis() as u64;
@@ -212,7 +275,7 @@ async fn auth_ticket(
         Fate::Hang => {
             counters.hung.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(knobs.hang_for).await;
-            return answer(ApiEnvelope::failure(
+            return Answer::from(ApiEnvelope::failure(
                 504,
                 "50400",
                 "gateway timeout (injected)",
@@ -221,7 +284,7 @@ async fn auth_ticket(
         }
         Fate::Unavailable => {
             counters.injected_503.fetch_add(1, Ordering::Relaxed);
-            return answer(ApiEnvelope::failure(
+            return Answer::from(ApiEnvelope::failure(
                 503,
                 "50300",
                 "service unavailable (injected)",
@@ -230,16 +293,10 @@ async fn auth_ticket(
         }
         Fate::TooMany => {
             counters.injected_429.fetch_add(1, Ordering::Relaxed);
-            let mut response = answer(ApiEnvelope::failure(
-                429,
-                "42900",
-                "too many requests (injected)",
-                "",
-            ));
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return response;
+            return Answer {
+                envelope: ApiEnvelope::failure(429, "42900", "too many requests (injected)", ""),
+                retry_after: true,
+            };
         }
         Fate::Serve => {}
     }
@@ -255,7 +312,7 @@ async fn auth_ticket(
         } else {
             "the Server-Key header is missing"
         };
-        return answer(ApiEnvelope::failure(
+        return Answer::from(ApiEnvelope::failure(
             401,
             code(HEADER_VALIDATION_FAILED),
             message,
@@ -263,11 +320,11 @@ async fn auth_ticket(
         ));
     }
 
-    let object = match serde_json::from_slice::<Value>(&body) {
+    let object = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(object)) => object,
         _ => {
             counters.param_rejections.fetch_add(1, Ordering::Relaxed);
-            return answer(ApiEnvelope::failure(
+            return Answer::from(ApiEnvelope::failure(
                 400,
                 code(PARAM_VALIDATION_FAILED),
                 "the body must be a JSON object",
@@ -282,7 +339,7 @@ async fn auth_ticket(
         } else {
             error.field.name().to_owned()
         };
-        return answer(ApiEnvelope::failure(
+        return Answer::from(ApiEnvelope::failure(
             400,
             code(PARAM_VALIDATION_FAILED),
             error.to_string(),
@@ -313,16 +370,11 @@ async fn auth_ticket(
             at: Utc::now(),
         });
     }
-    answer(ApiEnvelope::success(&TicketData { user_id, ticket }))
+    ApiEnvelope::success(&TicketData { user_id, ticket }).into()
 }
 
 async fn not_found() -> Response {
-    answer(ApiEnvelope::failure(404, "40400", "no such endpoint", ""))
-}
-
-fn answer(envelope: ApiEnvelope) -> Response {
-    let status = StatusCode::from_u16(envelope.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(envelope)).into_response()
+    Answer::from(ApiEnvelope::failure(404, "40400", "no such endpoint", "")).into_response(None)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
