@@ -577,28 +577,35 @@ async fn migrating_waits_through_backends_terminated_while_a_migration_runs() {
     let db = TestDb::create().await;
     let store =
         TicketStore::connect_lazy(&secrecy::SecretString::from(db.url.clone()), 2).expect("pool");
-    // Terminate the backend running the first migration whenever it is
-    // caught at it, for a while: its transaction rolls back each time.
-    let mut terminated = 0i64;
+    // Hold the first migration in place: it grants USAGE on the schema, and
+    // waits while this open transaction has changed the schema's privileges.
+    let mut blocker = db.pool.begin().await.expect("begin");
+    sqlx::query("GRANT USAGE ON SCHEMA public TO PUBLIC")
+        .execute(&mut *blocker)
+        .await
+        .expect("hold the schema's row");
+    // Terminate the migration while it waits (its transaction rolls back),
+    // then let the schema go.
     let killer = async {
         let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_millis(3500) {
+        let mut terminated = 0i64;
+        while terminated == 0 && started.elapsed() < Duration::from_secs(30) {
             terminated += sqlx::query_scalar::<_, i64>(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                  WHERE datname = $1 AND pid <> pg_backend_pid() AND state = 'active'
-                   AND query LIKE '%CREATE TABLE auth_tickets%'",
+                   AND wait_event_type = 'Lock'",
             )
             .bind(&db.name)
             .fetch_one(&db.pool)
             .await
             .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        blocker.rollback().await.expect("release the schema");
+        terminated
     };
-    let (migrated, ()) = tokio::join!(ticket_worker::startup::migrate(&store), killer);
-    assert!(
-        terminated > 0,
-        "a migration was caught running and terminated"
-    );
+    let (migrated, terminated) = tokio::join!(ticket_worker::startup::migrate(&store), killer);
+    assert!(terminated > 0, "the waiting migration was terminated");
     migrated.expect("migrations wait for Postgres and finish");
     MIGRATOR.run(&db.pool).await.expect("nothing left to apply");
     assert_eq!(db.count().await, 0);
