@@ -186,6 +186,7 @@ async fn measure(
             database: bench_database,
             connection: &connection,
             worker_env: &args.worker_env,
+            worker_bin: args.worker_bin.as_deref(),
             deadline,
             timeout: args.timeout,
             ticks_per_second: procfs::ticks_per_second(),
@@ -219,6 +220,7 @@ async fn measure(
                     .iter()
                     .map(|(k, v)| crate::observe::scrub(&format!("{k}={v}")))
                     .collect(),
+                worker_bin: args.worker_bin.as_ref().map(|p| p.display().to_string()),
                 timeout_s: args.timeout.as_secs_f64(),
             },
             ceiling,

@@ -51,6 +51,8 @@ pub struct Context<'a> {
     pub connection: &'a Connection,
     /// `--worker-env`.
     pub worker_env: &'a [(String, String)],
+    /// `--worker-bin`: the replicas' program, when not this one.
+    pub worker_bin: Option<&'a std::path::Path>,
     pub deadline: Instant,
     pub timeout: Duration,
     pub ticks_per_second: u64,
@@ -138,7 +140,8 @@ pub async fn run(
     .map(|(k, v)| (k.to_owned(), v))
     .collect::<Vec<_>>();
     ours.extend(ctx.place.topology_env());
-    let env = WorkerEnv::new(ours, ctx.worker_env);
+    let mut env = WorkerEnv::new(ours, ctx.worker_env);
+    env.program = ctx.worker_bin.map(std::path::Path::to_path_buf);
     for number in 1..=phase.replicas {
         running.replicas.push(Replica::spawn(number, &env)?);
     }

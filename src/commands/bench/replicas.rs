@@ -32,6 +32,8 @@ const LONGEST_LINE: usize = 2_000;
 pub struct WorkerEnv {
     pub clear: Vec<String>,
     pub set: Vec<(String, String)>,
+    /// The program to run (`--worker-bin`); `None`: this one.
+    pub program: Option<std::path::PathBuf>,
 }
 
 impl WorkerEnv {
@@ -46,6 +48,7 @@ impl WorkerEnv {
         WorkerEnv {
             clear: worker_settings(),
             set,
+            program: None,
         }
     }
 
@@ -132,9 +135,12 @@ pub struct Replica {
 impl Replica {
     /// Starts `ticket-worker run` as replica `number`.
     pub fn spawn(number: usize, env: &WorkerEnv) -> anyhow::Result<Replica> {
-        let program = std::env::current_exe().map_err(|e| {
-            anyhow::anyhow!("cannot find this program's own file to start worker replicas: {e}")
-        })?;
+        let program = match &env.program {
+            Some(program) => program.clone(),
+            None => std::env::current_exe().map_err(|e| {
+                anyhow::anyhow!("cannot find this program's own file to start worker replicas: {e}")
+            })?,
+        };
         let mut command = Command::new(&program);
         command.arg("run");
         for key in &env.clear {

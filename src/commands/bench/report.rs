@@ -32,6 +32,8 @@ pub struct RunSettings {
     pub database: String,
     /// `--worker-env` settings; every other worker setting at its default.
     pub worker_env: Vec<String>,
+    /// `--worker-bin`, when the replicas ran another build.
+    pub worker_bin: Option<String>,
     pub timeout_s: f64,
 }
 
@@ -196,6 +198,7 @@ pub fn example() -> Report {
             isolation: Isolation::Vhost("bench-1a2b3c4d".into()),
             database: "ticket_bench_1a2b3c4d".into(),
             worker_env: vec![],
+            worker_bin: None,
             timeout_s: 60.0,
         },
         ceiling: Some(Ceiling {

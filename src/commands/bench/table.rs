@@ -36,6 +36,9 @@ pub fn render(report: &Report) -> String {
     } else {
         let _ = writeln!(out, "worker settings: the defaults");
     }
+    if let Some(bin) = &report.settings.worker_bin {
+        let _ = writeln!(out, "worker binary: {bin}");
+    }
     match &report.ceiling {
         Some(c) => {
             let _ = writeln!(
