@@ -63,6 +63,7 @@ pub async fn run(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
         hang_for: args.hang_for,
         wrong_key: args.wrong_key,
         numeric_codes: args.numeric_error_codes,
+        unavailable_for: Vec::new(),
     };
     let server = FakeTaptalk::start(args.listen, &key, knobs.clone(), false)
         .await

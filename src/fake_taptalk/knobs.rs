@@ -22,6 +22,10 @@ pub struct Knobs {
     pub wrong_key: bool,
     /// Send TapTalk's numeric error codes (`40001`, `40002`) instead of names.
     pub numeric_codes: bool,
+    /// `xcUserID`s whose requests are answered 503 whatever else is set, as
+    /// if TapTalk failed for those users only (tests: events that exhaust
+    /// their retries while others get tickets).
+    pub unavailable_for: Vec<String>,
 }
 
 impl Default for Knobs {
@@ -35,6 +39,7 @@ impl Default for Knobs {
             hang_for: Duration::from_secs(300),
             wrong_key: false,
             numeric_codes: false,
+            unavailable_for: Vec::new(),
         }
     }
 }
