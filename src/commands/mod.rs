@@ -1,10 +1,11 @@
-//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish`.
+//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish | dlq`.
 //! Each command lives in its own file; this one only parses and dispatches,
 //! registers secrets with the log redactor before anything connects, and turns
 //! failures into exit codes (2: configuration, 1: other), the final error line
 //! scrubbed like every log line.
 
 pub mod demo;
+pub mod dlq;
 mod error;
 pub mod fake_taptalk;
 mod migrate;
@@ -42,13 +43,15 @@ pub enum Command {
     Demo(Box<demo::DemoArgs>),
     /// Publish login events (JSON lines, from a file or stdin) to the login exchange
     Publish(publish::PublishArgs),
+    /// Look at the dead letters, and replay them once what failed them is fixed
+    Dlq(dlq::DlqArgs),
 }
 
 impl Cli {
     /// Runs the chosen command and maps its result to the process exit code.
     pub async fn execute(self) -> ExitCode {
         let filter = match self.command {
-            Command::Demo(_) | Command::Publish(_) => observe::QUIET_FILTER,
+            Command::Demo(_) | Command::Publish(_) | Command::Dlq(_) => observe::QUIET_FILTER,
             _ => observe::DEFAULT_FILTER,
         };
         observe::init(self.log_format, filter);
@@ -59,6 +62,7 @@ impl Cli {
             Command::FakeTaptalk(args) => fake_taptalk::run(&args).await,
             Command::Demo(args) => demo::run(&args).await,
             Command::Publish(args) => publish::run(&args).await,
+            Command::Dlq(args) => dlq::run(&args).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +95,7 @@ fn register_early_secrets(command: &Command) {
                 secrets::register_broker(&broker);
             }
         }
-        Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) => {}
+        // These register theirs as soon as they have read their settings.
+        Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) | Command::Dlq(_) => {}
     }
 }
