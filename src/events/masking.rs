@@ -108,8 +108,8 @@ fn mask_value(value: &Value) -> Value {
         Value::String(text) => mask_text(text),
         Value::Bool(_) => "(a boolean)".to_owned(),
         Value::Number(_) => "(a number)".to_owned(),
-        Value::Array(items) => format!("(an array of {})", items.len()),
-        Value::Object(keys) => format!("(an object of {} keys)", keys.len()),
+        Value::Array(items) => format!("(an array of {})", count(items.len(), "item")),
+        Value::Object(keys) => format!("(an object of {})", count(keys.len(), "key")),
     };
     Value::String(masked)
 }
@@ -121,6 +121,14 @@ fn mask_text(text: &str) -> String {
             format!("{first}… ({chars} chars)")
         }
         _ => format!("… ({chars} chars)"),
+    }
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
@@ -164,9 +172,9 @@ mod tests {
         assert_eq!(out["fullName"], "A… (8 chars)");
         assert_eq!(out["email"], "a… (15 chars)");
         assert_eq!(out["username"], "… (3 chars)");
-        assert_eq!(out["nested"], "(an object of 1 keys)");
+        assert_eq!(out["nested"], "(an object of 1 key)");
         assert_eq!(out["age"], "(a number)");
-        assert_eq!(out["tags"], "(an array of 2)");
+        assert_eq!(out["tags"], "(an array of 2 items)");
         assert_eq!(out["username2"], Value::Null);
         let text = out.to_string();
         for secret in [

@@ -20,7 +20,7 @@
 //! Dead letters not chosen are given back in their order.
 
 use super::{CommandError, ReplayReport, cannot_open, connection};
-use crate::broker::dead_letters::{Browser, DeadLetter, ReplayCopy};
+use crate::broker::dead_letters::{Browser, DeadLetter, Reason, ReplayCopy};
 use crate::broker::{PublishError, Publisher};
 use crate::commands::secrets;
 use crate::config::{BrokerArgs, DatabaseArgs, ReplaySettings, SelectionArgs};
@@ -163,7 +163,7 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
         if interrupt == Interrupt::AfterPublishing(published) {
             // As if the process died here: the connection goes, and
             // RabbitMQ takes back every dead letter it held, this one too.
-            let _ = connection.close(320, "interrupted".into()).await;
+            let _ = connection.close(200, "interrupted (test)".into()).await;
             return Err(anyhow::anyhow!("interrupted after publishing a replay").into());
         }
         if let Err(error) = browser.remove(&delivery).await {
@@ -201,16 +201,23 @@ impl Replayer {
         let Some(event_id) = &letter.event_id else {
             return Ok(Some("no usable eventID: nothing recorded to clear".into()));
         };
-        match letter.reason.recorded_failure() {
+        let note = match letter.reason.recorded_failure() {
             Some(reason) if !self.dry_run => {
                 let cleared = self.store.clear_for_replay(event_id, reason).await?;
-                Ok(describe_cleared(&cleared, reason.as_str()))
+                describe_cleared(&cleared, reason.as_str())
             }
             reason => {
                 let state = self.store.replay_state(event_id).await?;
-                Ok(describe_state(&state, reason.map(|r| r.as_str())))
+                describe_state(&state, reason.map(|r| r.as_str()))
             }
-        }
+        };
+        // Invalid events are not recorded: their body decides, again.
+        Ok(note.or_else(|| {
+            (letter.reason == Reason::Invalid).then(|| {
+                "checked again as it is: invalid again unless the worker's rules or settings changed"
+                    .to_owned()
+            })
+        }))
     }
 
     /// Step 2: publishes the replay and waits for its confirm.
