@@ -46,7 +46,7 @@ impl MaskedBody {
 }
 
 /// The texts of `body` that masking hides (the values of masked keys, at
-/// least [`SHORTEST_WITH_INITIAL`] characters long, nested ones included):
+/// least four characters long, nested ones included):
 /// what else is shown beside the body (an error message from TapTalk, say)
 /// must not repeat them either. See [`hide_values`].
 pub fn masked_texts(body: &[u8]) -> Vec<String> {
