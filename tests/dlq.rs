@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::*;
+use ticket_worker::broker::dead_letters::Browser;
 use ticket_worker::commands::dlq::{DlqCommand, Interrupt, ReplayArgs};
 use ticket_worker::commands::{Cli, Command};
 use ticket_worker::fake_taptalk::Knobs;
@@ -433,25 +434,16 @@ async fn listing_twice_gives_the_same_answer_and_consumes_nothing() {
     let h = Harness::new(Knobs::default()).await;
     let n = every_kind_of_dead_letter(&h).await;
     let env = dlq_env(&h);
+    let dead = h.broker.topology.dead_letter_queue.clone();
     let first = dlq_ok(&env, &["list", "--json", "--samples", "100"])
         .await
         .json();
-    assert_eq!(
-        h.broker
-            .ready_count(&h.broker.topology.dead_letter_queue)
-            .await,
-        n
-    );
+    // Counted again by the time the command is done.
+    assert_eq!(h.broker.ready_count(&dead).await, n, "all there");
     let second = dlq_ok(&env, &["list", "--json", "--samples", "100"])
         .await
         .json();
-    assert_eq!(
-        h.broker
-            .ready_count(&h.broker.topology.dead_letter_queue)
-            .await,
-        n,
-        "still all there"
-    );
+    assert_eq!(h.broker.ready_count(&dead).await, n, "still all there");
     assert_eq!(first["total"], u64::from(n));
     assert_eq!(
         counts(&first),
@@ -540,6 +532,20 @@ async fn a_replay_without_a_selector_exits_2_and_names_the_flags() {
     for flag in ["--reason", "--limit", "--all"] {
         assert!(ran.stderr.contains(flag), "{flag} in {}", ran.stderr);
     }
+    let chosen = replay_args(
+        &h,
+        &[
+            "--reason",
+            "invalid,retries_exhausted",
+            "--reason",
+            "rejected",
+        ],
+    );
+    assert_eq!(
+        chosen.selection.reason,
+        vec!["invalid", "retries_exhausted", "rejected"],
+        "repeatable, and comma lists"
+    );
     let ran = dlq(&env, &["replay", "--reason", "retries-exhausted"]).await;
     assert_eq!(ran.code, 2, "{}", ran.stderr);
     assert!(ran.stderr.contains("retries_exhausted"), "{}", ran.stderr);
@@ -706,6 +712,54 @@ async fn worker_dead_letter(h: &Harness, event: &Value, reason: &str) {
         .expect("publish")
         .await
         .expect("confirmed");
+}
+
+#[tokio::test]
+async fn messages_arriving_while_the_queue_is_read_are_neither_counted_nor_lost() {
+    let h = Harness::new(Knobs::default()).await;
+    let queue = h.broker.topology.dead_letter_queue.clone();
+    let old: Vec<Value> = (0..3)
+        .map(|i| login_event(&format!("cust-old-{i}")))
+        .collect();
+    for event in &old {
+        worker_dead_letter(&h, event, "invalid").await;
+    }
+    dead_letters_settle_at(&h, 3).await;
+
+    let mut browser = Browser::open(&h.broker.connection, &queue)
+        .await
+        .expect("open the dead-letter queue");
+    assert_eq!(browser.left(), 3);
+    let mut read = Vec::new();
+    let first = browser.next().await.expect("read").expect("a dead letter");
+    read.push(message_id(&first));
+    let late = login_event("cust-late");
+    worker_dead_letter(&h, &late, "invalid").await;
+    while let Some(delivery) = browser.next().await.expect("read") {
+        read.push(message_id(&delivery));
+    }
+    assert_eq!(
+        read,
+        old.iter().map(id_of).collect::<Vec<_>>(),
+        "what was there at the start, once each, in order; not the late one"
+    );
+    browser.give_back().await.expect("give back");
+
+    dead_letters_settle_at(&h, 4).await;
+    let drained: Vec<String> = h
+        .broker
+        .drain_dead_letters()
+        .await
+        .iter()
+        .map(message_id)
+        .collect();
+    let kept: Vec<String> = drained
+        .iter()
+        .filter(|id| **id != id_of(&late))
+        .cloned()
+        .collect();
+    assert_eq!(kept, read, "given back in their order");
+    assert!(drained.contains(&id_of(&late)), "the late one is there too");
 }
 
 #[tokio::test]

@@ -18,6 +18,10 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDe
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Longest wait for the queue to count what was given back.
+pub const SETTLE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Reads one queue without consuming it; see the module documentation.
 pub struct Browser {
@@ -33,23 +37,14 @@ impl Browser {
     /// Opens a channel of its own on `connection` and notes how many messages
     /// `queue` holds. Fails when the queue does not exist.
     pub async fn open(connection: &Connection, queue: &str) -> Result<Browser, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Browser {
-            channel,
+        let mut browser = Browser {
+            channel: connection.create_channel().await?,
             queue: queue.to_owned(),
-            left: declared.message_count(),
+            left: 0,
             held: BTreeSet::new(),
-        })
+        };
+        browser.left = browser.ready().await?;
+        Ok(browser)
     }
 
     /// How many messages are still to be read of those the queue held when
@@ -91,7 +86,10 @@ impl Browser {
     }
 
     /// Returns every held message to the queue, in the order they were read,
-    /// and closes the channel.
+    /// and closes the channel. A quorum queue takes them back a moment after
+    /// the nack (which has no answer): this waits, up to [`SETTLE_WITHIN`],
+    /// until the queue counts them again, so that whoever looks next (another
+    /// `dlq list`, say) sees them.
     pub async fn give_back(mut self) -> Result<(), lapin::Error> {
         if let Some(last) = self.held.last().copied() {
             self.channel
@@ -103,10 +101,31 @@ impl Browser {
                     },
                 )
                 .await?;
+            let returned = u32::try_from(self.held.len()).unwrap_or(u32::MAX);
             self.held.clear();
+            let started = Instant::now();
+            while self.ready().await? < returned && started.elapsed() < SETTLE_WITHIN {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         self.channel
             .close(200, "dead letters given back".into())
             .await
+    }
+
+    /// Messages ready in the queue now.
+    async fn ready(&self) -> Result<u32, lapin::Error> {
+        let declared = self
+            .channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(declared.message_count())
     }
 }
