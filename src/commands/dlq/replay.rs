@@ -101,9 +101,15 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
         let user = broker.login_user();
         Publisher::open(&connection, Arc::new(topology.clone()), user.as_deref()).await
     };
-    let publisher = setup
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot declare the topology or open a channel: {e}"))?;
+    let publisher = setup.await.map_err(|e| {
+        let refused = matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406);
+        let hint = if refused {
+            "; RabbitMQ refuses the queues' arguments: give DELIVERY_LIMIT (and the names) the values the workers use"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot declare the exchanges and queues: {e}{hint}")
+    })?;
     let queue = &topology.dead_letter_queue;
     let mut browser = Browser::open(&connection, queue)
         .await
