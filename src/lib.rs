@@ -23,8 +23,9 @@
 //! Around it: [`config`] (settings and their checks), [`startup`] (wiring),
 //! [`observe`] (logs, counters), [`shutdown`] (the stop signal), [`purge`]
 //! (deleting long-expired tickets), [`commands`] (the command line: `run`,
-//! `migrate`, `fake-taptalk`, `demo`, `publish`, and `bench`, which measures
-//! the worker against a broker-only ceiling) and [`fake_taptalk`] (the
+//! `migrate`, `fake-taptalk`, `demo`, `publish`, `bench`, which measures
+//! the worker against a broker-only ceiling, and `dlq` for the dead letters,
+//! with [`broker::dead_letters`]) and [`fake_taptalk`] (the
 //! TapTalk stand-in).
 
 pub mod broker;

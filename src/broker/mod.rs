@@ -1,11 +1,14 @@
 //! RabbitMQ: the connection ([`connection`]), the exchanges and queues the
 //! worker declares ([`topology`]), confirmed publishing of everything the
 //! worker sends ([`publisher`]), and keeping the copies it sends within
-//! RabbitMQ's frame size ([`copies`]). Consuming lives in the worker.
+//! RabbitMQ's frame size ([`copies`]). Consuming lives in the worker. The
+//! operator's view of the dead-letter queue, for `dlq list` and `dlq replay`,
+//! is [`dead_letters`].
 
 pub mod acks;
 pub mod connection;
 pub mod copies;
+pub mod dead_letters;
 pub mod inbound;
 pub mod publisher;
 pub mod settle;

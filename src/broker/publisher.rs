@@ -262,6 +262,27 @@ impl Publisher {
         .await
     }
 
+    /// Publishes the replay of a dead letter (see
+    /// [`ReplayCopy`](super::dead_letters::ReplayCopy)) to the login
+    /// exchange, `mandatory`, and waits for the confirm: a replay that no
+    /// queue takes is an error ([`PublishError::Unroutable`]), not a success.
+    #[tracing::instrument(name = "broker.replay", level = "debug", skip_all)]
+    pub async fn replay(
+        &self,
+        copy: &super::dead_letters::ReplayCopy,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let properties = self.fit(copy.properties.clone(), &[])?;
+        self.publish(
+            &self.copies,
+            &self.topology.login_exchange,
+            &copy.routing_key,
+            body,
+            properties,
+        )
+        .await
+    }
+
     /// How often the worker has put this message back because it could not
     /// get a ticket for it (the `x-ticket-worker-retries` header). Only copies
     /// the worker itself put back count (see [`Publisher::is_own_copy`]);

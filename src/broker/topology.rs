@@ -68,6 +68,17 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
+        // The dead-letter queue has no delivery limit (and no dead-letter
+        // exchange of its own), on purpose: `dlq list` and `dlq replay` read
+        // it without acknowledging and give back what they do not remove
+        // (basic.nack with requeue), which counts as a redelivery. RabbitMQ
+        // 3.x sets no delivery limit on a quorum queue unless asked, so those
+        // returns count towards nothing and nothing is ever dropped. RabbitMQ
+        // 4.x gives every quorum queue a default limit of 20 (4.0 to 4.2 count
+        // every return towards it; from 4.3 a basic.nack does not count): there,
+        // lift it with a policy (`delivery-limit: -1`, see the README). Adding
+        // the argument here would make RabbitMQ refuse to redeclare queues that
+        // exist without it.
         channel
             .queue_declare(
                 self.dead_letter_queue.as_str().into(),

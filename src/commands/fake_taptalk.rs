@@ -76,6 +76,7 @@ pub async fn run(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
         numeric_codes: args.numeric_error_codes,
         capacity: args.capacity.map(|n| n as usize),
         max_queue: args.max_queue.map(|n| n as usize),
+        unavailable_for: Vec::new(),
     };
     let server = FakeTaptalk::start(args.listen, &key, knobs.clone(), false)
         .await

@@ -1,4 +1,4 @@
-//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish | bench`.
+//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish | bench | dlq`.
 //! Each command lives in its own file; this one only parses and dispatches,
 //! registers secrets with the log redactor before anything connects, and turns
 //! failures into exit codes (2: configuration, 1: other), the final error line
@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod dlq;
 mod error;
 pub mod fake_taptalk;
 mod migrate;
@@ -45,13 +46,17 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Measure the worker: throughput, latency, CPU and commits per event, against a broker-only ceiling
     Bench(Box<bench::BenchArgs>),
+    /// Look at the dead letters, and replay them once what failed them is fixed
+    Dlq(dlq::DlqArgs),
 }
 
 impl Cli {
     /// Runs the chosen command and maps its result to the process exit code.
     pub async fn execute(self) -> ExitCode {
         let filter = match self.command {
-            Command::Demo(_) | Command::Publish(_) | Command::Bench(_) => observe::QUIET_FILTER,
+            Command::Demo(_) | Command::Publish(_) | Command::Bench(_) | Command::Dlq(_) => {
+                observe::QUIET_FILTER
+            }
             _ => observe::DEFAULT_FILTER,
         };
         observe::init(self.log_format, filter);
@@ -63,6 +68,7 @@ impl Cli {
             Command::Demo(args) => demo::run(&args).await,
             Command::Publish(args) => publish::run(&args).await,
             Command::Bench(args) => bench::run(&args).await,
+            Command::Dlq(args) => dlq::run(&args).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +111,7 @@ fn register_early_secrets(command: &Command) {
                 secrets::register_database(&database);
             }
         }
-        Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) => {}
+        // These register theirs as soon as they have read their settings.
+        Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) | Command::Dlq(_) => {}
     }
 }

@@ -8,10 +8,11 @@
 //!
 //! Numbers (`PREFETCH`, `CONCURRENCY`, …) are parsed by clap, which stops at
 //! the first value that is not a number; everything after that is checked
-//! here.
+//! here. `dead_letters.rs` holds the settings of `dlq replay`.
 
 mod broker;
 mod database;
+mod dead_letters;
 mod errors;
 mod run;
 mod taptalk;
@@ -19,6 +20,7 @@ mod values;
 
 pub use broker::{BrokerArgs, BrokerSettings, TopologyArgs};
 pub use database::{DatabaseArgs, DatabaseSettings};
+pub use dead_letters::{ReplaySettings, Selection, SelectionArgs};
 pub use errors::{ConfigError, ConfigErrors};
 pub use run::RunArgs;
 pub use taptalk::{ServerKeyArgs, TaptalkArgs, TaptalkSettings, server_key, taptalk_base_url};

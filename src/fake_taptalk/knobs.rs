@@ -30,6 +30,10 @@ pub struct Knobs {
     /// With a `capacity`: at most this many requests wait; one more is shed
     /// at once with 503. `None`: the line has no end.
     pub max_queue: Option<usize>,
+    /// `xcUserID`s whose requests are answered 503 whatever else is set, as
+    /// if TapTalk failed for those users only (tests: events that exhaust
+    /// their retries while others get tickets).
+    pub unavailable_for: Vec<String>,
 }
 
 impl Default for Knobs {
@@ -45,6 +49,7 @@ impl Default for Knobs {
             numeric_codes: false,
             capacity: None,
             max_queue: None,
+            unavailable_for: Vec::new(),
         }
     }
 }

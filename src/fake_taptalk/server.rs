@@ -352,6 +352,15 @@ async fn serve(shared: &Shared, knobs: &Knobs, headers: &HeaderMap, body: &[u8])
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    if knobs.unavailable_for.contains(&xc_user_id) {
+        counters.injected_503.fetch_add(1, Ordering::Relaxed);
+        return Answer::from(ApiEnvelope::failure(
+            503,
+            "50300",
+            "service unavailable for this user (injected)",
+            "",
+        ));
+    }
     let user_id = {
         let mut users = lock(&shared.users);
         let next = 1_000_001 + users.len();

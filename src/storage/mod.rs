@@ -3,7 +3,8 @@
 //! `auth_tickets` rows app backends read), `outcomes.rs` (the final outcome
 //! of each event, which keeps every copy of an event ending the same way),
 //! `outbox.rs` (the ticket event announcing each outcome, until it is
-//! confirmed) and `rows.rs` (rows into domain values). [`BatchedStore`] is the
+//! confirmed), `replays.rs` (clearing a recorded failure for `dlq replay`)
+//! and `rows.rs` (rows into domain values). [`BatchedStore`] is the
 //! store as the pipeline uses it: the lookups and saves of all events in
 //! flight folded into one statement each (`batcher.rs`, a group commit).
 //!
@@ -19,12 +20,14 @@ mod batched;
 mod batcher;
 mod outbox;
 mod outcomes;
+mod replays;
 mod rows;
 mod tickets;
 
 pub use batched::BatchedStore;
 pub use outbox::{Announced, Announcement};
 pub use outcomes::{Forgotten, Known, Purged, StoredFailure};
+pub use replays::{Cleared, ReplayState};
 pub use tickets::Saved;
 
 use crate::health::Failure;
