@@ -34,6 +34,7 @@ use crate::taptalk::limit::Concurrency;
 use crate::taptalk::{LimitSettings, RateLimit};
 use crate::worker::Prefetch;
 use errors::Problems;
+use std::net::SocketAddr;
 use std::time::Duration;
 use values::{duration, positive_duration};
 
@@ -82,6 +83,8 @@ pub struct Settings {
     pub relay: RelaySettings,
     /// How often a progress line is logged; `None`: never.
     pub progress_every: Option<Duration>,
+    /// Where the HTTP server (metrics, probes) listens; `None`: no server.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -128,6 +131,7 @@ impl Settings {
             &args.outbox_relay_after,
         ));
         let progress_every = problems.take(duration("PROGRESS_EVERY", &args.progress_every));
+        let http_listen = problems.take(http_listen(&args.http_listen));
         let (
             Some(broker),
             Some(database),
@@ -146,6 +150,7 @@ impl Settings {
             Some(prefetch),
             Some(limit),
             Some(rate_limit),
+            Some(http_listen),
         ) = (
             broker,
             database,
@@ -164,6 +169,7 @@ impl Settings {
             prefetch,
             limit,
             rate_limit,
+            http_listen,
         )
         else {
             return Err(problems.into_errors());
@@ -195,8 +201,26 @@ impl Settings {
             }),
             relay: RelaySettings::new(relay_after),
             progress_every: (!progress_every.is_zero()).then_some(progress_every),
+            http_listen,
         })
     }
+}
+
+/// HTTP_LISTEN: `host:port`, or `off`.
+fn http_listen(raw: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    raw.parse::<SocketAddr>().map(Some).map_err(|_| {
+        ConfigError::new(
+            "HTTP_LISTEN",
+            format!(
+                "{:?} is not an address to listen on; write host:port (e.g. 0.0.0.0:8080, [::]:8080) or off",
+                raw.chars().take(64).collect::<String>()
+            ),
+        )
+    })
 }
 
 /// CONCURRENCY, CONCURRENCY_MIN and CONCURRENCY_MAX, checked together.

@@ -135,6 +135,14 @@ pub struct RunArgs {
         default_value = "10s"
     )]
     pub outbox_relay_after: String,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz; `off` turns it off
+    #[arg(
+        long,
+        env = "HTTP_LISTEN",
+        value_name = "HTTP_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub http_listen: String,
     /// How often to log a progress line while events flow; 0 turns it off
     #[arg(
         long,

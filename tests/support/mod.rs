@@ -725,6 +725,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         purge: None,
         relay: RelaySettings::new(Duration::from_secs(1)),
         progress_every: None,
+        http_listen: None,
     }
 }
 
