@@ -80,7 +80,7 @@ impl Acks {
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     InFlight,
-    Settled(Settlement, Instant),
+    Settled(Settlement),
     /// Already acknowledged alone.
     Sent,
 }
@@ -89,22 +89,35 @@ struct Ledger {
     channel: Channel,
     /// Registered deliveries not yet covered by a settlement, oldest first.
     slots: VecDeque<(u64, Slot)>,
-    /// How many of them are `Settled` (not sent yet): when none is, nothing
-    /// is held and the ledger need not be scanned.
-    settled: usize,
+    /// Settlements in the order they were made (so, oldest first), to find
+    /// those held too long without scanning the slots. An entry whose slot
+    /// went out with a run meanwhile is skipped when reached.
+    held: VecDeque<(u64, Instant)>,
 }
 
 async fn run(channel: Channel, mut ops: mpsc::UnboundedReceiver<Op>, broken: CancellationToken) {
     let mut ledger = Ledger {
         channel,
         slots: VecDeque::new(),
-        settled: 0,
+        held: VecDeque::new(),
     };
+    // One timer, moved to the oldest held settlement's deadline when that
+    // changes (not a new timer per round).
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
-        let next_hold = ledger.oldest_held().map(|at| at + HOLD);
+        let deadline = ledger.oldest_held().map(|at| at + HOLD);
+        if deadline != armed {
+            if let Some(at) = deadline {
+                timer.as_mut().reset(at);
+            }
+            armed = deadline;
+        }
         let op = tokio::select! {
             op = ops.recv() => op,
-            _ = sleep_until(next_hold) => {
+            _ = &mut timer, if armed.is_some() => {
+                armed = None;
                 if ledger.send(Instant::now(), false).await.is_err() {
                     broken.cancel();
                     return;
@@ -133,23 +146,17 @@ async fn run(channel: Channel, mut ops: mpsc::UnboundedReceiver<Op>, broken: Can
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Ledger {
     fn apply(&mut self, op: Op, flushes: &mut Vec<oneshot::Sender<()>>) {
         match op {
             Op::Received(tag) => self.slots.push_back((tag, Slot::InFlight)),
             Op::Settled(tag, how) => {
-                if let Ok(i) = self.slots.binary_search_by_key(&tag, |(t, _)| *t)
+                if let Some(i) = self.index(tag)
                     && matches!(self.slots[i].1, Slot::InFlight)
                 {
-                    self.slots[i].1 = Slot::Settled(how, Instant::now());
-                    self.settled += 1;
+                    let now = Instant::now();
+                    self.slots[i].1 = Slot::Settled(how);
+                    self.held.push_back((tag, now));
                 } else {
                     tracing::error!(
                         delivery_tag = tag,
@@ -161,18 +168,27 @@ impl Ledger {
         }
     }
 
-    /// When the oldest settlement held behind an in-flight delivery was made.
-    fn oldest_held(&self) -> Option<Instant> {
-        if self.settled == 0 {
-            return None;
+    /// Where a delivery's slot is, if it is still in the ledger.
+    fn index(&self, tag: u64) -> Option<usize> {
+        self.slots.binary_search_by_key(&tag, |(t, _)| *t).ok()
+    }
+
+    /// Whether a delivery's settlement is made and not sent yet.
+    fn is_settled(&self, tag: u64) -> bool {
+        self.index(tag)
+            .is_some_and(|i| matches!(self.slots[i].1, Slot::Settled(..)))
+    }
+
+    /// When the oldest settlement still held behind an in-flight delivery
+    /// was made (forgetting those that went out meanwhile).
+    fn oldest_held(&mut self) -> Option<Instant> {
+        while let Some(&(tag, at)) = self.held.front() {
+            if self.is_settled(tag) {
+                return Some(at);
+            }
+            self.held.pop_front();
         }
-        self.slots
-            .iter()
-            .filter_map(|(_, slot)| match slot {
-                Slot::Settled(_, at) => Some(*at),
-                _ => None,
-            })
-            .min()
+        None
     }
 
     /// Sends the settled run at the front, and the settlements behind it
@@ -183,16 +199,12 @@ impl Ledger {
             match slot {
                 Slot::InFlight => break,
                 Slot::Sent => {}
-                Slot::Settled(Settlement::Ack, _) => {
-                    run_end = Some(tag);
-                    self.settled -= 1;
-                }
-                Slot::Settled(how, _) => {
+                Slot::Settled(Settlement::Ack) => run_end = Some(tag),
+                Slot::Settled(how) => {
                     if let Some(end) = run_end.take() {
                         self.ack(end, true).await?;
                     }
                     self.single(tag, how).await?;
-                    self.settled -= 1;
                 }
             }
             self.slots.pop_front();
@@ -200,17 +212,17 @@ impl Ledger {
         if let Some(end) = run_end {
             self.ack(end, true).await?;
         }
-        if self.settled == 0 {
-            return Ok(());
-        }
-        for i in 0..self.slots.len() {
-            let (tag, slot) = self.slots[i];
-            if let Slot::Settled(how, at) = slot
-                && (everything || now.duration_since(at) >= HOLD)
+        // What waited long enough behind a delivery still in flight goes alone.
+        while let Some(&(tag, at)) = self.held.front() {
+            if !everything && now.duration_since(at) < HOLD {
+                break;
+            }
+            self.held.pop_front();
+            if let Some(i) = self.index(tag)
+                && let Slot::Settled(how) = self.slots[i].1
             {
                 self.single(tag, how).await?;
                 self.slots[i].1 = Slot::Sent;
-                self.settled -= 1;
             }
         }
         Ok(())
