@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// Keep the vhost (or exchanges and queues) and database the run made
     #[arg(long)]
     pub keep: bool,
+    /// Write each replica's whole log to DIR/replica-N.log (secrets scrubbed)
+    #[arg(long, value_name = "DIR")]
+    pub replica_logs: Option<PathBuf>,
     /// Run this ticket-worker binary as the replicas (default: this one), to compare two builds under one harness
     #[arg(long, value_name = "PATH")]
     pub worker_bin: Option<PathBuf>,

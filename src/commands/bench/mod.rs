@@ -187,6 +187,7 @@ async fn measure(
             connection: &connection,
             worker_env: &args.worker_env,
             worker_bin: args.worker_bin.as_deref(),
+            replica_logs: args.replica_logs.as_deref(),
             deadline,
             timeout: args.timeout,
             ticks_per_second: procfs::ticks_per_second(),

@@ -53,6 +53,8 @@ pub struct Context<'a> {
     pub worker_env: &'a [(String, String)],
     /// `--worker-bin`: the replicas' program, when not this one.
     pub worker_bin: Option<&'a std::path::Path>,
+    /// `--replica-logs`.
+    pub replica_logs: Option<&'a std::path::Path>,
     pub deadline: Instant,
     pub timeout: Duration,
     pub ticks_per_second: u64,
@@ -142,6 +144,7 @@ pub async fn run(
     ours.extend(ctx.place.topology_env());
     let mut env = WorkerEnv::new(ours, ctx.worker_env);
     env.program = ctx.worker_bin.map(std::path::Path::to_path_buf);
+    env.logs = ctx.replica_logs.map(std::path::Path::to_path_buf);
     for number in 1..=phase.replicas {
         running.replicas.push(Replica::spawn(number, &env)?);
     }

@@ -34,6 +34,8 @@ pub struct WorkerEnv {
     pub set: Vec<(String, String)>,
     /// The program to run (`--worker-bin`); `None`: this one.
     pub program: Option<std::path::PathBuf>,
+    /// `--replica-logs`: a folder for each replica's whole log.
+    pub logs: Option<std::path::PathBuf>,
 }
 
 impl WorkerEnv {
@@ -49,6 +51,7 @@ impl WorkerEnv {
             clear: worker_settings(),
             set,
             program: None,
+            logs: None,
         }
     }
 
@@ -163,10 +166,23 @@ impl Replica {
         let log = Arc::new(Mutex::new(ReplicaLog::default()));
         let stderr = child.stderr.take();
         let into = Arc::clone(&log);
+        let mut file = match &env.logs {
+            Some(dir) => {
+                let path = dir.join(format!("replica-{number}.log"));
+                Some(std::fs::File::create(&path).map_err(|e| {
+                    anyhow::anyhow!("cannot write replica logs to {}: {e}", path.display())
+                })?)
+            }
+            None => None,
+        };
         let reader = tokio::spawn(async move {
             let Some(stderr) = stderr else { return };
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(file) = file.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(file, "{}", crate::observe::scrub(&line));
+                }
                 lock(&into).take(&line);
             }
         });
