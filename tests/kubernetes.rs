@@ -457,18 +457,29 @@ fn secret_file(m: &Manifests, path: &str) -> Result<(String, String), String> {
 
 static SCRATCH: AtomicUsize = AtomicUsize::new(0);
 
+/// A value of an example Secret (`stringData`).
+fn example_value(m: &Manifests, secret: &str, key: &str) -> Option<String> {
+    string_map(&m.named("Secret", secret)?.yaml["stringData"]).remove(key)
+}
+
 /// The settings the worker would run with in the container: the manifests'
 /// environment, given to `ticket-worker run`'s own parser as flags (the test
 /// process's environment is ignored), secret files written from the example
 /// Secrets, then checked by `Settings::from_args` like at start.
 fn settings_of(m: &Manifests) -> Result<Settings, String> {
-    let known_settings = run_settings();
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "kubernetes-{}-{}",
         std::process::id(),
         SCRATCH.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let settings = parse_settings(m, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    settings
+}
+
+fn parse_settings(m: &Manifests, scratch: &Path) -> Result<Settings, String> {
+    let known_settings = run_settings();
     let mut argv = vec!["run".to_owned()];
     for (name, (value, origin)) in environment(m) {
         let Some(setting) = known_settings.get(&name) else {
@@ -481,20 +492,15 @@ fn settings_of(m: &Manifests) -> Result<Settings, String> {
         let mut value = match value {
             Value::Known(v) | Value::AtRunTime(v) => v,
             Value::FromSecret { secret, key } => {
-                let example = m
-                    .named("Secret", &secret)
-                    .ok_or_else(|| format!("{origin}: no example of Secret {secret:?}"))?;
-                string_map(&example.yaml["stringData"])
-                    .remove(&key)
-                    .ok_or_else(|| format!("{origin}: Secret {secret:?} has no key {key:?}"))?
+                example_value(m, &secret, &key).ok_or_else(|| {
+                    format!("{origin}: no example of Secret {secret:?} with key {key:?}")
+                })?
             }
         };
         if name.ends_with("_FILE") {
+            // The file the mounted Secret would put there, with the example's content.
             let (secret, key) = secret_file(m, &value).map_err(|e| format!("{name}: {e}"))?;
-            let content =
-                string_map(&m.named("Secret", &secret).expect("checked").yaml["stringData"])
-                    .remove(&key)
-                    .expect("checked");
+            let content = example_value(m, &secret, &key).expect("secret_file checked the key");
             let file = scratch.join(format!("{secret}-{key}"));
             std::fs::write(&file, content).map_err(|e| e.to_string())?;
             value = file.to_string_lossy().into_owned();
@@ -519,10 +525,8 @@ fn settings_of(m: &Manifests) -> Result<Settings, String> {
         .try_get_matches_from(&argv)
         .map_err(|e| format!("`ticket-worker run` refuses the manifests' settings: {e}"))?;
     let args = RunArgs::from_arg_matches(&matches).map_err(|e| e.to_string())?;
-    let settings = Settings::from_args(&args)
-        .map_err(|e| format!("the worker refuses the manifests' settings: {e}"));
-    let _ = std::fs::remove_dir_all(&scratch);
-    settings
+    Settings::from_args(&args)
+        .map_err(|e| format!("the worker refuses the manifests' settings: {e}"))
 }
 
 fn settings(m: &Manifests) -> Settings {
@@ -947,16 +951,15 @@ fn check_keda(m: &Manifests, settings: &Settings) -> Result<(), String> {
         host["name"].as_str().unwrap_or(""),
         host["key"].as_str().unwrap_or(""),
     );
-    let example = m
-        .named("Secret", secret)
-        .ok_or_else(|| format!("{}: no example of Secret {secret:?}", auth.what()))?;
-    let url = string_map(&example.yaml["stringData"])
-        .remove(key)
-        .ok_or_else(|| format!("{}: Secret {secret:?} has no key {key:?}", auth.what()))?;
+    let url = example_value(m, secret, key).ok_or_else(|| {
+        format!(
+            "{}: no example of Secret {secret:?} with key {key:?}",
+            auth.what()
+        )
+    })?;
     if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
         return Err(format!(
-            "{}: KEDA's host must be an AMQP URL, amqp://user:password@host:5672/vhost",
-            example.what()
+            "Secret {secret:?} key {key:?}: KEDA's host must be an AMQP URL, amqp://user:password@host:5672/vhost"
         ));
     }
     Ok(())
