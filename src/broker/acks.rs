@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a delivery settled behind an unsettled one waits before it is
 /// acknowledged alone.
-pub const HOLD: Duration = Duration::from_millis(25);
+pub const HOLD: Duration = Duration::from_millis(100);
 
 /// How a delivery is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -46,6 +46,13 @@ pub fn header_frame_len(properties: &BasicProperties) -> usize {
 /// Whether a delivery's header frame is so close to `frame_max` that
 /// RabbitMQ's own additions on a redelivery could push it over.
 pub fn is_landmine(properties: &BasicProperties, frame_max: u32) -> bool {
+    // Without headers the properties are a few short strings (at most 255
+    // bytes each, ~3.5 KB in all): far inside the budget of any frame_max of
+    // 16 KiB or more (RabbitMQ's default is 128 KiB), so the serialising
+    // below, which allocates, is needed only for messages with headers.
+    if properties.headers().is_none() && frame_max as usize >= 4 * BROKER_HEADROOM {
+        return false;
+    }
     header_frame_len(properties) > budget(frame_max)
 }
 

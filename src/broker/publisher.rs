@@ -138,6 +138,17 @@ impl Publisher {
             .await
     }
 
+    /// Publishes a `ticket.ready` already encoded (as stored in the outbox).
+    #[tracing::instrument(name = "broker.publish_ready", level = "debug", skip_all, fields(event_id = %event_id))]
+    pub async fn ticket_ready_encoded(
+        &self,
+        event_id: &str,
+        body: &str,
+    ) -> Result<(), PublishError> {
+        self.ticket_event(TicketReady::ROUTING_KEY, event_id, body.as_bytes())
+            .await
+    }
+
     /// Publishes `ticket.failed`.
     #[tracing::instrument(name = "broker.publish_failed", level = "debug", skip_all, fields(event_id = %failed.event_id, reason = failed.reason.as_str()))]
     pub async fn ticket_failed(&self, failed: &TicketFailed) -> Result<(), PublishError> {

@@ -42,20 +42,28 @@ impl Settler {
     pub async fn settle(&self, delivery: &Delivery, decision: Decision) -> Outcome {
         let bus = &self.publisher;
         let published = match decision {
-            Decision::Ready(record, outcome) => bus
-                .ticket_ready(&TicketReady::for_record(&record))
-                .await
-                .map(|()| {
-                    self.announced.push(record.event_id.as_str());
+            Decision::Ready {
+                record,
+                outcome,
+                encoded,
+            } => {
+                let event_id = record.event_id.as_str();
+                let published = match encoded {
+                    Some(body) => bus.ticket_ready_encoded(event_id, &body).await,
+                    None => bus.ticket_ready(&TicketReady::for_record(&record)).await,
+                };
+                published.map(|()| {
+                    self.announced.push(event_id);
                     outcome
-                }),
+                })
+            }
             Decision::Fail {
                 failed,
                 dead_letter,
                 outcome,
                 recorded,
             } => {
-                async {
+                Box::pin(async {
                     if let Some(failed) = failed {
                         bus.ticket_failed(&failed).await?;
                         if recorded {
@@ -72,14 +80,13 @@ impl Settler {
                         }
                     }
                     Ok(outcome)
-                }
+                })
                 .await
             }
-            Decision::RetryLater { count } => bus
-                .retry_later(delivery, count)
+            Decision::RetryLater { count } => Box::pin(bus.retry_later(delivery, count))
                 .await
                 .map(|()| Outcome::RetryLater),
-            Decision::Defuse => match bus.retry_later(delivery, false).await {
+            Decision::Defuse => match Box::pin(bus.retry_later(delivery, false)).await {
                 Err(error) if !error.is_broker_failure() => {
                     tracing::error!(%error, "RabbitMQ refused the trimmed copy; the message is rejected, and dead-lettered by RabbitMQ");
                     return self.reject(delivery);

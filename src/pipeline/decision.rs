@@ -34,7 +34,13 @@ pub enum Outcome {
 #[derive(Debug)]
 pub enum Decision {
     /// Announce the stored ticket with `ticket.ready`.
-    Ready(TicketRecord, Outcome),
+    Ready {
+        record: TicketRecord,
+        outcome: Outcome,
+        /// The `ticket.ready` JSON, when it was encoded already (for the
+        /// outbox), so it goes out exactly as stored and is encoded once.
+        encoded: Option<String>,
+    },
     /// Announce a failure (`ticket.failed`) and/or dead-letter the message.
     Fail {
         failed: Option<TicketFailed>,
@@ -52,6 +58,17 @@ pub enum Decision {
     Defuse,
     /// Nack it back to the queue, spending a delivery (a bug, not the event).
     Requeue,
+}
+
+impl Decision {
+    /// Announce a ticket stored before (by another copy of the event).
+    pub fn announce(record: TicketRecord) -> Decision {
+        Decision::Ready {
+            record,
+            outcome: Outcome::AlreadyIssued,
+            encoded: None,
+        }
+    }
 }
 
 /// What the dead-letter headers say about a message.

@@ -115,13 +115,13 @@ impl Pipeline {
             .store_call(&event, || self.store.known(&event.event_id))
             .await
         {
-            Ok(Known::Issued(record)) => return Decision::Ready(record, Outcome::AlreadyIssued),
+            Ok(Known::Issued(record)) => return Decision::announce(record),
             Ok(Known::Failed(failure)) => return failed(&event, &failure),
             Ok(Known::Nothing) => {}
-            Err(error) => return self.unavailable(message, &event, &error).await,
+            Err(error) => return Box::pin(self.unavailable(message, &event, &error)).await,
         }
         if let Some(failure) = self.stale(&event) {
-            return self.fail(&event, failure).await;
+            return Box::pin(self.fail(&event, failure)).await;
         }
 
         let issued = match self.request_ticket(&event).await {
@@ -132,9 +132,9 @@ impl Pipeline {
                     message,
                     field,
                 };
-                return self.fail(&event, failure).await;
+                return Box::pin(self.fail(&event, failure)).await;
             }
-            Err(error) => return self.unavailable(message, &event, &error).await,
+            Err(error) => return Box::pin(self.unavailable(message, &event, &error)).await,
         };
 
         let record = TicketRecord::new(event.event_id.clone(), &event.request, issued);
@@ -146,10 +146,14 @@ impl Pipeline {
             .store_call(&event, || self.store.save(&record, &ready))
             .await
         {
-            Ok(Saved::Inserted(record)) => Decision::Ready(record, Outcome::Issued),
-            Ok(Saved::Existing(record)) => Decision::Ready(record, Outcome::AlreadyIssued),
+            Ok(Saved::Inserted(record)) => Decision::Ready {
+                record,
+                outcome: Outcome::Issued,
+                encoded: Some(ready),
+            },
+            Ok(Saved::Existing(record)) => Decision::announce(record),
             Ok(Saved::Failed(failure)) => failed(&event, &failure),
-            Err(error) => self.unavailable(message, &event, &error).await,
+            Err(error) => Box::pin(self.unavailable(message, &event, &error)).await,
         }
     }
 
@@ -189,7 +193,7 @@ impl Pipeline {
             .await
         {
             Ok(Known::Failed(stored)) => failed(event, &stored),
-            Ok(Known::Issued(record)) => Decision::Ready(record, Outcome::AlreadyIssued),
+            Ok(Known::Issued(record)) => Decision::announce(record),
             Ok(Known::Nothing) => Decision::RetryLater { count: false },
             Err(error) if error.retryable() => {
                 tracing::warn!(%error, "cannot record the failure; the event goes back to the queue");
