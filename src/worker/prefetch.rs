@@ -1,7 +1,7 @@
 //! How many unacknowledged messages RabbitMQ hands one replica: fixed
 //! (`PREFETCH=N`), or, by default, following the TapTalk concurrency limit,
 //! with room for the events that are in Postgres or being announced rather
-//! than at TapTalk.
+//! than at TapTalk, and never below a floor that keeps batches large.
 //!
 //! RabbitMQ applies a new prefetch only to consumers started after it (and
 //! quorum queues have no channel-wide prefetch), so following the limit means
@@ -11,12 +11,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Messages a replica asks for beyond its TapTalk limit: what lookups, saves,
+/// The fewest messages a replica asks for: what lookups, saves,
 /// announcements and acknowledgements hold while TapTalk answers others.
 /// Batches grow with what is in flight, and bigger batches cost Postgres and
 /// the broker less per event: the benchmark's instant-upstream burst ran at
-/// ~2,000 events/s with 128 here and ~3,500/s with about 1,000.
-pub const HEADROOM: usize = 1024;
+/// ~2,000 events/s with a prefetch of ~250 and ~3,500/s with ~1,000.
+pub const FLOOR: usize = 1024;
 
 /// The least time between two changes of the prefetch.
 pub const SETTLE: Duration = Duration::from_secs(1);
@@ -32,11 +32,15 @@ pub enum Prefetch {
 
 impl Prefetch {
     /// The prefetch for a TapTalk concurrency limit of `limit`: the limit
-    /// plus [`HEADROOM`].
+    /// and a quarter more (for the events in the other steps), and at least
+    /// [`FLOOR`].
     pub fn for_limit(self, limit: usize) -> u16 {
         match self {
             Prefetch::Fixed(n) => n,
-            Prefetch::Auto => u16::try_from(limit.saturating_add(HEADROOM)).unwrap_or(u16::MAX),
+            Prefetch::Auto => {
+                let wanted = limit.saturating_add(limit / 4).max(FLOOR);
+                u16::try_from(wanted).unwrap_or(u16::MAX)
+            }
         }
     }
 
@@ -78,17 +82,18 @@ mod tests {
 
     #[test]
     fn auto_follows_the_limit_with_headroom() {
-        assert_eq!(Prefetch::Auto.for_limit(64), 64 + 1024);
-        assert_eq!(Prefetch::Auto.for_limit(1024), 2048);
+        assert_eq!(Prefetch::Auto.for_limit(64), 1024);
+        assert_eq!(Prefetch::Auto.for_limit(1024), 1280);
+        assert_eq!(Prefetch::Auto.for_limit(2048), 2560);
         assert_eq!(Prefetch::Auto.for_limit(1 << 20), u16::MAX);
         assert_eq!(Prefetch::Fixed(32).for_limit(1024), 32);
     }
 
     #[test]
     fn small_moves_are_not_worth_a_new_consumer() {
-        assert!(!Prefetch::worth_changing(1088, 1100));
-        assert!(!Prefetch::worth_changing(1000, 1200));
-        assert!(Prefetch::worth_changing(1088, 1400));
+        assert!(!Prefetch::worth_changing(1024, 1100));
+        assert!(!Prefetch::worth_changing(1024, 1250));
+        assert!(Prefetch::worth_changing(1024, 1280));
         assert!(Prefetch::worth_changing(2048, 1500));
     }
 

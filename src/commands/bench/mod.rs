@@ -186,6 +186,7 @@ async fn measure(
             database: bench_database,
             connection: &connection,
             worker_env: &args.worker_env,
+            case_env: &plan.worker_env,
             worker_bin: args.worker_bin.as_deref(),
             replica_logs: args.replica_logs.as_deref(),
             deadline,
@@ -216,10 +217,16 @@ async fn measure(
                 plan: plan.clone(),
                 isolation: place.isolation.clone(),
                 database: bench_database.name.clone(),
-                worker_env: args
+                worker_env: plan
                     .worker_env
                     .iter()
-                    .map(|(k, v)| crate::observe::scrub(&format!("{k}={v}")))
+                    .filter(|(k, _)| !args.worker_env.iter().any(|(o, _)| o == k))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain(
+                        args.worker_env
+                            .iter()
+                            .map(|(k, v)| crate::observe::scrub(&format!("{k}={v}"))),
+                    )
                     .collect(),
                 worker_bin: args.worker_bin.as_ref().map(|p| p.display().to_string()),
                 timeout_s: args.timeout.as_secs_f64(),

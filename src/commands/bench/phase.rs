@@ -51,6 +51,8 @@ pub struct Context<'a> {
     pub connection: &'a Connection,
     /// `--worker-env`.
     pub worker_env: &'a [(String, String)],
+    /// Worker settings the case itself sets (`--worker-env` wins).
+    pub case_env: &'a [(&'static str, &'static str)],
     /// `--worker-bin`: the replicas' program, when not this one.
     pub worker_bin: Option<&'a std::path::Path>,
     /// `--replica-logs`.
@@ -137,11 +139,18 @@ pub async fn run(
         ),
         ("SKIP_MIGRATIONS", "true".to_owned()),
         ("LOG_FORMAT", "json".to_owned()),
+        // Replicas share the machine: each takes a free port for its probes.
+        ("HTTP_LISTEN", "127.0.0.1:0".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect::<Vec<_>>();
     ours.extend(ctx.place.topology_env());
+    ours.extend(
+        ctx.case_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     let mut env = WorkerEnv::new(ours, ctx.worker_env);
     env.program = ctx.worker_bin.map(std::path::Path::to_path_buf);
     env.logs = ctx.replica_logs.map(std::path::Path::to_path_buf);
