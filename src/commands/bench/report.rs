@@ -182,6 +182,7 @@ pub fn example() -> Report {
             Target::CommitsPerEvent { at_most: 3.0 },
             Target::PeakRss { under_mib: 64.0 },
         ],
+        worker_env: Vec::new(),
     };
     let mut report = Report {
         case: "instant",
