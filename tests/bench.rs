@@ -79,9 +79,12 @@ fn check_report(report: &Value, events: u64, stderr: &str) {
     assert!(n(&phase["upstream"]["issued"]) >= events, "{phase}");
     assert!(f(&phase["worker_cpu_us_per_event"]) > 0.0, "{phase}");
     assert!(f(&phase["postgres"]["per_event"]) > 0.0, "{phase}");
+    // Tickets are stored in batches: fewer commits than events, but some.
+    let commits = n(&phase["postgres"]["commits"]);
+    assert!(commits >= 1, "the tickets were committed: {phase}");
     assert!(
-        n(&phase["postgres"]["commits"]) >= events,
-        "at least one commit per ticket stored: {phase}"
+        (f(&phase["postgres"]["per_event"]) - commits as f64 / events as f64).abs() < 0.01,
+        "commits per event is commits over events: {phase}"
     );
     assert_eq!(phase["postgres"]["settled"], true, "{phase}");
     let replicas = phase["replicas"].as_array().expect("replicas");
