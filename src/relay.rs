@@ -18,6 +18,7 @@
 //! already asks consumers to dedupe on `eventID`.
 
 use crate::broker::Publisher;
+use crate::observe::metrics::Metrics;
 use crate::storage::{Announced, Announcement, StoreError, TicketStore};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -57,11 +58,12 @@ pub async fn run(
     announced: Announced,
     publisher: Publisher,
     settings: RelaySettings,
+    metrics: Metrics,
     stop: CancellationToken,
 ) {
     tokio::join!(
         flush_until(&store, &announced, &stop),
-        relay_until(&store, &publisher, settings, &stop),
+        relay_until(&store, &publisher, settings, &metrics, &stop),
     );
 }
 
@@ -93,6 +95,7 @@ async fn relay_until(
     store: &TicketStore,
     publisher: &Publisher,
     settings: RelaySettings,
+    metrics: &Metrics,
     stop: &CancellationToken,
 ) {
     // One warning per run of failures: Postgres or RabbitMQ being down is
@@ -107,6 +110,7 @@ async fn relay_until(
             relayed = relay(store, publisher, settings.after) => match relayed {
                 Ok(count) => {
                     failing = false;
+                    metrics.relayed(count as u64);
                     if count > 0 {
                         tracing::info!(count, "announced stored outcomes whose ticket events had not been confirmed (from the outbox)");
                     }

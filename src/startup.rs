@@ -2,17 +2,20 @@
 //! shutdown. `main` and the integration tests both go through here.
 
 use crate::config::Settings;
-use crate::health::{Breaker, Probes};
-use crate::observe::counters::Counters;
-use crate::pipeline::{EventPolicy, Pipeline};
+use crate::health::{Breaker, Probe, Probes, Readiness};
+use crate::observe::endpoints::{self, Endpoints};
+use crate::observe::metrics::Metrics;
+use crate::pipeline::{EventPolicy, Pipeline, Upstream};
 use crate::purge::PurgeSettings;
 use crate::retry::{RetryPolicy, Verdict, retry};
 use crate::shutdown::Shutdown;
 use crate::storage::{TicketStore, describe_migration};
 use crate::taptalk::{AdaptiveLimit, TaptalkClient};
 use crate::worker::{Worker, WorkerSettings};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// A built worker, ready to run.
 #[derive(Debug)]
@@ -21,16 +24,23 @@ pub struct Application {
     worker: Worker,
     migrate: bool,
     purge: Option<PurgeSettings>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`, and what they read.
+    http: Option<(SocketAddr, Endpoints)>,
+    /// Where the HTTP server listens, once it does (port 0 picks one).
+    http_addr: Arc<OnceLock<SocketAddr>>,
 }
 
 impl Application {
     /// Builds every part; connects to nothing yet.
     pub fn build(settings: Settings) -> anyhow::Result<Application> {
+        let metrics = Metrics::new();
         let database = &settings.database;
-        let store = TicketStore::connect_lazy_with_reader_role(
+        let counted = metrics.clone();
+        let store = TicketStore::connect_lazy_observed(
             &database.url,
             database.max_connections,
             &database.reader_role,
+            move || counted.database_connection_opened(),
         )
         .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
         let taptalk = &settings.taptalk;
@@ -67,11 +77,14 @@ impl Application {
             AdaptiveLimit::new(&settings.limit).map_err(|e| anyhow::anyhow!("CONCURRENCY: {e}"))?;
         let pipeline = Pipeline::new(
             store.clone(),
-            client,
-            limit.clone(),
-            settings.rate_limit.clone(),
+            Upstream {
+                client,
+                limit: limit.clone(),
+                rate: settings.rate_limit.clone(),
+            },
             breaker,
             policy,
+            metrics.clone(),
         );
         let worker = Worker::new(
             WorkerSettings {
@@ -84,27 +97,67 @@ impl Application {
             pipeline,
             probes,
             store.clone(),
-            limit,
+            limit.clone(),
+            metrics.clone(),
         );
+        let postgres: Arc<dyn Probe> = Arc::new(store.clone());
+        let http = settings.http_listen.map(|listen| {
+            let endpoints = Endpoints {
+                metrics: metrics.clone(),
+                limit,
+                heartbeat: worker.heartbeat().clone(),
+                readiness: Readiness::new(metrics, postgres),
+            };
+            (listen, endpoints)
+        });
         Ok(Application {
             store,
             worker,
             migrate: settings.migrate,
             purge: settings.purge,
+            http,
+            http_addr: Arc::new(OnceLock::new()),
         })
     }
 
-    /// What the worker has done so far.
-    pub fn stats(&self) -> Arc<Counters> {
-        self.worker.stats()
+    /// What the worker has done so far (also on `/metrics`).
+    pub fn metrics(&self) -> Metrics {
+        self.worker.metrics().clone()
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, once they are.
+    pub fn http_address(&self) -> Arc<OnceLock<SocketAddr>> {
+        Arc::clone(&self.http_addr)
     }
 
     /// Applies migrations (unless disabled), then consumes (and purges) until
     /// `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        // The probes answer from the start: /healthz while migrations wait
+        // for Postgres, /readyz (not ready) until the worker consumes. The
+        // server stops when this returns, however it returns.
+        let stop_server = CancellationToken::new();
+        let _stop_server = stop_server.clone().drop_guard();
+        let server = match self.http {
+            Some((listen, endpoints)) => {
+                let listener = endpoints::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let bound = listener.local_addr().unwrap_or(listen);
+                let _ = self.http_addr.set(bound);
+                tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+                Some(tokio::spawn(endpoints::serve(
+                    listener,
+                    endpoints,
+                    stop_server.clone(),
+                )))
+            }
+            None => None,
+        };
         if self.migrate {
+            let heartbeat = self.worker.heartbeat();
             tokio::select! {
-                migrated = migrate(&self.store) => migrated?,
+                migrated = heartbeat.while_waiting(migrate(&self.store)) => migrated?,
                 _ = shutdown.triggered() => return Ok(()),
             }
         }
@@ -119,6 +172,10 @@ impl Application {
         if let Some(purge) = purge {
             shutdown.trigger();
             let _ = purge.await;
+        }
+        stop_server.cancel();
+        if let Some(server) = server {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
         self.store.pool().close().await;
         Ok(())

@@ -7,8 +7,10 @@
 use super::acks::{Acks, Settlement};
 use super::{PublishError, Publisher};
 use crate::events::TicketReady;
+use crate::observe::metrics::Metrics;
 use crate::pipeline::{Decision, Outcome};
 use crate::storage::Announced;
+use chrono::Utc;
 use lapin::message::Delivery;
 
 /// Carries decisions out on one session's channels. Cheap to clone.
@@ -19,14 +21,21 @@ pub struct Settler {
     announced: Announced,
     /// Acknowledges the consuming channel's deliveries, in bulk.
     acks: Acks,
+    metrics: Metrics,
 }
 
 impl Settler {
-    pub fn new(publisher: Publisher, announced: Announced, acks: Acks) -> Settler {
+    pub fn new(
+        publisher: Publisher,
+        announced: Announced,
+        acks: Acks,
+        metrics: Metrics,
+    ) -> Settler {
         Settler {
             publisher,
             announced,
             acks,
+            metrics,
         }
     }
 
@@ -46,6 +55,7 @@ impl Settler {
                 record,
                 outcome,
                 encoded,
+                occurred_at,
             } => {
                 let event_id = record.event_id.as_str();
                 let published = match encoded {
@@ -54,6 +64,9 @@ impl Settler {
                 };
                 published.map(|()| {
                     self.announced.push(event_id);
+                    if let Some(ago) = occurred_at.and_then(|at| (Utc::now() - at).to_std().ok()) {
+                        self.metrics.login_to_ready(ago);
+                    }
                     outcome
                 })
             }

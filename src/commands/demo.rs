@@ -430,6 +430,8 @@ async fn show(
     };
     settings.probe = RetryPolicy::forever(Duration::from_millis(500), Duration::from_secs(5));
     settings.shutdown_grace = Duration::from_secs(5);
+    // The demo is a look, not a deployment: no metrics or probes server.
+    settings.http_listen = None;
     settings.purge = None;
     let app = Application::build(settings)?;
     running.worker = Some(tokio::spawn(app.run_until_stopped(shutdown.clone())));

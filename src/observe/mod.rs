@@ -1,9 +1,11 @@
 //! Observing the worker: logs ([`logs`], with every secret scrubbed by
-//! [`redact`]) and the counts of what happened to deliveries ([`counters`]),
-//! which the progress line reports.
+//! [`redact`]), the Prometheus [`metrics`], the [`progress`] line, and the
+//! HTTP [`endpoints`] that serve the metrics and the health probes.
 
-pub mod counters;
+pub mod endpoints;
 pub mod logs;
+pub mod metrics;
+pub mod progress;
 pub mod redact;
 
 pub use logs::{DEFAULT_FILTER, LogFormat, QUIET_FILTER, init};

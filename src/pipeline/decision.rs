@@ -5,6 +5,7 @@
 use crate::domain::TicketRecord;
 use crate::events::{FailureReason, InvalidEvent, LoginEvent, TicketFailed};
 use crate::storage::StoredFailure;
+use chrono::{DateTime, Utc};
 
 /// How one delivery ended. Every variant but `Abandoned` has been settled
 /// with the broker.
@@ -40,6 +41,9 @@ pub enum Decision {
         /// The `ticket.ready` JSON, when it was encoded already (for the
         /// outbox), so it goes out exactly as stored and is encoded once.
         encoded: Option<String>,
+        /// When the login happened (`occurredAt`), for a new ticket: the
+        /// login-to-ready time is measured once its announcement is confirmed.
+        occurred_at: Option<DateTime<Utc>>,
     },
     /// Announce a failure (`ticket.failed`) and/or dead-letter the message.
     Fail {
@@ -67,6 +71,7 @@ impl Decision {
             record,
             outcome: Outcome::AlreadyIssued,
             encoded: None,
+            occurred_at: None,
         }
     }
 }

@@ -36,43 +36,50 @@ pub use policy::EventPolicy;
 use crate::domain::{IssuedTicket, TicketRecord};
 use crate::events::{FailureReason, LoginEvent, TicketReady};
 use crate::health::{Breaker, Dependency};
+use crate::observe::metrics::{Metrics, RequestResult, Retry};
 use crate::retry::{Verdict, retry};
 use crate::storage::{BatchedStore, Known, Saved, StoreError, StoredFailure, TicketStore};
 use crate::taptalk::{AdaptiveLimit, RateLimit, Signal, TaptalkClient, TicketError};
 use chrono::Utc;
 use decision::{encoding_failed, failed, invalid_event, ticket_failed};
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+/// How the pipeline calls TapTalk.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub client: TaptalkClient,
+    /// TapTalk requests in flight: one permit per HTTP attempt.
+    pub limit: AdaptiveLimit,
+    /// A hard cap on TapTalk requests per second, when set.
+    pub rate: Option<RateLimit>,
+}
 
 /// The services one event needs, shared by all in-flight messages.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     store: BatchedStore,
-    taptalk: TaptalkClient,
-    /// TapTalk requests in flight: one permit per HTTP attempt.
-    limit: AdaptiveLimit,
-    /// A hard cap on TapTalk requests per second, when set.
-    rate: Option<RateLimit>,
+    upstream: Upstream,
     breaker: Breaker,
     policy: EventPolicy,
+    metrics: Metrics,
 }
 
 impl Pipeline {
     pub fn new(
         store: TicketStore,
-        taptalk: TaptalkClient,
-        limit: AdaptiveLimit,
-        rate: Option<RateLimit>,
+        upstream: Upstream,
         breaker: Breaker,
         policy: EventPolicy,
+        metrics: Metrics,
     ) -> Pipeline {
         Pipeline {
             store: BatchedStore::new(store),
-            taptalk,
-            limit,
-            rate,
+            upstream,
             breaker,
             policy,
+            metrics,
         }
     }
 
@@ -150,6 +157,7 @@ impl Pipeline {
                 record,
                 outcome: Outcome::Issued,
                 encoded: Some(ready),
+                occurred_at: event.occurred_at,
             },
             Ok(Saved::Existing(record)) => Decision::announce(record),
             Ok(Saved::Failed(failure)) => failed(&event, &failure),
@@ -258,9 +266,13 @@ impl Pipeline {
     where
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        let attempts = AtomicU32::new(0);
         retry(
             &self.policy.store_retry,
             || async {
+                if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
+                    self.metrics.retry(Retry::Postgres);
+                }
                 let result = call().await;
                 self.observe_store(&result, event.event_id.as_str());
                 result
@@ -296,15 +308,23 @@ impl Pipeline {
         if self.breaker.is_open() {
             return Err(marked_down());
         }
+        let tried = AtomicU32::new(0);
         let attempts = retry(
             &self.policy.upstream_retry,
             || async {
+                if tried.fetch_add(1, Ordering::Relaxed) > 0 {
+                    self.metrics.retry(Retry::Taptalk);
+                }
                 // One permit per attempt, none held across a retry pause.
-                if let Some(rate) = &self.rate {
+                let upstream = &self.upstream;
+                if let Some(rate) = &upstream.rate {
                     rate.wait().await;
                 }
-                let permit = self.limit.acquire().await;
-                let result = self.taptalk.request_ticket(&event.request).await;
+                let permit = upstream.limit.acquire().await;
+                let started = tokio::time::Instant::now();
+                let result = upstream.client.request_ticket(&event.request).await;
+                self.metrics
+                    .taptalk_request(RequestResult::of(&result), started.elapsed());
                 permit.done(Signal::of(&result));
                 match result.as_ref().map_err(TicketError::failure) {
                     Ok(_) | Err(None) => self.breaker.record_success(Dependency::Taptalk),

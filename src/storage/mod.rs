@@ -239,6 +239,17 @@ impl TicketStore {
         max_connections: u32,
         reader_role: &str,
     ) -> Result<TicketStore, sqlx::Error> {
+        TicketStore::connect_lazy_observed(database_url, max_connections, reader_role, || {})
+    }
+
+    /// As [`TicketStore::connect_lazy_with_reader_role`], calling `opened`
+    /// for every connection the pool opens (the worker counts reconnects).
+    pub fn connect_lazy_observed(
+        database_url: &SecretString,
+        max_connections: u32,
+        reader_role: &str,
+        opened: impl Fn() + Send + Sync + 'static,
+    ) -> Result<TicketStore, sqlx::Error> {
         let mut options = PgConnectOptions::from_str(database_url.expose_secret())?
             .application_name("ticket-worker");
         // The default goes without saying (the migrations fall back to it),
@@ -254,6 +265,10 @@ impl TicketStore {
             // No ping before every statement: a dead connection fails its
             // statement instead, which the pipeline retries on another one.
             .test_before_acquire(false)
+            .after_connect(move |_, _| {
+                opened();
+                Box::pin(async { Ok(()) })
+            })
             .connect_lazy_with(options);
         Ok(TicketStore { pool })
     }

@@ -10,6 +10,7 @@ use super::session::Session;
 use super::{PAUSE_DRAIN_TIMEOUT, PauseEnd, PhaseEnd, SessionEnd, Worker};
 use crate::broker::inbound;
 use crate::health::Health;
+use crate::observe::metrics::Intake;
 use crate::pipeline::Outcome;
 use crate::shutdown::Shutdown;
 use futures_util::FutureExt;
@@ -38,7 +39,12 @@ impl Worker {
         let mut tasks = JoinSet::new();
         let mut consumers = Consumers::new();
         loop {
-            if self.pipeline.breaker().is_open() && !self.probes.wait_for_recovery(shutdown).await {
+            if self.pipeline.breaker().is_open()
+                && !self
+                    .heartbeat
+                    .while_waiting(self.probes.wait_for_recovery(shutdown))
+                    .await
+            {
                 break;
             }
             let prefetch = self.prefetch_now(session);
@@ -46,6 +52,8 @@ impl Worker {
             if let Err(error) = consumers.start(&session.consume, queue, prefetch).await {
                 return self.lose(&mut tasks, error).await;
             }
+            self.metrics.prefetch(prefetch);
+            self.metrics.intake(Intake::Running);
             match self
                 .feed(session, &mut consumers, &permits, &mut tasks, shutdown)
                 .await
@@ -101,7 +109,10 @@ impl Worker {
         let follows = self.settings.prefetch == Prefetch::Auto;
         // A change of prefetch waiting for the last one to settle.
         let mut resize_at: Option<Instant> = None;
+        // The loop beats on every turn, and at least once a second.
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
+            self.heartbeat.beat();
             tokio::select! {
                 biased;
                 _ = shutdown.triggered() => return PhaseEnd::Shutdown,
@@ -127,9 +138,11 @@ impl Worker {
                         if let Err(error) = consumers.start(&session.consume, queue, wanted).await {
                             return PhaseEnd::Lost(error);
                         }
+                        self.metrics.prefetch(wanted);
                         tracing::debug!(prefetch = wanted, limit = self.limit.limit(), "the prefetch follows the TapTalk concurrency limit");
                     }
                 }
+                _ = ticks.tick() => {}
                 (permit, next) = next_delivery(permits, consumers) => match next {
                     Some(Ok(delivery)) => {
                         let fresh = !delivery.redelivered;
@@ -156,11 +169,13 @@ impl Worker {
         // acknowledges runs of deliveries at once.
         session.settler.acks().received(delivery.delivery_tag);
         let pipeline = Arc::clone(&self.pipeline);
-        let stats = Arc::clone(&self.stats);
+        let metrics = self.metrics.clone();
+        let in_flight = metrics.in_flight();
         let settler = session.settler.clone();
         let broken = session.broken.clone();
         tasks.spawn(async move {
             let _permit = permit;
+            let _in_flight = in_flight;
             let handle = async {
                 let message = inbound::message(&delivery, settler.publisher());
                 let decision = pipeline.decide(&message).await;
@@ -171,7 +186,7 @@ impl Worker {
             let handled = AssertUnwindSafe(handle).catch_unwind().await;
             match handled {
                 Ok(outcome) => {
-                    stats.record(outcome);
+                    metrics.record(outcome);
                     if outcome == Outcome::Abandoned {
                         broken.cancel();
                     }
@@ -179,7 +194,7 @@ impl Worker {
                 Err(_) => {
                     // A bug, not the event's fault as far as we know: give it back,
                     // spending one delivery, so the delivery limit ends a loop.
-                    stats.panicked();
+                    metrics.panicked();
                     tracing::error!("handling a delivery panicked; it goes back to the queue");
                     settler.requeue(&delivery);
                 }
@@ -198,13 +213,17 @@ impl Worker {
         tasks: &mut JoinSet<()>,
         shutdown: &Shutdown,
     ) -> Result<PauseEnd, String> {
-        self.stats.paused();
+        self.metrics.paused();
         if let Health::Down {
             dependency,
             misconfigured,
             reason,
         } = self.pipeline.breaker().health()
         {
+            self.metrics.intake(Intake::Paused {
+                dependency,
+                misconfigured,
+            });
             tracing::error!(
                 %dependency,
                 misconfigured,

@@ -32,8 +32,9 @@ mod session;
 pub use prefetch::Prefetch;
 
 use crate::config::BrokerSettings;
+use crate::health::Heartbeat;
 use crate::health::Probes;
-use crate::observe::counters::Counters;
+use crate::observe::metrics::{Intake, Metrics};
 use crate::pipeline::Pipeline;
 use crate::relay::RelaySettings;
 use crate::shutdown::Shutdown;
@@ -84,7 +85,9 @@ pub struct Worker {
     store: TicketStore,
     /// Ticket events confirmed by RabbitMQ, whose outbox rows the relay deletes.
     announced: Announced,
-    stats: Arc<Counters>,
+    metrics: Metrics,
+    /// Beaten by the control loop, read by `/healthz`.
+    heartbeat: Heartbeat,
     probes: Probes,
     /// The TapTalk concurrency limit, which the prefetch follows.
     limit: AdaptiveLimit,
@@ -122,50 +125,61 @@ impl Worker {
         probes: Probes,
         store: TicketStore,
         limit: AdaptiveLimit,
+        metrics: Metrics,
     ) -> Worker {
         Worker {
             settings: Arc::new(settings),
             pipeline: Arc::new(pipeline),
             store,
             announced: Announced::default(),
-            stats: Arc::new(Counters::default()),
+            metrics,
+            heartbeat: Heartbeat::new(),
             probes,
             limit,
             landmines: Arc::new(AtomicU32::new(0)),
         }
     }
 
-    pub fn stats(&self) -> Arc<Counters> {
-        Arc::clone(&self.stats)
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The control loop's heartbeat (`/healthz`).
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
     }
 
     /// Runs sessions until `shutdown`; reconnects with growing pauses when the
     /// broker is unreachable or a session is lost.
     pub async fn run(&self, shutdown: &Shutdown) {
         tokio::select! {
-            _ = self.probes.check_at_start() => {}
+            _ = self.heartbeat.while_waiting(self.probes.check_at_start()) => {}
             _ = shutdown.triggered() => return,
         }
         let progress = CancellationToken::new();
         if let Some(every) = self.settings.progress_every {
-            let stats = Arc::clone(&self.stats);
-            let stop = progress.clone();
-            tokio::spawn(async move { stats.report_progress(every, stop).await });
+            tokio::spawn(crate::observe::progress::report(
+                self.metrics.clone(),
+                every,
+                progress.clone(),
+            ));
         }
         let _stop_progress = progress.drop_guard();
         let mut reconnect = self.settings.broker.reconnect.schedule();
         while !shutdown.is_triggered() {
             let opened = tokio::select! {
-                session = self.open_session() => session,
+                session = self.heartbeat.while_waiting(self.open_session()) => session,
                 _ = shutdown.triggered() => break,
             };
             let mut quarantine = false;
             match opened {
                 Ok(session) => {
-                    self.stats.session_opened();
+                    self.metrics.session_opened();
                     let started = Instant::now();
                     let relay = self.start_relay(&session);
                     let end = self.run_session(&session, shutdown).await;
+                    self.metrics.intake(Intake::Disconnected);
+                    self.metrics.prefetch(0);
                     relay.stop().await;
                     close(&session.connection, "session over").await;
                     if let SessionEnd::Lost(reason) = &end {
@@ -192,7 +206,7 @@ impl Worker {
             };
             tracing::info!(pause = %humantime::format_duration(pause), "reconnecting to RabbitMQ after a pause");
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = self.heartbeat.while_waiting(tokio::time::sleep(pause)) => {}
                 _ = shutdown.triggered() => break,
             }
         }

@@ -72,6 +72,7 @@ impl Worker {
             self.announced.clone(),
             session.settler.publisher().clone(),
             self.settings.relay,
+            self.metrics.clone(),
             stop.clone(),
         ));
         Relay { stop, task }
@@ -107,7 +108,12 @@ impl Worker {
         Ok(Session {
             connection,
             consume,
-            settler: Settler::new(publisher, self.announced.clone(), acks),
+            settler: Settler::new(
+                publisher,
+                self.announced.clone(),
+                acks,
+                self.metrics.clone(),
+            ),
             broken,
             events,
             quarantined: AtomicBool::new(quarantined),

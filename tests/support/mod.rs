@@ -25,7 +25,7 @@ use ticket_worker::broker::Topology;
 use ticket_worker::config::{BrokerSettings, DatabaseSettings, Settings, TaptalkSettings};
 use ticket_worker::fake_taptalk::{FakeTaptalk, Knobs};
 use ticket_worker::health::BreakerSettings;
-use ticket_worker::observe::counters::{Counters, Snapshot as StatsSnapshot};
+use ticket_worker::observe::metrics::{Metrics, Snapshot as StatsSnapshot};
 use ticket_worker::relay::RelaySettings;
 use ticket_worker::retry::RetryPolicy;
 use ticket_worker::shutdown::Shutdown;
@@ -733,25 +733,40 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
 pub struct TestWorker {
     shutdown: Shutdown,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
-    stats: Arc<Counters>,
+    metrics: Metrics,
+    /// Where its HTTP server listens (when the settings ask for one).
+    http: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 impl TestWorker {
     pub fn spawn(settings: Settings) -> TestWorker {
         init_logs();
         let app = Application::build(settings).expect("build the worker");
-        let stats = app.stats();
+        let metrics = app.metrics();
+        let http = app.http_address();
         let shutdown = Shutdown::new();
         let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         TestWorker {
             shutdown,
             handle: Some(handle),
-            stats,
+            metrics,
+            http,
         }
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        self.metrics.snapshot()
+    }
+
+    /// The base URL of its HTTP server, once it listens.
+    pub async fn http_url(&self) -> String {
+        let http = Arc::clone(&self.http);
+        let addr = eventually(Duration::from_secs(10), "the HTTP server listens", || {
+            let http = Arc::clone(&http);
+            async move { http.get().copied() }
+        })
+        .await;
+        format!("http://{addr}")
     }
 
     /// Triggers shutdown and waits for the worker to stop.
@@ -808,7 +823,12 @@ impl Harness {
 
 pub fn bin() -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ticket-worker"));
-    command.env_clear().env("RUST_BACKTRACE", "0");
+    // Tests run side by side: each worker takes a free port for its probes
+    // (a test that wants another sets HTTP_LISTEN itself).
+    command
+        .env_clear()
+        .env("RUST_BACKTRACE", "0")
+        .env("HTTP_LISTEN", "127.0.0.1:0");
     command
 }
 
