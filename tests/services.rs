@@ -1,5 +1,6 @@
 //! Faults of the shared services themselves: RabbitMQ and Postgres restarted
-//! while a worker has events in flight, and the broker's message size limit.
+//! while a worker has events in flight, a RabbitMQ memory alarm during a
+//! burst, and the broker's message size limit.
 //!
 //! These change services other tests use, so they live in this binary alone
 //! (cargo runs test binaries one after another) and take [`SERIAL`] so they
@@ -364,5 +365,168 @@ async fn the_shipped_broker_limit_refuses_bodies_that_would_swell_a_worker() {
     println!(
         "scenario message-size: the shipped max_message_size ({limit} bytes) applied to RabbitMQ; outcome: 5 of 5 bodies of 10 MiB refused at publish, a {} KiB event dead-lettered too_large, 20 tickets",
         too_large.to_string().len() / 1024
+    );
+}
+
+/// Sets RabbitMQ's memory high watermark until dropped, also when the test
+/// fails; then puts the previous one back. `0` raises the memory alarm at
+/// once: RabbitMQ blocks every connection that publishes.
+struct MemoryWatermark {
+    previous: Vec<String>,
+}
+
+impl MemoryWatermark {
+    fn set(value: &str) -> MemoryWatermark {
+        // `0.4`, or `{absolute,1073741824}`.
+        let previous = rabbitmq_eval("vm_memory_monitor:get_vm_memory_high_watermark().")
+            .map(|v| {
+                match v
+                    .strip_prefix("{absolute,")
+                    .and_then(|v| v.strip_suffix('}'))
+                {
+                    Some(bytes) => vec!["absolute".to_owned(), bytes.trim().to_owned()],
+                    None => vec![v],
+                }
+            })
+            .unwrap_or_else(|| vec!["0.4".to_owned()]);
+        let guard = MemoryWatermark { previous };
+        assert!(
+            run(
+                "rabbitmqctl",
+                &["-q", "set_vm_memory_high_watermark", value]
+            ),
+            "set the memory watermark"
+        );
+        guard
+    }
+}
+
+impl Drop for MemoryWatermark {
+    fn drop(&mut self) {
+        let mut args = vec!["-q", "set_vm_memory_high_watermark"];
+        args.extend(self.previous.iter().map(String::as_str));
+        run("rabbitmqctl", &args);
+    }
+}
+
+/// The state (`running`, `blocking`, `blocked`, …) of the connection whose
+/// client-provided name is `name`.
+fn connection_state(name: &str) -> Option<String> {
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "--no-table-headers",
+            "list_connections",
+            "state",
+            "client_properties",
+        ])
+        .output()
+        .ok()?;
+    let quoted = format!("\"{name}\"");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|line| line.contains(&quoted))
+        .and_then(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_memory_alarm_during_a_burst_blocks_publishing_only_and_loses_nothing() {
+    if skipped() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    // 8 at a time, 200 ms each: 400 events take about 10 s.
+    let h = Harness::new(Knobs {
+        latency: Duration::from_millis(200),
+        ..Knobs::default()
+    })
+    .await;
+    let name = format!("alarm-{}", unique());
+    let mut env = worker_env(&h.db.url, &h.broker, &h.taptalk.base_url(), &name);
+    env.push(("CONCURRENCY", "8".into()));
+    let worker = WorkerProcess::spawn(&env);
+    // Published before the alarm: it blocks this test's publisher too.
+    let events: Vec<Value> = (0..400)
+        .map(|i| login_event(&format!("alarm-{i}")))
+        .collect();
+    h.broker.publish_events(&events).await;
+    let ids: HashSet<String> = events
+        .iter()
+        .filter_map(|e| e["eventID"].as_str().map(str::to_owned))
+        .collect();
+    eventually(Duration::from_secs(30), "work under way", || async {
+        (h.tap.ready().len() >= 20).then_some(())
+    })
+    .await;
+
+    let alarm = MemoryWatermark::set("0");
+    // Publishing stops: the worker's publishing connection is blocked, its
+    // consuming one is not (it only acknowledges), so RabbitMQ keeps the
+    // deliveries it has and nothing piles up on the consuming side.
+    let publish = format!("{name} publish");
+    let consume = format!("{name} consume");
+    let publishing = eventually(
+        Duration::from_secs(20),
+        "RabbitMQ blocks the worker's publishing connection",
+        || async { connection_state(&publish).filter(|state| state == "blocked") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = h.tap.ready().len();
+    // `blocking`: it would be blocked if it published, and it does not.
+    let consuming = connection_state(&consume);
+    assert!(
+        matches!(consuming.as_deref(), Some("running" | "blocking")),
+        "the consuming connection is never blocked (publishing: {publishing}, consuming: {consuming:?})"
+    );
+    assert!(
+        during < ids.len(),
+        "the alarm lands mid-burst ({during} of {} announced)",
+        ids.len()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.tap.ready().len(),
+        during,
+        "nothing is announced while publishing is blocked"
+    );
+    drop(alarm);
+
+    let ready = h
+        .tap
+        .wait_for("ticket.ready", ids.len(), Duration::from_secs(90))
+        .await;
+    let announced: HashSet<String> = ready
+        .iter()
+        .filter_map(|e| e.body["eventID"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(announced, ids, "every event announced");
+    eventually(
+        Duration::from_secs(30),
+        "every event stored once",
+        || async { (h.db.count().await == ids.len() as i64).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the work queue drained",
+        || async { (h.broker.ready_count(&h.broker.topology.work_queue).await == 0).then_some(()) },
+    )
+    .await;
+    assert!(
+        h.broker.all_dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    let logs = worker.logs();
+    assert!(
+        logs.contains("RabbitMQ blocks publishing"),
+        "the block is logged:\n{logs}"
+    );
+    println!(
+        "scenario memory-alarm: 400 events; faults: memory watermark 0 for ~5 s after {during} were announced; \
+         outcome: {} rows, {} announced, 0 dead letters",
+        h.db.count().await,
+        announced.len()
     );
 }

@@ -17,7 +17,7 @@ pub mod topology;
 pub use connection::connect;
 pub use publisher::{PublishError, Publisher};
 pub use settle::Settler;
-pub use topology::Topology;
+pub use topology::{Declared, Topology};
 
 use lapin::types::ShortString;
 

@@ -8,12 +8,36 @@
 //!                        taptalk.logins.dlx (topic) ──#──▶ taptalk.logins.dead (quorum)
 //! taptalk.tickets (topic): ticket.ready, ticket.failed
 //! ```
+//!
+//! The work queue dead-letters **at least once** (`x-dead-letter-strategy:
+//! at-least-once`, which RabbitMQ requires to come with `x-overflow:
+//! reject-publish`): a message RabbitMQ dead-letters itself (the delivery
+//! limit, a rejection) stays in the work queue until the dead-letter queue has
+//! confirmed its copy, so it cannot be lost on the way, as it can with the
+//! default at-most-once strategy. A work queue declared by an earlier version
+//! without those arguments cannot be redeclared with them (RabbitMQ refuses a
+//! change of arguments); it is then used as it is, with a warning naming the
+//! policy that gives it the same strategy (see [`LEGACY_WORK_QUEUE`]).
 
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+
+/// What the log says when the work queue exists without at-least-once
+/// dead-lettering (declared by an earlier version).
+pub const LEGACY_WORK_QUEUE: &str = "the work queue exists without x-dead-letter-strategy=at-least-once (declared by an earlier version), so messages RabbitMQ dead-letters itself can be lost on the way to the dead-letter queue; give it the strategy with a policy (see the README, 'Queues declared by an earlier version') or delete and redeclare the queue when it is empty";
+
+/// How the work queue was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declared {
+    /// With every argument this version declares.
+    Current,
+    /// With the arguments of an earlier version (no at-least-once
+    /// dead-lettering); a policy can add it (see [`LEGACY_WORK_QUEUE`]).
+    LegacyWorkQueue,
+}
 
 /// The names (and the delivery limit) of everything the worker declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +66,34 @@ impl Default for Topology {
 }
 
 impl Topology {
-    /// Declares everything. Safe to repeat; fails (and closes the channel) if a
-    /// queue exists with other arguments, for example another delivery limit.
+    /// Declares everything on channels of its own on `connection`. Safe to
+    /// repeat; fails if a queue exists with other arguments, for example
+    /// another delivery limit, except that a work queue declared by an earlier
+    /// version (without at-least-once dead-lettering) is accepted as it is.
     #[tracing::instrument(name = "broker.declare_topology", skip_all, fields(work_queue = %self.work_queue))]
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    pub async fn declare(&self, connection: &Connection) -> Result<Declared, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        match self.declare_on(&channel, true).await {
+            Ok(()) => {
+                let _ = channel.close(200, "declared".into()).await;
+                Ok(Declared::Current)
+            }
+            Err(error) if is_precondition_failed(&error) => {
+                tracing::debug!(%error, "RabbitMQ refused the work queue's arguments; trying an earlier version's");
+                // RabbitMQ closed that channel. The same arguments as before,
+                // without the strategy: if the queue has those, go on with it.
+                let channel = connection.create_channel().await?;
+                // If it fails again, the queue differs in more (say, its delivery
+                // limit), and this answer names what.
+                self.declare_on(&channel, false).await?;
+                let _ = channel.close(200, "declared".into()).await;
+                Ok(Declared::LegacyWorkQueue)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn declare_on(&self, channel: &Channel, at_least_once: bool) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -98,6 +146,16 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
         );
+        if at_least_once {
+            work_arguments.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            work_arguments.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+        }
         channel
             .queue_declare(
                 self.work_queue.as_str().into(),
@@ -144,6 +202,11 @@ impl Topology {
             )
             .await
     }
+}
+
+/// AMQP 406 PRECONDITION_FAILED: a queue exists with other arguments.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 fn quorum() -> FieldTable {

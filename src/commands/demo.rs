@@ -445,16 +445,14 @@ async fn show(
                 crate::config::redact_url(broker.amqp_url.expose_secret())
             )
         })?;
+    let declared = topology.declare(&connection).await;
     let channel = connection
         .create_channel()
         .await
         .map_err(anyhow::Error::from);
     running.connection = Some(connection);
+    declared.map_err(anyhow::Error::from)?;
     let channel = channel?;
-    topology
-        .declare(&channel)
-        .await
-        .map_err(anyhow::Error::from)?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     watch_ticket_events(&channel, topology, Arc::clone(&seen))
         .await

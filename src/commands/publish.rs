@@ -63,15 +63,15 @@ pub async fn run(args: &PublishArgs) -> Result<(), CommandError> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))?;
+    broker
+        .topology
+        .declare(&connection)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot declare the topology: {e}"))?;
     let channel = connection
         .create_channel()
         .await
         .map_err(anyhow::Error::from)?;
-    broker
-        .topology
-        .declare(&channel)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot declare the topology: {e}"))?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

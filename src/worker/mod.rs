@@ -1,11 +1,14 @@
 //! The worker: consumes the work queue with bounded concurrency, hands each
 //! delivery to the [`Pipeline`], and keeps going through everything around it.
 //!
-//! - **Sessions.** One RabbitMQ connection per session: a consuming channel
-//!   (prefetch `PREFETCH`) and a confirm-mode publishing channel. When the
-//!   connection or a channel fails, the session ends, in-flight work is dropped
-//!   unacknowledged (RabbitMQ redelivers it; idempotency prevents doubles) and
-//!   a new session starts after a backoff pause, re-declaring the topology.
+//! - **Sessions.** Two RabbitMQ connections per session: one consumes (a
+//!   channel with prefetch `PREFETCH`) and acknowledges, the other publishes
+//!   on confirm-mode channels, so a memory or disk alarm, which blocks
+//!   publishing connections, does not stall acknowledgements too. When a
+//!   connection or a channel fails, the session ends, in-flight work is
+//!   dropped unacknowledged (RabbitMQ redelivers it; idempotency prevents
+//!   doubles) and a new session starts after a backoff pause, re-declaring
+//!   the topology.
 //! - **Outages.** When the [`Breaker`](crate::health::Breaker) opens (TapTalk
 //!   or Postgres refuses the configuration, or fails everything), the worker
 //!   cancels its consumer, lets in-flight messages go back to the queue, and
@@ -40,7 +43,6 @@ use crate::relay::RelaySettings;
 use crate::shutdown::Shutdown;
 use crate::storage::{Announced, TicketStore};
 use crate::taptalk::AdaptiveLimit;
-use session::close;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -181,11 +183,10 @@ impl Worker {
                     self.metrics.intake(Intake::Disconnected);
                     self.metrics.prefetch(0);
                     relay.stop().await;
-                    close(&session.connection, "session over").await;
                     if let SessionEnd::Lost(reason) = &end {
                         tracing::warn!(%reason, "lost the RabbitMQ session; in-flight messages will be redelivered");
                     }
-                    if session.lost_to_oversized_frame() {
+                    if session.close("session over").await {
                         quarantine = self.landmine_found();
                     }
                     if matches!(end, SessionEnd::Shutdown) {

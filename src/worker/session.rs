@@ -1,36 +1,110 @@
-//! One broker session: a connection with its consuming channel, its
-//! publisher (two confirm-mode channels) and the settler that acknowledges
-//! deliveries; the outbox relay that runs beside it; and leaving the
-//! quarantine that follows a message too large to receive.
+//! One broker session: two connections, as RabbitMQ's documentation
+//! recommends (a memory or disk alarm blocks connections that publish, and
+//! acknowledgements on a blocked connection would stall with them): one
+//! consumes and acknowledges, the other publishes (the publisher's two
+//! confirm-mode channels, used by the settler and the outbox relay). A
+//! watcher reads both connections' events: an error ends the session, a block
+//! is logged. Also: the outbox relay that runs beside a session, and leaving
+//! the quarantine that follows a message too large to receive.
 
 use super::{BROKER_STEP_TIMEOUT, Worker};
 use crate::broker::acks::Acks;
+use crate::broker::topology::{Declared, LEGACY_WORK_QUEUE};
 use crate::broker::{Publisher, Settler, connect};
-use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::{Channel, Connection};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// One RabbitMQ connection and its two channels.
+/// A RabbitMQ session: a consuming connection and a publishing one.
 pub(super) struct Session {
-    pub(super) connection: Connection,
+    /// Consumes the work queue and acknowledges its deliveries.
+    pub(super) consuming: Connection,
+    /// Publishes ticket events, dead letters and copies put back.
+    pub(super) publishing: Connection,
     pub(super) consume: Channel,
     pub(super) settler: Settler,
     /// Cancelled by a task that found the broker unusable.
     pub(super) broken: CancellationToken,
-    /// The connection's events, read once the session is over to learn
-    /// whether it failed on a frame larger than `frame_max`: RabbitMQ
-    /// redelivered a message whose headers, with the `x-delivery-count` it
-    /// adds, no longer fit (see [`crate::broker::copies`]).
-    pub(super) events: Mutex<BoxStream<'static, lapin::Event>>,
+    /// Reads both connections' events until the session is over.
+    watcher: Watcher,
     /// The session started after such a failure: one message at a time, so
     /// that each further failure spends a delivery of that one message only,
     /// until RabbitMQ's delivery limit dead-letters it. It ends with the first
     /// delivery that is not a redelivery: what was returned is through.
     pub(super) quarantined: AtomicBool,
+}
+
+/// Reads the connections' events: ends the session on a connection error,
+/// logs blocks, and remembers whether a connection failed on a frame larger
+/// than `frame_max` (RabbitMQ redelivered a message whose headers, with the
+/// `x-delivery-count` it adds, no longer fit; see [`crate::broker::copies`]).
+struct Watcher {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+impl Watcher {
+    fn start(
+        consuming: &Connection,
+        publishing: &Connection,
+        broken: CancellationToken,
+    ) -> Watcher {
+        let statuses = [consuming.status().clone(), publishing.status().clone()];
+        let consumed = consuming.events_listener().map(|e| (0, e));
+        let published = publishing.events_listener().map(|e| (1, e));
+        let mut events = futures_util::stream::select(consumed, published);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut oversized = false;
+            loop {
+                let event = tokio::select! {
+                    biased;
+                    event = events.next() => event,
+                    // Whatever is already there is read before stopping.
+                    _ = stopped.cancelled() => {
+                        while let Some(Some(event)) = futures_util::FutureExt::now_or_never(events.next()) {
+                            oversized |= is_oversized(&event.1);
+                        }
+                        return oversized;
+                    }
+                };
+                let Some((index, event)) = event else {
+                    stopped.cancelled().await;
+                    return oversized;
+                };
+                let connection = ["consuming", "publishing"][index];
+                oversized |= is_oversized(&event);
+                match event {
+                    // A channel's error is its users' to handle (a refused
+                    // declaration is expected); a connection's ends the session.
+                    lapin::Event::Error(error)
+                        if statuses[index].errored() || statuses[index].closed() =>
+                    {
+                        tracing::debug!(connection, %error, "a RabbitMQ connection failed");
+                        broken.cancel();
+                    }
+                    lapin::Event::ConnectionBlocked(reason) => tracing::warn!(
+                        connection,
+                        reason = %crate::broker::short(&reason),
+                        "RabbitMQ blocks publishing (a memory or disk alarm): ticket events and acknowledgements of what needs one wait until it clears; nothing is lost"
+                    ),
+                    lapin::Event::ConnectionUnblocked => {
+                        tracing::info!(connection, "RabbitMQ publishes again (the alarm cleared)")
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Watcher { stop, task }
+    }
+}
+
+fn is_oversized(event: &lapin::Event) -> bool {
+    matches!(event, lapin::Event::Error(error) if crate::broker::connection::is_oversized_frame(error))
 }
 
 /// The outbox relay of one session.
@@ -48,18 +122,19 @@ impl Relay {
 }
 
 impl Session {
-    /// Whether the connection failed on a frame too large to receive (lapin
-    /// closes it with a FRAME_ERROR). Call once the session is over: it reads
-    /// the events that are already there, without waiting.
-    pub(super) fn lost_to_oversized_frame(&self) -> bool {
-        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        let mut oversized = false;
-        while let Some(Some(event)) = events.next().now_or_never() {
-            if let lapin::Event::Error(error) = event {
-                oversized |= crate::broker::connection::is_oversized_frame(&error);
-            }
-        }
-        oversized
+    /// Ends the session: closes both connections (which returns every
+    /// unacknowledged delivery to the queue) and tells whether it failed on
+    /// a frame too large to receive (lapin closes a connection on such a
+    /// frame with a FRAME_ERROR).
+    pub(super) async fn close(self, why: &str) -> bool {
+        close(&self.consuming, why).await;
+        close(&self.publishing, why).await;
+        self.watcher.stop.cancel();
+        tokio::time::timeout(BROKER_STEP_TIMEOUT, self.watcher.task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false)
     }
 }
 
@@ -80,22 +155,47 @@ impl Worker {
 
     pub(super) async fn open_session(&self) -> Result<Session, lapin::Error> {
         let broker = &self.settings.broker;
-        let connection = connect(&broker.amqp_url, &broker.connection_name).await?;
-        let events = Mutex::new(connection.events_listener().boxed());
-        let quarantined = self.landmines.load(Ordering::Relaxed) > 0;
-        let consume = connection.create_channel().await?;
+        let name = &broker.connection_name;
+        let consuming = connect(&broker.amqp_url, &format!("{name} consume")).await?;
+        let publishing = match connect(&broker.amqp_url, &format!("{name} publish")).await {
+            Ok(publishing) => publishing,
+            Err(error) => {
+                close(&consuming, "no publishing connection").await;
+                return Err(error);
+            }
+        };
         let broken = CancellationToken::new();
-        if let Err(error) = broker.topology.declare(&consume).await {
-            tracing::error!(%error, "RabbitMQ refused the topology; if a queue exists with other arguments (such as x-delivery-limit), align DELIVERY_LIMIT or delete the queue");
-            close(&connection, "topology refused").await;
-            return Err(error);
-        }
-        let publisher = Publisher::open(
-            &connection,
-            Arc::new(broker.topology.clone()),
-            broker.login_user().as_deref(),
-        )
-        .await?;
+        let watcher = Watcher::start(&consuming, &publishing, broken.clone());
+        let quarantined = self.landmines.load(Ordering::Relaxed) > 0;
+        let opened = async {
+            match broker.topology.declare(&consuming).await {
+                Ok(Declared::Current) => {}
+                Ok(Declared::LegacyWorkQueue) => {
+                    tracing::warn!(queue = %broker.topology.work_queue, "{LEGACY_WORK_QUEUE}");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "RabbitMQ refused the topology; if a queue exists with other arguments (such as x-delivery-limit), align DELIVERY_LIMIT or delete the queue");
+                    return Err(error);
+                }
+            }
+            let consume = consuming.create_channel().await?;
+            let publisher = Publisher::open(
+                &publishing,
+                Arc::new(broker.topology.clone()),
+                broker.login_user().as_deref(),
+            )
+            .await?;
+            Ok((consume, publisher))
+        };
+        let (consume, publisher) = match opened.await {
+            Ok(opened) => opened,
+            Err(error) => {
+                watcher.stop.cancel();
+                close(&consuming, "session not opened").await;
+                close(&publishing, "session not opened").await;
+                return Err(error);
+            }
+        };
         let acks = Acks::start(consume.clone(), broken.clone());
         tracing::info!(
             queue = %broker.topology.work_queue,
@@ -106,7 +206,8 @@ impl Worker {
             "connected to RabbitMQ"
         );
         Ok(Session {
-            connection,
+            consuming,
+            publishing,
             consume,
             settler: Settler::new(
                 publisher,
@@ -115,7 +216,7 @@ impl Worker {
                 self.metrics.clone(),
             ),
             broken,
-            events,
+            watcher,
             quarantined: AtomicBool::new(quarantined),
         })
     }

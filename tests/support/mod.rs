@@ -320,11 +320,11 @@ impl TestBroker {
         )
         .await
         .expect("connect to RabbitMQ");
-        let channel = connection.create_channel().await.expect("channel");
         topology
-            .declare(&channel)
+            .declare(&connection)
             .await
             .expect("declare the test topology");
+        let channel = connection.create_channel().await.expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -908,6 +908,16 @@ impl WorkerProcess {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until it consumes (its first RabbitMQ session is open), so that
+    /// faults injected on a timer land while it works, however slowly a busy
+    /// machine starts it.
+    pub async fn consuming(&self) {
+        eventually(Duration::from_secs(60), "the worker consumes", || async {
+            self.logs().contains("connected to RabbitMQ").then_some(())
+        })
+        .await;
     }
 
     /// Sends SIGTERM and waits up to 20 s; the exit code, `None` if it did

@@ -151,13 +151,11 @@ async fn measure(
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))?;
     let measured = async {
-        let channel = connection.create_channel().await?;
         place
             .topology
-            .declare(&channel)
+            .declare(&connection)
             .await
             .map_err(|e| anyhow::anyhow!("cannot declare the run's exchanges and queues: {e}"))?;
-        let _ = channel.close(200, "declared".into()).await;
 
         let ceiling = match plan.ceiling_events {
             Some(messages) if messages > 0 => {

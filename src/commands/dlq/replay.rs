@@ -95,9 +95,7 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
     let topology = &broker.topology;
     let connection = connection(broker, "dlq replay").await?;
     let setup = async {
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        let _ = channel.close(200, "declared".into()).await;
+        topology.declare(&connection).await?;
         let user = broker.login_user();
         Publisher::open(&connection, Arc::new(topology.clone()), user.as_deref()).await
     };
