@@ -399,7 +399,8 @@ async fn rabbitmq_connections_closed_mid_flight() {
     let name = format!("close-{}", unique());
     let env = env_for(&h, &name, &[]);
     let (messages, ledger) = traffic(400, 1, 10);
-    let _worker = WorkerProcess::spawn(&env);
+    let worker = WorkerProcess::spawn(&env);
+    worker.consuming().await;
     let mut closed = 0;
     let faults = async {
         for _ in 0..3 {
@@ -430,7 +431,8 @@ async fn postgres_backends_terminated_mid_flight() {
     let h = Harness::new(quick_latency()).await;
     let env = env_for(&h, &format!("pgkill-{}", unique()), &[]);
     let (messages, ledger) = traffic(400, 1, 10);
-    let _worker = WorkerProcess::spawn(&env);
+    let worker = WorkerProcess::spawn(&env);
+    worker.consuming().await;
     let mut terminated = 0;
     let faults = async {
         for _ in 0..10 {
@@ -461,6 +463,7 @@ async fn upstream_down_for_a_while() {
     );
     let (messages, ledger) = traffic(300, 1, 10);
     let worker = WorkerProcess::spawn(&env);
+    worker.consuming().await;
     let faults = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         h.taptalk.set_knobs(Knobs::down());
@@ -506,7 +509,8 @@ async fn upstream_slow_with_timeouts() {
         ],
     );
     let (messages, ledger) = traffic(250, 1, 10);
-    let _worker = WorkerProcess::spawn(&env);
+    let worker = WorkerProcess::spawn(&env);
+    worker.consuming().await;
     publish_paced(&h.broker, &messages, 50, Duration::from_millis(100)).await;
     let report = settle_and_check(&h, &ledger).await;
     let stats = h.taptalk.stats();
@@ -532,7 +536,8 @@ async fn upstream_answering_429() {
         &[("TAPTALK_RETRY_FOR", "20s")],
     );
     let (messages, ledger) = traffic(250, 1, 10);
-    let _worker = WorkerProcess::spawn(&env);
+    let worker = WorkerProcess::spawn(&env);
+    worker.consuming().await;
     publish_paced(&h.broker, &messages, 50, Duration::from_millis(50)).await;
     let report = settle_and_check(&h, &ledger).await;
     print(
@@ -551,6 +556,7 @@ async fn upstream_rejects_the_key_for_a_while() {
     let env = env_for(&h, &format!("key-{}", unique()), &[]);
     let (messages, ledger) = traffic(300, 1, 10);
     let worker = WorkerProcess::spawn(&env);
+    worker.consuming().await;
     let faults = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         h.taptalk.set_knobs(Knobs {
