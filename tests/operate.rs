@@ -160,7 +160,10 @@ async fn readyz_turns_unready_while_the_key_is_rejected_and_ready_after() {
         }
     })
     .await;
-    assert!(why.contains("not ready"), "{why}");
+    assert!(
+        why.contains("not ready") && why.contains("TAPTALK_SERVER_KEY_ID"),
+        "the answer says why and names the settings: {why}"
+    );
     let (_, text) = get(&format!("{url}/metrics")).await;
     assert_eq!(
         sample(

@@ -40,10 +40,21 @@ impl Readiness {
     /// `Ok` when the worker takes work; otherwise why not.
     pub async fn check(&self) -> Result<(), String> {
         if !self.metrics.is_running() {
-            return Err(
-                "intake is not running (see ticket_worker_intake_state on /metrics, and the log)"
-                    .into(),
-            );
+            let state = self.metrics.intake_state();
+            let why = match state {
+                "paused_taptalk_outage" => "intake paused: TapTalk fails every request",
+                "paused_taptalk_misconfigured" => {
+                    "intake paused: TapTalk refuses the configuration (TAPTALK_SERVER_KEY_ID, TAPTALK_SERVER_KEY_SECRET, TAPTALK_BASE_URL)"
+                }
+                "paused_postgres_outage" => "intake paused: Postgres is unavailable",
+                "paused_postgres_misconfigured" => {
+                    "intake paused: Postgres refuses the configuration (DATABASE_URL)"
+                }
+                _ => "not consuming: no RabbitMQ session (connecting, or AMQP_URL refused)",
+            };
+            return Err(format!(
+                "{why}; the log says more (ticket_worker_intake_state{{state=\"{state}\"}})"
+            ));
         }
         self.postgres_answers().await
     }

@@ -517,6 +517,15 @@ impl Metrics {
         self.0.intake[0].get() == 1
     }
 
+    /// The intake state now, as the `state` label says it.
+    pub fn intake_state(&self) -> &'static str {
+        STATES
+            .iter()
+            .zip(&self.0.intake)
+            .find(|(_, gauge)| gauge.get() == 1)
+            .map_or("disconnected", |(name, _)| *name)
+    }
+
     /// A broker session was opened.
     pub fn session_opened(&self) {
         self.0.sessions.fetch_add(1, Ordering::Relaxed);
