@@ -16,6 +16,11 @@
 //! attempted, so the others skip it (`FOR UPDATE SKIP LOCKED`). A relayed event
 //! may repeat one the pipeline published just before a crash; the contract
 //! already asks consumers to dedupe on `eventID`.
+//!
+//! A relayed event has no live trace: its login event's delivery, and the
+//! `traceparent` it came with, are gone. It goes out without trace headers
+//! and starts no trace (see [`traces`](crate::observe::traces)); the
+//! relay's own work is not exported either.
 
 use crate::broker::Publisher;
 use crate::observe::metrics::Metrics;

@@ -200,6 +200,9 @@ async fn a_user_name_rabbitmq_would_refuse_as_user_id_is_not_used() {
         "late".to_owned(),
         None,
     );
-    wrong.ticket_failed(&failed).await.expect("still publishes");
+    wrong
+        .ticket_failed(&failed, None)
+        .await
+        .expect("still publishes");
     let _ = connection.close(200, "done".into()).await;
 }

@@ -12,11 +12,12 @@
 
 use super::{Topology, copies, short};
 use crate::events::{TicketFailed, TicketReady};
+use crate::observe::traces;
 use crate::pipeline::DeadLetterNote;
 use crate::storage::Announcement;
 use lapin::message::Delivery;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,51 +131,71 @@ impl Publisher {
         self.frame_max
     }
 
-    /// Publishes `ticket.ready`.
+    /// Publishes `ticket.ready` answering a login event with these headers
+    /// (`None` for none), carrying its trace on (see
+    /// [`traces::carried_on`]).
     #[tracing::instrument(name = "broker.publish_ready", level = "debug", skip_all, fields(event_id = %ready.event_id))]
-    pub async fn ticket_ready(&self, ready: &TicketReady) -> Result<(), PublishError> {
+    pub async fn ticket_ready(
+        &self,
+        ready: &TicketReady,
+        login: Option<&FieldTable>,
+    ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(ready)?;
-        self.ticket_event(TicketReady::ROUTING_KEY, &ready.event_id, &body)
+        let trace = traces::carried_on(login);
+        self.ticket_event(TicketReady::ROUTING_KEY, &ready.event_id, &body, trace)
             .await
     }
 
-    /// Publishes a `ticket.ready` already encoded (as stored in the outbox).
+    /// Publishes a `ticket.ready` already encoded (as stored in the outbox),
+    /// as [`Publisher::ticket_ready`] does.
     #[tracing::instrument(name = "broker.publish_ready", level = "debug", skip_all, fields(event_id = %event_id))]
     pub async fn ticket_ready_encoded(
         &self,
         event_id: &str,
         body: &str,
+        login: Option<&FieldTable>,
     ) -> Result<(), PublishError> {
-        self.ticket_event(TicketReady::ROUTING_KEY, event_id, body.as_bytes())
+        let trace = traces::carried_on(login);
+        self.ticket_event(TicketReady::ROUTING_KEY, event_id, body.as_bytes(), trace)
             .await
     }
 
-    /// Publishes `ticket.failed`.
+    /// Publishes `ticket.failed`, as [`Publisher::ticket_ready`] does.
     #[tracing::instrument(name = "broker.publish_failed", level = "debug", skip_all, fields(event_id = %failed.event_id, reason = failed.reason.as_str()))]
-    pub async fn ticket_failed(&self, failed: &TicketFailed) -> Result<(), PublishError> {
+    pub async fn ticket_failed(
+        &self,
+        failed: &TicketFailed,
+        login: Option<&FieldTable>,
+    ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(failed)?;
-        self.ticket_event(TicketFailed::ROUTING_KEY, &failed.event_id, &body)
+        let trace = traces::carried_on(login);
+        self.ticket_event(TicketFailed::ROUTING_KEY, &failed.event_id, &body, trace)
             .await
     }
 
     /// Publishes a ticket event from the outbox, exactly as it was stored.
+    /// Its login event's delivery is gone, and its trace with it: it carries
+    /// none.
     #[tracing::instrument(name = "broker.publish_announcement", level = "debug", skip_all, fields(event_id = %announcement.event_id, routing_key = %announcement.routing_key))]
     pub async fn announcement(&self, announcement: &Announcement) -> Result<(), PublishError> {
         self.ticket_event(
             &announcement.routing_key,
             &announcement.event_id,
             announcement.body.as_bytes(),
+            None,
         )
         .await
     }
 
+    /// `trace`: the trace headers it carries, if any.
     async fn ticket_event(
         &self,
         routing_key: &str,
         event_id: &str,
         body: &[u8],
+        trace: Option<FieldTable>,
     ) -> Result<(), PublishError> {
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_correlation_id(short(event_id))
@@ -182,6 +203,9 @@ impl Publisher {
             .with_type(short(routing_key))
             .with_app_id("ticket-worker".into())
             .with_timestamp(now_seconds());
+        if let Some(trace) = trace {
+            properties = properties.with_headers(trace);
+        }
         match self
             .publish(
                 &self.events,

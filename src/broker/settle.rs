@@ -50,6 +50,8 @@ impl Settler {
     /// Carries `decision` out and settles `delivery` (ack, nack or reject).
     pub async fn settle(&self, delivery: &Delivery, decision: Decision) -> Outcome {
         let bus = &self.publisher;
+        // Whose trace the ticket events carry on (see `observe::traces`).
+        let login = delivery.properties.headers().as_ref();
         let published = match decision {
             Decision::Ready {
                 record,
@@ -59,8 +61,11 @@ impl Settler {
             } => {
                 let event_id = record.event_id.as_str();
                 let published = match encoded {
-                    Some(body) => bus.ticket_ready_encoded(event_id, &body).await,
-                    None => bus.ticket_ready(&TicketReady::for_record(&record)).await,
+                    Some(body) => bus.ticket_ready_encoded(event_id, &body, login).await,
+                    None => {
+                        bus.ticket_ready(&TicketReady::for_record(&record), login)
+                            .await
+                    }
                 };
                 published.map(|()| {
                     self.announced.push(event_id);
@@ -78,7 +83,7 @@ impl Settler {
             } => {
                 Box::pin(async {
                     if let Some(failed) = failed {
-                        bus.ticket_failed(&failed).await?;
+                        bus.ticket_failed(&failed, login).await?;
                         if recorded {
                             self.announced.push(&failed.event_id);
                         }

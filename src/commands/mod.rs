@@ -16,7 +16,9 @@ mod secrets;
 
 pub use error::CommandError;
 
-use crate::config::{BrokerSettings, DatabaseArgs, DatabaseSettings, RunArgs};
+use crate::config::{
+    BrokerSettings, ConfigErrors, DatabaseArgs, DatabaseSettings, RunArgs, Settings,
+};
 use crate::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -59,7 +61,23 @@ impl Cli {
             }
             _ => observe::DEFAULT_FILTER,
         };
-        observe::init(self.log_format, filter);
+        // Traces are the worker's: only `run` exports spans. A malformed
+        // OTEL_* setting stops it like any other setting, listed with them.
+        let traces = match &self.command {
+            Command::Run(args) => match observe::traces::Traces::from_env() {
+                Ok(traces) => traces,
+                Err(error) => {
+                    observe::init(self.log_format, filter);
+                    let errors = match Settings::from_args(args) {
+                        Ok(_) => ConfigErrors::from(error),
+                        Err(errors) => errors.and(error),
+                    };
+                    return failed(&CommandError::Config(errors));
+                }
+            },
+            _ => None,
+        };
+        observe::init_with(self.log_format, filter, traces.as_ref());
         register_early_secrets(&self.command);
         let result = match self.command {
             Command::Run(args) => run::run(&args).await,
@@ -70,14 +88,22 @@ impl Cli {
             Command::Bench(args) => bench::run(&args).await,
             Command::Dlq(args) => dlq::run(&args).await,
         };
+        // Explicitly, once the command has stopped: the spans still queued
+        // go out before the process exits.
+        if let Some(traces) = traces {
+            traces.shutdown().await;
+        }
         match result {
             Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("ticket-worker: {}", observe::scrub(&error.to_string()));
-                ExitCode::from(error.exit_code())
-            }
+            Err(error) => failed(&error),
         }
     }
+}
+
+/// Prints the final error line, scrubbed, and returns its exit code.
+fn failed(error: &CommandError) -> ExitCode {
+    eprintln!("ticket-worker: {}", observe::scrub(&error.to_string()));
+    ExitCode::from(error.exit_code())
 }
 
 /// `demo`, `publish` and `bench` read their settings in their own modules: read the

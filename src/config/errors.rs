@@ -43,6 +43,13 @@ impl ConfigErrors {
     pub fn get(&self, setting: &str) -> Option<&ConfigError> {
         self.0.iter().find(|error| error.setting == setting)
     }
+
+    /// These and one more, found elsewhere (the `OTEL_*` settings, read
+    /// before the logs start), so that one run still reports them all.
+    pub fn and(mut self, error: ConfigError) -> ConfigErrors {
+        self.0.push(error);
+        self
+    }
 }
 
 impl From<ConfigError> for ConfigErrors {

@@ -24,15 +24,23 @@
 //!    a returned (unroutable) message is dropped at every level for the same
 //!    reason: it prints the whole message, body included; the publisher says
 //!    what was unroutable itself.
+//!
+//! When traces are exported ([`init_with`] given a [`Traces`]), the OTLP
+//! span layer joins the same subscriber with a filter of its own, and
+//! `RUST_LOG` filters the log lines only: the same lines as with traces off
+//! (at `debug`, inside the span `worker.login_event`, which only exists when
+//! traces are exported).
 
 pub use super::redact::{RedactingMakeWriter, register_secret, register_url, scrub};
 
-use tracing::Level;
-use tracing_subscriber::EnvFilter;
+use super::traces::{self, Traces};
+use tracing::{Level, Subscriber};
 use tracing_subscriber::filter::FilterFn;
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -57,24 +65,49 @@ pub const QUIET_FILTER: &str = "warn,lapin::returned_messages=off";
 /// Installs the global subscriber, with `default_filter` unless `RUST_LOG` is
 /// set. Call once, at the start of a command; a second call is a no-op.
 pub fn init(format: LogFormat, default_filter: &str) {
+    init_with(format, default_filter, None);
+}
+
+/// [`init`], and when `traces` is given, its span layer on the same
+/// subscriber (see [`traces`]). Without `traces`, `RUST_LOG` is a global
+/// filter, as it always was: what it leaves out costs nothing. With it,
+/// `RUST_LOG` filters the log lines and the span layer has its own filter.
+pub fn init_with(format: LogFormat, default_filter: &str, traces: Option<&Traces>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let installed = match traces {
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(no_frame_dumps())
+            .with(log_lines(format))
+            .try_init(),
+        Some(traces) => tracing_subscriber::registry()
+            .with(no_frame_dumps())
+            .with(log_lines(format).with_filter(filter))
+            .with(traces.layer())
+            .try_init(),
+    };
+    if installed.is_ok() && traces.is_some() {
+        traces::mark_installed();
+    }
+}
+
+/// The layer writing log lines to stderr, scrubbed.
+fn log_lines<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(no_frame_dumps());
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(RedactingMakeWriter::new(std::io::stderr))
         // Colours only for people at a terminal, never into log files.
         .with_ansi(ansi)
         .with_span_events(FmtSpan::NONE)
         .with_target(true);
-    let _ = match format {
-        LogFormat::Text => registry.with(layer).try_init(),
-        LogFormat::Json => registry
-            .with(layer.json().flatten_event(true).with_current_span(true))
-            .try_init(),
-    };
+    match format {
+        LogFormat::Text => Box::new(layer),
+        LogFormat::Json => Box::new(layer.json().flatten_event(true).with_current_span(true)),
+    }
 }
 
 /// Drops lapin's `trace` events and spans, the ones that dump AMQP frames,

@@ -1,12 +1,14 @@
 //! Observing the worker: logs ([`logs`], with every secret scrubbed by
-//! [`redact`]), the Prometheus [`metrics`], the [`progress`] line, and the
-//! HTTP [`endpoints`] that serve the metrics and the health probes.
+//! [`redact`]), OpenTelemetry [`traces`] over OTLP when an endpoint is set,
+//! the Prometheus [`metrics`], the [`progress`] line, and the HTTP
+//! [`endpoints`] that serve the metrics and the health probes.
 
 pub mod endpoints;
 pub mod logs;
 pub mod metrics;
 pub mod progress;
 pub mod redact;
+pub mod traces;
 
-pub use logs::{DEFAULT_FILTER, LogFormat, QUIET_FILTER, init};
+pub use logs::{DEFAULT_FILTER, LogFormat, QUIET_FILTER, init, init_with};
 pub use redact::{register_secret, register_url, scrub};

@@ -11,6 +11,7 @@ use super::{PAUSE_DRAIN_TIMEOUT, PauseEnd, PhaseEnd, SessionEnd, Worker};
 use crate::broker::inbound;
 use crate::health::Health;
 use crate::observe::metrics::Intake;
+use crate::observe::traces;
 use crate::pipeline::Outcome;
 use crate::shutdown::Shutdown;
 use futures_util::FutureExt;
@@ -21,6 +22,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 /// Events one session may have in flight outside the quarantine: the
 /// prefetch bounds them (at most twice over while a new consumer replaces an
@@ -176,6 +178,9 @@ impl Worker {
         tasks.spawn(async move {
             let _permit = permit;
             let _in_flight = in_flight;
+            // The event's trace (a disabled span, no work, unless spans are
+            // exported), continuing the login event's `traceparent`.
+            let span = traces::event_span(delivery.properties.headers().as_ref());
             let handle = async {
                 let message = inbound::message(&delivery, settler.publisher());
                 let decision = pipeline.decide(&message).await;
@@ -183,9 +188,12 @@ impl Worker {
                 tracing::debug!(?outcome, "settled");
                 outcome
             };
-            let handled = AssertUnwindSafe(handle).catch_unwind().await;
+            let handled = AssertUnwindSafe(handle.instrument(span.clone()))
+                .catch_unwind()
+                .await;
             match handled {
                 Ok(outcome) => {
+                    span.record("outcome", tracing::field::debug(outcome));
                     metrics.record(outcome);
                     if outcome == Outcome::Abandoned {
                         broken.cancel();
