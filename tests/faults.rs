@@ -417,11 +417,41 @@ async fn rabbitmq_connections_closed_mid_flight() {
         publish_paced(&h.broker, &messages, 40, Duration::from_millis(150)),
         faults
     );
-    assert!(closed >= 2, "connections were closed ({closed})");
+    // Two connections per session: at least two sessions' worth.
+    assert!(closed >= 4, "connections were closed ({closed})");
     let report = settle_and_check(&h, &ledger).await;
     print(
         "rabbitmq-close",
         &format!("{closed} worker connections closed with rabbitmqctl close_connection"),
+        &report,
+    );
+}
+
+#[tokio::test]
+async fn losing_only_the_publishing_connection_ends_the_session_and_loses_nothing() {
+    let h = Harness::new(quick_latency()).await;
+    let name = format!("pubclose-{}", unique());
+    let env = env_for(&h, &name, &[]);
+    let worker = WorkerProcess::spawn(&env);
+    worker.consuming().await;
+    // The worker idles: nothing publishes, nothing settles. Closing its
+    // publishing connection alone must still end the session, or the next
+    // events would find no publisher.
+    let publishing = format!("{name} publish");
+    let closed = tokio::task::spawn_blocking(move || close_rabbitmq_connections(&publishing))
+        .await
+        .unwrap_or(0);
+    assert_eq!(closed, 1, "the publishing connection alone was closed");
+    eventually(SETTLE, "a second session", || async {
+        (worker.logs().matches("connected to RabbitMQ").count() >= 2).then_some(())
+    })
+    .await;
+    let (messages, ledger) = traffic(50, 1, 5);
+    publish_paced(&h.broker, &messages, 25, Duration::from_millis(50)).await;
+    let report = settle_and_check(&h, &ledger).await;
+    print(
+        "publish-connection-lost",
+        "the idle worker's publishing connection closed with rabbitmqctl close_connection",
         &report,
     );
 }

@@ -15,11 +15,18 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A worker in this process that serves its endpoints on a free port.
 async fn serving_worker(h: &Harness) -> (TestWorker, String) {
+    let (worker, url, _) = serving_worker_named(h).await;
+    (worker, url)
+}
+
+/// [`serving_worker`], and the name its RabbitMQ connections carry.
+async fn serving_worker_named(h: &Harness) -> (TestWorker, String, String) {
     let mut settings = h.settings();
     settings.http_listen = Some(([127, 0, 0, 1], 0).into());
+    let name = settings.broker.connection_name.clone();
     let worker = TestWorker::spawn(settings);
     let url = worker.http_url().await;
-    (worker, url)
+    (worker, url, name)
 }
 
 /// One GET: status and body.
@@ -136,7 +143,7 @@ async fn metrics_move_as_events_flow_and_never_name_an_event_or_a_user() {
 #[tokio::test]
 async fn readyz_turns_unready_while_the_key_is_rejected_and_ready_after() {
     let h = Harness::new(Knobs::default()).await;
-    let (worker, url) = serving_worker(&h).await;
+    let (worker, url, settings_name) = serving_worker_named(&h).await;
     let readyz = format!("{url}/readyz");
 
     assert_eq!(get(&format!("{url}/healthz")).await.0, 200);
@@ -178,6 +185,28 @@ async fn readyz_turns_unready_while_the_key_is_rejected_and_ready_after() {
         200,
         "paused is not dead: the probing loop turns"
     );
+
+    // A new RabbitMQ session while paused: the worker is still paused, for
+    // the same reason, and says so (not "no RabbitMQ session").
+    let name = settings_name.clone();
+    let closed = tokio::task::spawn_blocking(move || close_rabbitmq_connections(&name))
+        .await
+        .unwrap_or(0);
+    assert!(closed >= 1, "the worker's connections were closed");
+    eventually(
+        WAIT,
+        "a new session, still paused for TapTalk's key",
+        || {
+            let url = url.clone();
+            let metrics = worker.stats();
+            async move {
+                let (status, body) = get(&format!("{url}/readyz")).await;
+                (metrics.sessions >= 2 && status == 503 && body.contains("TAPTALK_SERVER_KEY_ID"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     h.taptalk.set_knobs(Knobs::default());
     eventually(WAIT, "/readyz answers 200 again", || {

@@ -405,7 +405,18 @@ impl Drop for MemoryWatermark {
     fn drop(&mut self) {
         let mut args = vec!["-q", "set_vm_memory_high_watermark"];
         args.extend(self.previous.iter().map(String::as_str));
-        run("rabbitmqctl", &args);
+        // Left in alarm, the broker would block every later test: fall back
+        // to RabbitMQ's default if the old value is refused.
+        if !run("rabbitmqctl", &args) {
+            eprintln!(
+                "could not restore the memory watermark {:?}; setting 0.4",
+                self.previous
+            );
+            run(
+                "rabbitmqctl",
+                &["-q", "set_vm_memory_high_watermark", "0.4"],
+            );
+        }
     }
 }
 

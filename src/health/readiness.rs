@@ -81,6 +81,9 @@ impl Readiness {
                 humantime::format_duration(ASK_WITHIN)
             )),
         };
+        // The endpoint is unauthenticated: the driver's words go through the
+        // same scrubbing as the logs (a password it echoes back, say).
+        let answer = answer.map_err(|why| crate::observe::logs::scrub(&why));
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), answer.clone()));
         answer

@@ -25,7 +25,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How a delivery ended, as the `outcome` label says it.
@@ -199,6 +199,9 @@ struct Inner {
     requests_in_flight: Gauge,
     prefetch: Gauge,
     intake: [Gauge; STATES.len()],
+    /// The index in [`STATES`] of the intake state now: read by `/readyz`
+    /// in one load (the gauges change one after another).
+    intake_now: AtomicU8,
     login_to_ready: Histogram,
     connections: [Counter; 2],
     relayed: Counter,
@@ -376,7 +379,7 @@ impl Metrics {
         });
         registry.register(
             "connections_opened",
-            "Connections opened (RabbitMQ sessions; Postgres pool connections): more than the first ones are reconnects",
+            "Connections opened (RabbitMQ: two per session, one consuming and one publishing; Postgres: pool connections): more than the first ones are reconnects",
             connections_family,
         );
 
@@ -410,6 +413,7 @@ impl Metrics {
             requests_in_flight,
             prefetch,
             intake,
+            intake_now: AtomicU8::new(STATES.len() as u8 - 1),
             login_to_ready,
             connections,
             relayed,
@@ -507,29 +511,31 @@ impl Metrics {
             },
             Intake::Disconnected => "disconnected",
         };
-        for (name, gauge) in STATES.iter().zip(&self.0.intake) {
-            gauge.set(i64::from(*name == state));
+        let index = STATES
+            .iter()
+            .position(|s| *s == state)
+            .unwrap_or(STATES.len() - 1);
+        self.0.intake_now.store(index as u8, Ordering::Relaxed);
+        for (i, gauge) in self.0.intake.iter().enumerate() {
+            gauge.set(i64::from(i == index));
         }
     }
 
     /// Whether intake is running now.
     pub fn is_running(&self) -> bool {
-        self.0.intake[0].get() == 1
+        self.intake_state() == STATES[0]
     }
 
     /// The intake state now, as the `state` label says it.
     pub fn intake_state(&self) -> &'static str {
-        STATES
-            .iter()
-            .zip(&self.0.intake)
-            .find(|(_, gauge)| gauge.get() == 1)
-            .map_or("disconnected", |(name, _)| *name)
+        let index = usize::from(self.0.intake_now.load(Ordering::Relaxed));
+        STATES.get(index).copied().unwrap_or("disconnected")
     }
 
     /// A broker session was opened.
     pub fn session_opened(&self) {
         self.0.sessions.fetch_add(1, Ordering::Relaxed);
-        self.0.connections[0].inc();
+        self.0.connections[0].inc_by(2);
     }
 
     /// A Postgres connection was opened.

@@ -40,14 +40,28 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(in_flight));
         let mut tasks = JoinSet::new();
         let mut consumers = Consumers::new();
+        // Whether the pause now under way was announced (by `pause`).
+        let mut announced = false;
         loop {
-            if self.pipeline.breaker().is_open()
-                && !self
+            let announced_already = std::mem::take(&mut announced);
+            if self.pipeline.breaker().is_open() {
+                // A session that opens with the breaker open (the key was
+                // rejected before a reconnect) is paused from the start.
+                if !announced_already {
+                    self.announce_pause();
+                }
+                let probing = self
                     .heartbeat
-                    .while_waiting(self.probes.wait_for_recovery(shutdown))
-                    .await
-            {
-                break;
+                    .while_waiting(self.probes.wait_for_recovery(shutdown));
+                let recovered = tokio::select! {
+                    recovered = probing => recovered,
+                    _ = session.broken.cancelled() => {
+                        return self.lose(&mut tasks, "a RabbitMQ connection failed while intake was paused".into()).await;
+                    }
+                };
+                if !recovered {
+                    break;
+                }
             }
             let prefetch = self.prefetch_now(session);
             let queue = self.settings.broker.topology.work_queue.as_str();
@@ -61,7 +75,13 @@ impl Worker {
                 .await
             {
                 PhaseEnd::Shutdown => {
-                    let _ = consumers.stop(&session.consume).await;
+                    // Draining now: not ready for work.
+                    self.metrics.intake(Intake::Disconnected);
+                    let _ = self
+                        .heartbeat
+                        .while_waiting(consumers.stop(&session.consume))
+                        .await;
+                    self.metrics.prefetch(0);
                     break;
                 }
                 PhaseEnd::Lost(reason) => return self.lose(&mut tasks, reason).await,
@@ -73,15 +93,17 @@ impl Worker {
                         .pause(session, &mut consumers, &permits, &mut tasks, shutdown)
                         .await
                     {
-                        Ok(PauseEnd::Drained) => {}
+                        Ok(PauseEnd::Drained) => announced = true,
                         Ok(PauseEnd::Shutdown) => break,
                         Err(reason) => return self.lose(&mut tasks, reason).await,
                     }
                 }
             }
         }
-        self.finish(&mut tasks).await;
-        session.settler.acks().flush().await;
+        self.heartbeat.while_waiting(self.finish(&mut tasks)).await;
+        self.heartbeat
+            .while_waiting(session.settler.acks().flush())
+            .await;
         SessionEnd::Shutdown
     }
 
@@ -118,7 +140,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = shutdown.triggered() => return PhaseEnd::Shutdown,
-                _ = session.broken.cancelled() => return PhaseEnd::Lost("a channel failed while settling a delivery".into()),
+                _ = session.broken.cancelled() => return PhaseEnd::Lost("a RabbitMQ connection or channel failed (see the warning before this line)".into()),
                 _ = breaker.opened() => return PhaseEnd::Paused,
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => report(joined),
                 changed = limit.changed(), if follows && resize_at.is_none() => {
@@ -221,6 +243,45 @@ impl Worker {
         tasks: &mut JoinSet<()>,
         shutdown: &Shutdown,
     ) -> Result<PauseEnd, String> {
+        self.announce_pause();
+        self.heartbeat
+            .while_waiting(consumers.stop(&session.consume))
+            .await?;
+        self.metrics.prefetch(0);
+        let drain = async {
+            loop {
+                let (permit, next) = next_delivery(permits, consumers).await;
+                match next {
+                    Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
+                    Some(Err(error)) => return Err(error.to_string()),
+                    None => break,
+                }
+            }
+            while let Some(joined) = tasks.join_next().await {
+                report(joined);
+            }
+            session.settler.acks().flush().await;
+            Ok(())
+        };
+        let drain = self
+            .heartbeat
+            .while_waiting(tokio::time::timeout(PAUSE_DRAIN_TIMEOUT, drain));
+        tokio::select! {
+            drained = drain => match drained {
+                Ok(result) => result?,
+                Err(_) => return Err("prefetched messages did not go back to the queue in time".into()),
+            },
+            _ = shutdown.triggered() => return Ok(PauseEnd::Shutdown),
+        }
+        if session.broken.is_cancelled() {
+            return Err("a channel failed while returning messages to the queue".into());
+        }
+        Ok(PauseEnd::Drained)
+    }
+
+    /// Intake pauses because the breaker is open: say so in the log and on
+    /// `/metrics` (and so `/readyz`).
+    fn announce_pause(&self) {
         self.metrics.paused();
         if let Health::Down {
             dependency,
@@ -239,33 +300,6 @@ impl Worker {
                 "{dependency} is failing for every event: intake paused, in-flight messages go back to the queue; probing until it answers"
             );
         }
-        consumers.stop(&session.consume).await?;
-        let drain = async {
-            loop {
-                let (permit, next) = next_delivery(permits, consumers).await;
-                match next {
-                    Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
-                    Some(Err(error)) => return Err(error.to_string()),
-                    None => break,
-                }
-            }
-            while let Some(joined) = tasks.join_next().await {
-                report(joined);
-            }
-            session.settler.acks().flush().await;
-            Ok(())
-        };
-        tokio::select! {
-            drained = tokio::time::timeout(PAUSE_DRAIN_TIMEOUT, drain) => match drained {
-                Ok(result) => result?,
-                Err(_) => return Err("prefetched messages did not go back to the queue in time".into()),
-            },
-            _ = shutdown.triggered() => return Ok(PauseEnd::Shutdown),
-        }
-        if session.broken.is_cancelled() {
-            return Err("a channel failed while returning messages to the queue".into());
-        }
-        Ok(PauseEnd::Drained)
     }
 
     /// The session is unusable: drop in-flight work (RabbitMQ redelivers it).

@@ -182,11 +182,15 @@ impl Worker {
                     let end = self.run_session(&session, shutdown).await;
                     self.metrics.intake(Intake::Disconnected);
                     self.metrics.prefetch(0);
-                    relay.stop().await;
+                    self.heartbeat.while_waiting(relay.stop()).await;
                     if let SessionEnd::Lost(reason) = &end {
                         tracing::warn!(%reason, "lost the RabbitMQ session; in-flight messages will be redelivered");
                     }
-                    if session.close("session over").await {
+                    if self
+                        .heartbeat
+                        .while_waiting(session.close("session over"))
+                        .await
+                    {
                         quarantine = self.landmine_found();
                     }
                     if matches!(end, SessionEnd::Shutdown) {

@@ -44,6 +44,9 @@ pub(super) struct Session {
 struct Watcher {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<bool>,
+    /// Stops the task when the watcher is dropped without [`Session::close`]
+    /// (a session dropped half-opened, at shutdown).
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Watcher {
@@ -73,7 +76,6 @@ impl Watcher {
                     }
                 };
                 let Some((index, event)) = event else {
-                    stopped.cancelled().await;
                     return oversized;
                 };
                 let connection = ["consuming", "publishing"][index];
@@ -84,7 +86,7 @@ impl Watcher {
                     lapin::Event::Error(error)
                         if statuses[index].errored() || statuses[index].closed() =>
                     {
-                        tracing::debug!(connection, %error, "a RabbitMQ connection failed");
+                        tracing::warn!(connection, %error, "a RabbitMQ connection failed; the session ends");
                         broken.cancel();
                     }
                     lapin::Event::ConnectionBlocked(reason) => tracing::warn!(
@@ -99,7 +101,11 @@ impl Watcher {
                 }
             }
         });
-        Watcher { stop, task }
+        Watcher {
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
+            task,
+        }
     }
 }
 
