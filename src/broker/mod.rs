@@ -3,7 +3,8 @@
 //! worker sends ([`publisher`]), and keeping the copies it sends within
 //! RabbitMQ's frame size ([`copies`]). Consuming lives in the worker. The
 //! operator's view of the dead-letter queue, for `dlq list` and `dlq replay`,
-//! is [`dead_letters`].
+//! is [`dead_letters`]; watching an exchange (the demo, the bench, tests) is
+//! [`tap`].
 
 pub mod acks;
 pub mod connection;
@@ -12,6 +13,7 @@ pub mod dead_letters;
 pub mod inbound;
 pub mod publisher;
 pub mod settle;
+pub mod tap;
 pub mod topology;
 
 pub use connection::connect;

@@ -28,10 +28,7 @@ use crate::startup::Application;
 use crate::storage::{Forgotten, StoreError, TicketStore};
 use crate::taptalk::ServerKey;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use rand::Rng;
@@ -730,37 +727,8 @@ async fn watch_ticket_events(
     topology: &Topology,
     seen: Arc<Mutex<Seen>>,
 ) -> Result<(), lapin::Error> {
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.ticket_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer =
+        crate::broker::tap::subscribe(channel, topology.ticket_exchange.as_str()).await?;
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let Ok(body) = serde_json::from_slice::<Value>(&delivery.data) else {

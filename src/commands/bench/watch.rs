@@ -8,8 +8,6 @@ use super::ledger::{Answer, Ledger};
 use crate::broker::Topology;
 use futures_util::StreamExt;
 use lapin::Channel;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
@@ -19,37 +17,8 @@ pub async fn watch(
     topology: &Topology,
     ledger: Arc<Ledger>,
 ) -> Result<JoinHandle<()>, lapin::Error> {
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.ticket_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer =
+        crate::broker::tap::subscribe(channel, topology.ticket_exchange.as_str()).await?;
     Ok(tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let answer = match delivery.routing_key.as_str() {
