@@ -133,7 +133,7 @@ fn url_secrets(raw: &str) -> Vec<String> {
 
 /// `%XX` replaced by its byte; anything else, a malformed escape included,
 /// kept as is.
-fn percent_decode(text: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
