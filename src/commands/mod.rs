@@ -17,7 +17,7 @@ mod secrets;
 pub use error::CommandError;
 
 use crate::config::{
-    BrokerSettings, ConfigErrors, DatabaseArgs, DatabaseSettings, RunArgs, Settings,
+    BrokerArgs, BrokerSettings, ConfigErrors, DatabaseArgs, DatabaseSettings, RunArgs, Settings,
 };
 use crate::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -112,32 +112,25 @@ fn failed(error: &CommandError) -> ExitCode {
 /// command to report.
 fn register_early_secrets(command: &Command) {
     match command {
-        Command::Demo(args) => {
-            let local = demo::LOCAL_AMQP_URL;
-            if let Ok(broker) = BrokerSettings::from_args(&args.broker, Some(local)) {
-                secrets::register_broker(&broker);
-            }
-            let local = demo::LOCAL_DATABASE_URL;
-            if let Ok(database) = DatabaseSettings::from_args(&args.database, Some(local)) {
-                secrets::register_database(&database);
-            }
-        }
+        Command::Demo(args) => register_with_local_defaults(&args.broker, &args.database),
         Command::Publish(args) => {
             if let Ok(broker) = BrokerSettings::from_args(&args.broker, None) {
                 secrets::register_broker(&broker);
             }
         }
-        Command::Bench(args) => {
-            let local = demo::LOCAL_AMQP_URL;
-            if let Ok(broker) = BrokerSettings::from_args(&args.broker, Some(local)) {
-                secrets::register_broker(&broker);
-            }
-            let local = demo::LOCAL_DATABASE_URL;
-            if let Ok(database) = DatabaseSettings::from_args(&args.database, Some(local)) {
-                secrets::register_database(&database);
-            }
-        }
+        Command::Bench(args) => register_with_local_defaults(&args.broker, &args.database),
         // These register theirs as soon as they have read their settings.
         Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) | Command::Dlq(_) => {}
+    }
+}
+
+/// For the commands that fall back to the local RabbitMQ and Postgres (the
+/// demo, the bench): registers the URLs they will use.
+fn register_with_local_defaults(broker: &BrokerArgs, database: &DatabaseArgs) {
+    if let Ok(broker) = BrokerSettings::from_args(broker, Some(demo::LOCAL_AMQP_URL)) {
+        secrets::register_broker(&broker);
+    }
+    if let Ok(database) = DatabaseSettings::from_args(database, Some(demo::LOCAL_DATABASE_URL)) {
+        secrets::register_database(&database);
     }
 }
