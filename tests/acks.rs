@@ -30,22 +30,7 @@ async fn settlements_keep_their_meaning_when_folded_and_nothing_unsettled_is_los
         broker.publish_raw(b"{}", properties).await;
     }
     let queue = broker.topology.work_queue.clone();
-    let channel = broker.connection.create_channel().await.expect("channel");
-    channel
-        .basic_qos(10, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "acks-test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    let broken = CancellationToken::new();
-    let acks = Acks::start(channel.clone(), broken.clone());
+    let (channel, mut consumer, acks, broken) = consume_with_acks(&broker, 10, "acks-test").await;
     let mut tags = Vec::new();
     for _ in 0..10 {
         let delivery = consumer
@@ -88,22 +73,7 @@ async fn a_run_settled_in_order_is_acknowledged_and_flush_waits_for_it() {
         broker.publish_raw(b"{}", json_properties()).await;
     }
     let queue = broker.topology.work_queue.clone();
-    let channel = broker.connection.create_channel().await.expect("channel");
-    channel
-        .basic_qos(50, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "acks-run".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    let broken = CancellationToken::new();
-    let acks = Acks::start(channel.clone(), broken.clone());
+    let (channel, mut consumer, acks, broken) = consume_with_acks(&broker, 50, "acks-run").await;
     for _ in 0..50 {
         let delivery = consumer.next().await.expect("delivery").expect("ok");
         acks.received(delivery.delivery_tag);
@@ -120,6 +90,32 @@ async fn a_run_settled_in_order_is_acknowledged_and_flush_waits_for_it() {
 }
 
 /// The `x-test-id`s (or `?`) of everything ready in `queue`, taken out.
+/// A consumer of the work queue with `prefetch`, and the bulk acknowledger
+/// on its channel (with the token it cancels when the channel fails).
+async fn consume_with_acks(
+    broker: &TestBroker,
+    prefetch: u16,
+    tag: &str,
+) -> (lapin::Channel, lapin::Consumer, Acks, CancellationToken) {
+    let channel = broker.connection.create_channel().await.expect("channel");
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let consumer = channel
+        .basic_consume(
+            broker.topology.work_queue.as_str().into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let broken = CancellationToken::new();
+    let acks = Acks::start(channel.clone(), broken.clone());
+    (channel, consumer, acks, broken)
+}
+
 async fn ids_in(broker: &TestBroker, queue: &str) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     tokio::time::sleep(Duration::from_millis(300)).await;
