@@ -680,7 +680,15 @@ async fn a_rejected_event_replayed_goes_to_taptalk_again() {
     worker.stop().await;
 }
 
-/// Publishes a dead letter as the worker would have, for `event_id`.
+/// The RabbitMQ user the tests (and their workers) log in as.
+fn test_user() -> String {
+    url::Url::parse(&amqp_url())
+        .map(|u| u.username().to_owned())
+        .unwrap_or_default()
+}
+
+/// Publishes a dead letter as the worker would have, for `event_id`: with
+/// its `user_id`, the user the test workers log in as.
 async fn worker_dead_letter(h: &Harness, event: &Value, reason: &str) {
     let mut headers = FieldTable::default();
     for (name, value) in [
@@ -706,6 +714,7 @@ async fn worker_dead_letter(h: &Harness, event: &Value, reason: &str) {
             event.to_string().as_bytes(),
             json_properties()
                 .with_message_id(id_of(event).as_str().into())
+                .with_user_id(test_user().as_str().into())
                 .with_headers(headers),
         )
         .await
@@ -854,4 +863,215 @@ async fn a_replay_clears_the_failure_and_its_unannounced_event_but_never_touches
         2,
         "both replays wait in the work queue"
     );
+}
+
+// ------------------------------------------------------- forged dead letters
+
+/// What a hostile publisher writes into a message it lets RabbitMQ
+/// dead-letter (its TTL runs out): the worker's headers, terminal escape
+/// codes, newlines, another routing key and user.
+fn forged_headers() -> FieldTable {
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("x-ticket-worker-reason", "rejected_by_upstream"),
+        (
+            "x-ticket-worker-error",
+            "\u{1b}[2J\u{1b}[H\u{1b}[32mALL CLEAR\u{1b}[0m: nothing to see",
+        ),
+        ("x-ticket-worker-problem", "invalid_field\nALL CLEAR"),
+        ("x-ticket-worker-field", "email\r\nALL CLEAR"),
+        ("x-original-routing-key", "attacker.key"),
+        ("x-original-user-id", "guest"),
+    ] {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+    headers
+}
+
+/// A valid event TapTalk refuses (`ParamValidationFailed`: the stand-in
+/// wants a dotted e-mail domain), for `user`.
+fn refused_upstream(user: &str) -> Value {
+    let mut event = login_event(user);
+    event["email"] = json!("ana@nodot");
+    event
+}
+
+/// The attacker's copy of `event`: same eventID, the attacker's data, which
+/// TapTalk would accept.
+fn attackers_copy(event: &Value) -> Value {
+    let mut copy = login_event("cust-attacker");
+    copy["eventID"] = event["eventID"].clone();
+    copy
+}
+
+#[tokio::test]
+async fn letters_rabbitmq_dead_lettered_are_read_by_x_death_alone_and_printed_escaped() {
+    let h = Harness::new(Knobs::default()).await;
+    // The worker and dlq log in as a user of their own; the attacker
+    // publishes as guest.
+    let user = RabbitUser::create();
+    let worker_url = user.url(&user.password, "127.0.0.1:5672", "amqp");
+    let mut settings = h.settings();
+    settings.broker.amqp_url = secrecy::SecretString::from(worker_url.clone());
+    let worker = TestWorker::spawn(settings);
+    consuming(&worker).await;
+    // A genuine event, refused by TapTalk: its failure is recorded.
+    let genuine = refused_upstream("cust-victim");
+    h.broker.publish_event(&genuine).await;
+    h.tap.wait_for("ticket.failed", 1, WAIT).await;
+    dead_letters_settle_at(&h, 1).await;
+    worker.stop().await;
+
+    // With nobody consuming, the attacker's copy expires in the work queue
+    // and RabbitMQ dead-letters it, forged headers and all.
+    let copy = attackers_copy(&genuine);
+    h.broker
+        .publish_raw(
+            copy.to_string().as_bytes(),
+            json_properties()
+                .with_message_id(id_of(&copy).as_str().into())
+                .with_expiration("0".into())
+                .with_headers(forged_headers()),
+        )
+        .await;
+    dead_letters_settle_at(&h, 2).await;
+
+    let mut env = dlq_env(&h);
+    env.retain(|(k, _)| *k != "AMQP_URL");
+    env.push(("AMQP_URL", worker_url));
+    let listing = dlq_ok(&env, &["list", "--json", "--samples", "5"])
+        .await
+        .json();
+    assert_eq!(
+        counts(&listing),
+        BTreeMap::from([("expired".into(), 1), ("rejected_by_upstream".into(), 1)]),
+        "the forged letter counts as what RabbitMQ says it is"
+    );
+    let expired = listing["reasons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["reason"] == "expired")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(expired["deadLetteredBy"], "rabbitmq");
+    assert_eq!(
+        expired["samples"][0]["error"],
+        Value::Null,
+        "its worker headers are ignored"
+    );
+    let text = dlq_ok(&env, &["list", "--samples", "5"]).await.stdout;
+    assert!(
+        !text
+            .chars()
+            .any(|c| c != '\n' && (c.is_control() || c == '\u{202e}')),
+        "nothing raw reaches the terminal: {text:?}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("ALL CLEAR")),
+        "no line of the attacker's: {text}"
+    );
+
+    // Replayed, the forged letter goes under its own routing key, without
+    // the forged user id, and cannot overturn the recorded failure.
+    let watch = format!("{}.replays", h.broker.topology.work_queue);
+    let channel = h.broker.connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            watch.as_str().into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the watch queue");
+    channel
+        .queue_bind(
+            watch.as_str().into(),
+            h.broker.topology.login_exchange.as_str().into(),
+            "#".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the watch queue");
+    let ran = dlq_ok(&env, &["replay", "--reason", "expired"]).await;
+    assert!(!ran.stdout.contains('\u{1b}'), "{}", ran.stdout);
+    let replayed = channel
+        .basic_get(watch.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("the replay");
+    let _ = channel
+        .queue_delete(watch.as_str().into(), Default::default())
+        .await;
+    assert_eq!(replayed.delivery.routing_key.as_str(), "login");
+    assert_eq!(replayed.delivery.properties.user_id(), &None);
+    let mut settings = h.settings();
+    settings.broker.amqp_url =
+        secrecy::SecretString::from(user.url(&user.password, "127.0.0.1:5672", "amqp"));
+    let worker = TestWorker::spawn(settings);
+    let failed = h.tap.wait_for("ticket.failed", 2, WAIT).await;
+    assert_eq!(
+        tickets_of(&h, &id_of(&genuine)).await,
+        0,
+        "the recorded failure stands"
+    );
+    for event in &failed {
+        assert_eq!(event.body["reason"], "rejected_by_upstream");
+        assert_eq!(
+            event.body["xcUserID"], "cust-victim",
+            "every copy is answered with what was recorded"
+        );
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_of_another_copy_cannot_clear_the_failure_recorded_for_the_first() {
+    // Publishers and the worker share one RabbitMQ user here, so nothing
+    // tells the attacker's letters from the worker's: the body's digest,
+    // kept with the recorded failure, still does.
+    let h = Harness::new(Knobs::default()).await;
+    let worker = h.worker();
+    consuming(&worker).await;
+    let genuine = refused_upstream("cust-victim");
+    h.broker.publish_event(&genuine).await;
+    h.tap.wait_for("ticket.failed", 1, WAIT).await;
+    dead_letters_settle_at(&h, 1).await;
+    let genuine_letters = h.broker.drain_dead_letters().await;
+    assert_eq!(genuine_letters.len(), 1);
+    // The attacker's copy: the worker answers it with the recorded failure
+    // and dead-letters it, as its own letter.
+    let copy = attackers_copy(&genuine);
+    h.broker.publish_event(&copy).await;
+    h.tap.wait_for("ticket.failed", 2, WAIT).await;
+    dead_letters_settle_at(&h, 1).await;
+
+    let ran = dlq(&dlq_env(&h), &["replay", "--all"]).await;
+    assert!(
+        ran.stdout.contains("another copy's (the bodies differ)"),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    // The worker answers the replay with the recorded failure again.
+    let failed = h.tap.wait_for("ticket.failed", 3, WAIT).await;
+    assert_eq!(
+        tickets_of(&h, &id_of(&genuine)).await,
+        0,
+        "no ticket for the attacker's copy"
+    );
+    assert_eq!(
+        h.taptalk.stats().issued,
+        0,
+        "TapTalk was never asked for it"
+    );
+    assert!(
+        failed.iter().all(|f| f.body["xcUserID"] == "cust-victim"),
+        "every copy is answered with what was recorded: {failed:?}",
+        failed = failed.iter().map(|f| &f.body).collect::<Vec<_>>()
+    );
+    worker.stop().await;
 }

@@ -206,3 +206,222 @@ async fn a_user_name_rabbitmq_would_refuse_as_user_id_is_not_used() {
         .expect("still publishes");
     let _ = connection.close(200, "done".into()).await;
 }
+
+// ------------------------------------------------------- unreadable headers
+
+use support::raw_amqp::{RawMessage, RawPublisher, RawValue};
+
+/// Hostile headers of every shape the issue names, from 1,000 levels up to
+/// what RabbitMQ's frame_max allows, each on a valid login event.
+fn hostile_events(frame_max: usize) -> Vec<(String, RawMessage)> {
+    let arrays = |n| ("x-evil", RawValue::nested_arrays(n));
+    let tables = |n| ("x-evil", RawValue::nested_tables(n));
+    // Room for the other properties, the kept header and what RabbitMQ adds
+    // when it dead-letters one (x-death, x-first-death-*: some 500 bytes);
+    // it checks none of that against frame_max.
+    let other = 2_048;
+    let deepest_arrays = RawValue::deepest_fitting(frame_max, "x-evil", other, 5);
+    let deepest_tables = RawValue::deepest_fitting(frame_max, "x-evil", other, 7);
+    let shapes = vec![
+        ("arrays 1,000", arrays(1_000)),
+        ("arrays 1,500", arrays(1_500)),
+        ("arrays 10,000", arrays(10_000)),
+        ("arrays to the frame's end", arrays(deepest_arrays)),
+        ("tables 1,000", tables(1_000)),
+        ("tables to the frame's end", tables(deepest_tables)),
+    ];
+    shapes
+        .into_iter()
+        .map(|(what, (name, value))| {
+            let event = login_event("cust-hostile");
+            let id = event["eventID"].as_str().unwrap_or_default().to_owned();
+            let message = RawMessage {
+                content_type: Some("application/json".into()),
+                message_id: Some(id),
+                expiration: None,
+                headers: vec![
+                    ("x-kept".into(), RawValue::long_string("kept")),
+                    (name.into(), value),
+                ],
+                body: event.to_string().into_bytes(),
+            };
+            assert!(message.header_frame_len() <= frame_max, "{what} fits");
+            (what.to_owned(), message)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn headers_nested_as_deep_as_a_frame_allows_end_as_dead_letters_while_valid_events_flow() {
+    let h = Harness::new(Knobs::default()).await;
+    let mut raw = RawPublisher::from_url(&amqp_url());
+    let hostile = hostile_events(raw.frame_max);
+    let valid: Vec<_> = (0..30).map(|i| login_event(&format!("cust-{i}"))).collect();
+    // Hostile and valid events interleaved, all queued before the worker starts.
+    for (i, (_, message)) in hostile.iter().enumerate() {
+        raw.publish(&h.broker.topology.login_exchange, "login", message);
+        h.broker.publish_events(&valid[i * 5..i * 5 + 5]).await;
+    }
+    drop(raw);
+    let mut worker = WorkerProcess::spawn(&worker_env(
+        &h.db.url,
+        &h.broker,
+        &h.taptalk.base_url(),
+        &format!("tw-deep-{}", unique()),
+    ));
+    let ready = h.tap.wait_for("ticket.ready", valid.len(), WAIT).await;
+    let failed = h.tap.wait_for("ticket.failed", hostile.len(), WAIT).await;
+    let dead = h.broker.wait_for_dead_letters(hostile.len(), WAIT).await;
+    assert_eq!(
+        worker.wait(Duration::from_millis(100)).await,
+        None,
+        "the worker is still running; its log:\n{}",
+        worker.logs()
+    );
+    let ready_ids: HashSet<String> = ready
+        .iter()
+        .filter_map(|e| e.body["eventID"].as_str().map(str::to_owned))
+        .collect();
+    for event in &valid {
+        assert!(ready_ids.contains(event["eventID"].as_str().unwrap_or_default()));
+    }
+    assert_eq!(h.db.count().await, valid.len() as i64);
+    for event in &failed {
+        assert_eq!(event.body["reason"], "invalid");
+        let message = event.body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("\"x-evil\"") && message.contains("63"),
+            "{message}"
+        );
+    }
+    assert_eq!(dead.len(), hostile.len());
+    for letter in &dead {
+        assert_eq!(
+            header(letter, "x-ticket-worker-reason").as_deref(),
+            Some("invalid")
+        );
+        assert_eq!(
+            header(letter, "x-ticket-worker-problem").as_deref(),
+            Some("unreadable_headers")
+        );
+        assert_eq!(
+            header(letter, "x-kept").as_deref(),
+            Some("kept"),
+            "other headers stay"
+        );
+        let headers = letter.properties.headers().clone().unwrap_or_default();
+        assert!(
+            !headers.inner().contains_key("x-evil"),
+            "the unreadable header is left out"
+        );
+        assert!(
+            header(letter, "x-ticket-worker-unreadable-headers")
+                .is_some_and(|note| note.starts_with("1 original headers removed")),
+            "the dead letter says what went"
+        );
+    }
+    assert_eq!(h.broker.ready_count(&h.broker.topology.work_queue).await, 0);
+    assert_eq!(worker.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn dlq_list_and_replay_read_letters_with_unreadable_headers_and_go_on() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let mut raw = RawPublisher::from_url(&amqp_url());
+    let hostile = hostile_events(raw.frame_max);
+    // With no consumer, RabbitMQ dead-letters each itself the moment it
+    // expires, keeping the publisher's headers: the dead-letter queue holds
+    // them as sent. A plain one expires with them.
+    let plain = login_event("cust-plain");
+    let mut letters: Vec<RawMessage> = hostile.into_iter().map(|(_, m)| m).collect();
+    letters.push(RawMessage {
+        content_type: Some("application/json".into()),
+        message_id: plain["eventID"].as_str().map(str::to_owned),
+        expiration: None,
+        headers: vec![("x-kept".into(), RawValue::long_string("kept"))],
+        body: plain.to_string().into_bytes(),
+    });
+    for letter in &mut letters {
+        letter.expiration = Some("0".into());
+        raw.publish(&broker.topology.login_exchange, "login", letter);
+    }
+    drop(raw);
+    let dead_queue = broker.topology.dead_letter_queue.clone();
+    eventually(WAIT, "RabbitMQ dead-letters the expired events", || async {
+        (broker.ready_count(&dead_queue).await as usize == letters.len()).then_some(())
+    })
+    .await;
+    let t = &broker.topology;
+    let env = [
+        ("AMQP_URL", amqp_url()),
+        ("DATABASE_URL", db.url.clone()),
+        ("LOGIN_EXCHANGE", t.login_exchange.clone()),
+        ("WORK_QUEUE", t.work_queue.clone()),
+        ("DEAD_LETTER_EXCHANGE", t.dead_letter_exchange.clone()),
+        ("DEAD_LETTER_QUEUE", t.dead_letter_queue.clone()),
+        ("TICKET_EXCHANGE", t.ticket_exchange.clone()),
+        ("DELIVERY_LIMIT", t.delivery_limit.to_string()),
+    ];
+    let run = |args: &[&str]| {
+        let output = bin()
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("run ticket-worker");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (status, stdout, stderr) = run(&["dlq", "list", "--json", "--samples", "10"]);
+    assert!(status.success(), "dlq list: {status}\n{stderr}");
+    let listing: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(listing["total"], letters.len());
+    let samples = listing["reasons"][0]["samples"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listing["reasons"][0]["reason"], "expired");
+    let unreadable = samples
+        .iter()
+        .filter(|s| {
+            s["unreadableHeaders"]
+                .as_str()
+                .is_some_and(|u| u.contains("x-evil"))
+        })
+        .count();
+    assert_eq!(unreadable, letters.len() - 1, "{stdout}");
+    let (status, text, stderr) = run(&["dlq", "list"]);
+    assert!(status.success(), "dlq list: {status}\n{stderr}");
+    assert!(text.contains("a replay leaves them out"), "{text}");
+
+    let (status, stdout, stderr) = run(&["dlq", "replay", "--all", "--json"]);
+    assert!(status.success(), "dlq replay: {status}\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(report["reasons"][0]["replayed"], letters.len(), "{stdout}");
+    assert_eq!(broker.ready_count(&dead_queue).await, 0);
+    // The replays wait in the work queue, every one readable now.
+    let work_queue = broker.topology.work_queue.clone();
+    eventually(WAIT, "the replays reach the work queue", || async {
+        (broker.ready_count(&work_queue).await as usize == letters.len()).then_some(())
+    })
+    .await;
+    for _ in 0..letters.len() {
+        let got = broker
+            .channel
+            .basic_get(
+                work_queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+            .expect("a replay");
+        let delivery = got.delivery;
+        assert_eq!(header(&delivery, "x-kept").as_deref(), Some("kept"));
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        assert!(!headers.inner().contains_key("x-evil"));
+        assert!(!headers.inner().contains_key("x-death"));
+    }
+}

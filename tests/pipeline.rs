@@ -12,7 +12,7 @@ use std::time::Duration;
 use support::*;
 use ticket_worker::domain::EventId;
 use ticket_worker::fake_taptalk::Knobs;
-use ticket_worker::storage::TicketStore;
+use ticket_worker::storage::{TicketStore, body_digest};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -951,6 +951,7 @@ async fn outcomes_stored_but_never_announced_are_announced_from_the_outbox() {
         reason: ticket_worker::events::FailureReason::Expired,
         message: "too late".into(),
         field: None,
+        about: None,
     };
     let failed_id = EventId::parse("stranded-failure").expect("id");
     let failed = serde_json::to_string(&ticket_worker::events::TicketFailed::new(
@@ -961,7 +962,7 @@ async fn outcomes_stored_but_never_announced_are_announced_from_the_outbox() {
     ))
     .expect("encode");
     store
-        .record_failure(&failed_id, &failure, &failed)
+        .record_failure(&failed_id, &failure, &failed, &body_digest(b"{}"))
         .await
         .expect("record");
     assert_eq!(store.pending_announcements().await.expect("count"), 2);

@@ -10,7 +10,7 @@ use support::TestDb;
 use ticket_worker::domain::{AuthTicket, EventId, Platform, TicketRecord};
 use ticket_worker::events::FailureReason;
 use ticket_worker::shutdown::Shutdown;
-use ticket_worker::storage::{Known, MIGRATOR, Saved, StoredFailure, TicketStore};
+use ticket_worker::storage::{Known, MIGRATOR, Saved, StoredFailure, TicketStore, body_digest};
 
 /// What the outbox holds for these tests' outcomes (its content is opaque to storage).
 const READY: &str = r#"{"test":"ready"}"#;
@@ -256,12 +256,14 @@ async fn events_long_decided_are_purged_with_their_tickets_and_recent_ones_kept(
         reason: FailureReason::Expired,
         message: "late".into(),
         field: None,
+        about: None,
     };
     store
         .record_failure(
             &EventId::parse("failed-just-now").expect("id"),
             &failure,
             FAILED,
+            &body_digest(b"{}"),
         )
         .await
         .expect("record");
@@ -327,13 +329,14 @@ async fn the_first_outcome_recorded_for_an_event_wins() {
         reason: FailureReason::Expired,
         message: "too late".into(),
         field: None,
+        about: None,
     };
 
     // A failure first: a later ticket for the event is not kept.
     let id = EventId::parse("failed-first").expect("id");
     assert_eq!(
         store
-            .record_failure(&id, &expired, FAILED)
+            .record_failure(&id, &expired, FAILED, &body_digest(b"{}"))
             .await
             .expect("record"),
         Known::Failed(expired.clone())
@@ -357,7 +360,7 @@ async fn the_first_outcome_recorded_for_an_event_wins() {
     let id = issued.event_id.clone();
     assert_eq!(
         store
-            .record_failure(&id, &expired, FAILED)
+            .record_failure(&id, &expired, FAILED, &body_digest(b"{}"))
             .await
             .expect("record"),
         Known::Issued(issued.clone())
@@ -388,7 +391,11 @@ async fn the_first_outcome_recorded_for_an_event_wins() {
                 expired.clone(),
                 EventId::parse(&event).expect("id"),
             );
-            tokio::spawn(async move { store.record_failure(&id, &expired, FAILED).await })
+            tokio::spawn(async move {
+                store
+                    .record_failure(&id, &expired, FAILED, &body_digest(b"{}"))
+                    .await
+            })
         };
         let inserted: usize = futures_util::future::join_all(saves)
             .await
@@ -439,15 +446,16 @@ async fn each_outcome_is_queued_for_announcement_with_it_and_only_once() {
         reason: FailureReason::Expired,
         message: "late".into(),
         field: None,
+        about: None,
     };
     let id = EventId::parse("o-1").expect("id");
     store
-        .record_failure(&id, &expired, FAILED)
+        .record_failure(&id, &expired, FAILED, &body_digest(b"{}"))
         .await
         .expect("record");
     let failed_id = EventId::parse("o-2").expect("id");
     store
-        .record_failure(&failed_id, &expired, FAILED)
+        .record_failure(&failed_id, &expired, FAILED, &body_digest(b"{}"))
         .await
         .expect("record");
     assert_eq!(
@@ -507,9 +515,15 @@ async fn a_batch_of_saves_stores_each_event_once_and_answers_each_copy_as_it_sta
         reason: FailureReason::Expired,
         message: "too old".into(),
         field: None,
+        about: None,
     };
     store
-        .record_failure(&EventId::parse("b-failed").expect("id"), &failure, FAILED)
+        .record_failure(
+            &EventId::parse("b-failed").expect("id"),
+            &failure,
+            FAILED,
+            &body_digest(b"{}"),
+        )
         .await
         .expect("record failure");
 

@@ -1,7 +1,8 @@
 //! Reading a delivery for the pipeline: its body and envelope, the retry
 //! count when the delivery is the worker's own copy (see
-//! [`Publisher::retries`]), and whether its headers fill the frame (see
-//! [`copies::is_landmine`]).
+//! [`Publisher::retries`]), whether its headers fill the frame (see
+//! [`copies::is_landmine`]), and whether they can be read in full (see
+//! [`header_limits`](super::header_limits)).
 
 use super::{Publisher, copies};
 use crate::events::Envelope;
@@ -12,6 +13,7 @@ use lapin::message::Delivery;
 pub fn message<'a>(delivery: &'a Delivery, publisher: &Publisher) -> Message<'a> {
     let properties = &delivery.properties;
     let frame_max = publisher.frame_max();
+    let unreadable_headers = super::header_limits::check(properties.headers().as_ref());
     let oversized_headers = copies::is_landmine(properties, frame_max).then(|| HeaderFrame {
         bytes: copies::header_frame_len(properties),
         frame_max,
@@ -25,5 +27,6 @@ pub fn message<'a>(delivery: &'a Delivery, publisher: &Publisher) -> Message<'a>
         },
         retries: publisher.retries(delivery),
         oversized_headers,
+        unreadable_headers,
     }
 }

@@ -10,6 +10,7 @@ pub mod acks;
 pub mod connection;
 pub mod copies;
 pub mod dead_letters;
+pub mod header_limits;
 pub mod inbound;
 pub mod publisher;
 pub mod settle;

@@ -10,7 +10,7 @@
 //! not necessarily the one it belongs to; on a shared channel, a ticket event
 //! nobody listens to made a dead letter look unroutable, and it was sent twice.
 
-use super::{Topology, copies, short};
+use super::{Topology, copies, header_limits, short};
 use crate::events::{TicketFailed, TicketReady};
 use crate::observe::traces;
 use crate::pipeline::DeadLetterNote;
@@ -408,11 +408,12 @@ impl Publisher {
 
 /// What the worker's own copies record about the original, kept on every
 /// further copy.
-const KEPT_FROM_OWN_COPIES: [&str; 4] = [
+const KEPT_FROM_OWN_COPIES: [&str; 5] = [
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
     ORIGINAL_USER_ID_HEADER,
     copies::TRIMMED_HEADER,
+    header_limits::UNREADABLE_HEADER,
 ];
 
 /// The headers of a copy the worker makes of a delivery, and which of them
@@ -428,6 +429,8 @@ impl Copy {
     /// (`x-ticket-worker-*`, `x-original-*`) mean nothing coming from a
     /// publisher and are dropped, unless the delivery is the worker's own copy,
     /// whose record of the original (exchange, routing key, `user_id`) is kept.
+    /// Headers the parser may have cut short are left out, and a header
+    /// says how many (see [`header_limits`]).
     fn of(publisher: &Publisher, delivery: &Delivery) -> Copy {
         let own = publisher.is_own_copy(delivery);
         let mut headers: std::collections::BTreeMap<ShortString, AMQPValue> = delivery
@@ -441,6 +444,7 @@ impl Copy {
             let workers = name.starts_with("x-ticket-worker-") || name.starts_with("x-original-");
             !workers || (own && KEPT_FROM_OWN_COPIES.contains(&name))
         });
+        let unreadable = header_limits::strip(&mut headers);
         let mut copy = Copy {
             headers,
             written: Vec::new(),
@@ -465,6 +469,12 @@ impl Copy {
             if let Some(user_id) = delivery.properties.user_id() {
                 copy.set(ORIGINAL_USER_ID_HEADER, long(user_id.as_str()));
             }
+        }
+        if unreadable > 0 {
+            copy.set(
+                header_limits::UNREADABLE_HEADER,
+                header_limits::note(unreadable),
+            );
         }
         copy
     }

@@ -7,6 +7,7 @@
 
 mod event_id;
 mod field;
+pub mod text;
 mod ticket;
 mod ticket_request;
 

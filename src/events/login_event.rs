@@ -273,15 +273,18 @@ impl LoginEvent {
             humantime::format_duration(Duration::from_millis(millis)),
             humantime::format_duration(max_skew),
         );
-        let mut invalid = InvalidEvent::new(
-            Problem::InvalidOccurredAt,
-            message,
-            Some(self.event_id.clone()),
-        )
-        .with_field("occurredAt");
+        Err(self
+            .refused(Problem::InvalidOccurredAt, message)
+            .with_field("occurredAt"))
+    }
+
+    /// This event refused for `problem`, although its body parsed: as
+    /// invalid as any other, answered by its id, user and device.
+    pub fn refused(&self, problem: Problem, message: String) -> InvalidEvent {
+        let mut invalid = InvalidEvent::new(problem, message, Some(self.event_id.clone()));
         invalid.xc_user_id = Some(self.request.xc_user_id().to_owned());
         invalid.user_device_id = Some(self.request.user_device_id().to_owned());
-        Err(invalid)
+        invalid
     }
 }
 
@@ -300,6 +303,9 @@ pub enum Problem {
     InvalidField,
     /// A top-level key is written more than once.
     DuplicateKey,
+    /// The message's headers nest or number beyond what the worker reads in
+    /// full (the body may be fine).
+    UnreadableHeaders,
 }
 
 impl Problem {
@@ -315,6 +321,7 @@ impl Problem {
             Problem::InvalidOccurredAt => "invalid_occurred_at",
             Problem::InvalidField => "invalid_field",
             Problem::DuplicateKey => "duplicate_key",
+            Problem::UnreadableHeaders => "unreadable_headers",
         }
     }
 }

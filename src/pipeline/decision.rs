@@ -112,18 +112,21 @@ pub(super) fn failed(event: &LoginEvent, failure: &StoredFailure) -> Decision {
     }
 }
 
-/// The `ticket.failed` event that announces a recorded failure.
+/// The `ticket.failed` event that announces a recorded failure: about the
+/// user and device it was recorded for, whichever copy of the event asks
+/// (rows from before they were kept: this copy's).
 pub(super) fn ticket_failed(event: &LoginEvent, failure: &StoredFailure) -> TicketFailed {
+    let (xc_user_id, user_device_id) = match &failure.about {
+        Some(about) => (about.xc_user_id.as_str(), about.user_device_id.as_str()),
+        None => (event.request.xc_user_id(), event.request.user_device_id()),
+    };
     TicketFailed::new(
         &event.event_id,
         failure.reason,
         failure.message.clone(),
         failure.field.as_deref(),
     )
-    .about(
-        Some(event.request.xc_user_id()),
-        Some(event.request.user_device_id()),
-    )
+    .about(Some(xc_user_id), Some(user_device_id))
 }
 
 /// The answer to an event that failed parsing: `ticket.failed` when it has an

@@ -17,6 +17,34 @@ pub struct Message<'a> {
     /// Set when its header frame nearly fills the broker's `frame_max`, so
     /// that a redelivery would no longer fit.
     pub oversized_headers: Option<HeaderFrame>,
+    /// Set when its headers nest or number beyond what the AMQP parser
+    /// decodes in full (see [`crate::broker::header_limits`]).
+    pub unreadable_headers: Option<UnreadableHeaders>,
+}
+
+/// Why a message's headers cannot be read in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnreadableHeaders {
+    /// `header` nests tables or arrays down to `levels` (its own value: 1).
+    TooDeep { header: String, levels: usize },
+    /// The headers hold this many values, nested ones included.
+    TooMany { values: usize },
+}
+
+impl std::fmt::Display for UnreadableHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::broker::header_limits::{DEEPEST_READ, MOST_VALUES_READ};
+        match self {
+            UnreadableHeaders::TooDeep { header, levels } => write!(
+                f,
+                "header {header:?} nests tables or arrays {levels} levels deep; the worker reads at most {DEEPEST_READ}: send headers that nest less"
+            ),
+            UnreadableHeaders::TooMany { values } => write!(
+                f,
+                "the headers hold {values} values or more; the worker reads at most {MOST_VALUES_READ}: send fewer"
+            ),
+        }
+    }
 }
 
 /// The size of a message's header frame, against the connection's limit.

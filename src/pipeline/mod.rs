@@ -2,12 +2,13 @@
 //! delivered to the acknowledgement.
 //!
 //! ```text
-//! parse ─▶ headers fill the frame? ─▶ outcome recorded? ─▶ stale? ─▶ TapTalk (retry) ─▶ store ─▶ ticket.ready ─▶ ack
-//!   │            │                           │                │           │               │
-//!   │            └─ trimmed copy back first  └─ answer again  │           │               └─ a copy failed first: its failure
-//!   │                                                         │           ├─ ParamValidationFailed ─▶ failure + dead letter
-//!   │                                                         │           └─ unavailable ─▶ back to the queue (… retries_exhausted)
-//!   │                                                         └─ failure "expired"
+//! parse ─▶ headers readable? ─▶ headers fill the frame? ─▶ outcome recorded? ─▶ stale? ─▶ TapTalk (retry) ─▶ store ─▶ ticket.ready ─▶ ack
+//!   │            │                     │                          │                │           │               │
+//!   │            │                     └─ trimmed copy back first └─ answer again  │           │               └─ a copy failed first: its failure
+//!   │            │                                                                 │           ├─ ParamValidationFailed ─▶ failure + dead letter
+//!   │            │                                                                 │           └─ unavailable ─▶ back to the queue (… retries_exhausted)
+//!   │            │                                                                 └─ failure "expired"
+//!   │            └─ ticket.failed "invalid" (unreadable_headers) + dead letter without them
 //!   └─ ticket.failed "invalid" + dead letter
 //! ```
 //!
@@ -30,15 +31,17 @@ mod message;
 mod policy;
 
 pub use decision::{DeadLetterNote, Decision, Outcome};
-pub use message::{HeaderFrame, Message};
+pub use message::{HeaderFrame, Message, UnreadableHeaders};
 pub use policy::EventPolicy;
 
 use crate::domain::{IssuedTicket, TicketRecord};
-use crate::events::{FailureReason, LoginEvent, TicketReady};
+use crate::events::{FailureReason, LoginEvent, Problem, TicketReady};
 use crate::health::{Breaker, Dependency};
 use crate::observe::metrics::{Metrics, RequestResult, Retry};
 use crate::retry::{Verdict, retry};
-use crate::storage::{BatchedStore, Known, Saved, StoreError, StoredFailure, TicketStore};
+use crate::storage::{
+    BatchedStore, FailedFor, Known, Saved, StoreError, StoredFailure, TicketStore, body_digest,
+};
 use crate::taptalk::{AdaptiveLimit, RateLimit, Signal, TaptalkClient, TicketError};
 use chrono::Utc;
 use decision::{encoding_failed, failed, invalid_event, ticket_failed};
@@ -87,7 +90,8 @@ impl Pipeline {
         &self.breaker
     }
 
-    /// Decides what becomes of one message: parse ─▶ headers fill the frame?
+    /// Decides what becomes of one message: parse ─▶ headers readable? ─▶
+    /// headers fill the frame?
     /// ─▶ outcome recorded? ─▶ stale? ─▶ TapTalk ─▶ store.
     #[tracing::instrument(name = "pipeline.decide", level = "debug", skip_all, fields(event_id = tracing::field::Empty))]
     pub async fn decide(&self, message: &Message<'_>) -> Decision {
@@ -100,6 +104,13 @@ impl Pipeline {
             return invalid_event(invalid);
         }
         tracing::Span::current().record("event_id", tracing::field::display(&event.event_id));
+        if let Some(unreadable) = &message.unreadable_headers {
+            // The parser cut them short: refuse the event rather than act on
+            // half of what its publisher sent. Its dead letter leaves them out.
+            return invalid_event(
+                event.refused(Problem::UnreadableHeaders, unreadable.to_string()),
+            );
+        }
         if let Some(frame) = &message.oversized_headers {
             // Its headers fill RabbitMQ's frame: a redelivery (which adds
             // x-delivery-count) would not fit, and would break the connection
@@ -128,18 +139,22 @@ impl Pipeline {
             Err(error) => return Box::pin(self.unavailable(message, &event, &error)).await,
         }
         if let Some(failure) = self.stale(&event) {
-            return Box::pin(self.fail(&event, failure)).await;
+            return Box::pin(self.fail(message.body, &event, failure)).await;
         }
 
         let issued = match self.request_ticket(&event).await {
             Ok(issued) => issued,
-            Err(TicketError::Rejected { field, message }) => {
+            Err(TicketError::Rejected {
+                field,
+                message: why,
+            }) => {
                 let failure = StoredFailure {
                     reason: FailureReason::RejectedByUpstream,
-                    message,
+                    message: why,
                     field,
+                    about: Some(failed_for(&event)),
                 };
-                return Box::pin(self.fail(&event, failure)).await;
+                return Box::pin(self.fail(message.body, &event, failure)).await;
             }
             Err(error) => return Box::pin(self.unavailable(message, &event, &error)).await,
         };
@@ -182,12 +197,16 @@ impl Pipeline {
             reason: FailureReason::Expired,
             message,
             field: None,
+            about: Some(failed_for(event)),
         })
     }
 
     /// Records a failure as the event's outcome and answers with whichever
-    /// outcome stands: ours, or the one another copy recorded first.
-    async fn fail(&self, event: &LoginEvent, failure: StoredFailure) -> Decision {
+    /// outcome stands: ours, or the one another copy recorded first. `body`
+    /// is this copy's: its digest goes with the failure (see
+    /// [`body_digest`]).
+    async fn fail(&self, body: &[u8], event: &LoginEvent, failure: StoredFailure) -> Decision {
+        let digest = body_digest(body);
         let announcement = match serde_json::to_string(&ticket_failed(event, &failure)) {
             Ok(announcement) => announcement,
             Err(error) => return encoding_failed(&error),
@@ -196,7 +215,7 @@ impl Pipeline {
             .store_call(event, || {
                 self.store
                     .store()
-                    .record_failure(&event.event_id, &failure, &announcement)
+                    .record_failure(&event.event_id, &failure, &announcement, &digest)
             })
             .await
         {
@@ -237,17 +256,18 @@ impl Pipeline {
         let rounds = message.retries;
         match self.policy.max_requeues {
             Some(max) if rounds >= u64::from(max) => {
-                let message = format!(
+                let why = format!(
                     "no ticket after {} rounds of retries; last error: {detail}",
                     rounds + 1
                 );
-                tracing::warn!(%message, "giving the event up");
+                tracing::warn!(message = %why, "giving the event up");
                 let failure = StoredFailure {
                     reason: FailureReason::RetriesExhausted,
-                    message,
+                    message: why,
                     field: None,
+                    about: Some(failed_for(event)),
                 };
-                self.fail(event, failure).await
+                self.fail(message.body, event, failure).await
             }
             _ => {
                 tracing::debug!(%detail, rounds, "no ticket now; the event goes back to the queue");
@@ -373,5 +393,13 @@ impl Unavailable for TicketError {
 impl Unavailable for StoreError {
     fn retryable(&self) -> bool {
         self.is_transient() || self.failure().is_some()
+    }
+}
+
+/// Whom a failure recorded for `event` answers.
+fn failed_for(event: &LoginEvent) -> FailedFor {
+    FailedFor {
+        xc_user_id: event.request.xc_user_id().to_owned(),
+        user_device_id: event.request.user_device_id().to_owned(),
     }
 }

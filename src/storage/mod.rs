@@ -26,7 +26,7 @@ mod tickets;
 
 pub use batched::BatchedStore;
 pub use outbox::{Announced, Announcement};
-pub use outcomes::{Forgotten, Known, Purged, StoredFailure};
+pub use outcomes::{FailedFor, Forgotten, Known, Purged, StoredFailure, body_digest};
 pub use replays::{Cleared, ReplayState};
 pub use tickets::Saved;
 

@@ -33,6 +33,18 @@ pub struct StoredFailure {
     pub reason: FailureReason,
     pub message: String,
     pub field: Option<String>,
+    /// The user and device of the copy the failure was recorded for; every
+    /// later copy is answered with these. `None` on rows recorded before
+    /// they were kept.
+    pub about: Option<FailedFor>,
+}
+
+/// Whom a recorded failure answers: the user and device of the copy of the
+/// event that recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedFor {
+    pub xc_user_id: String,
+    pub user_device_id: String,
 }
 
 /// What the database knows about an event.
@@ -75,6 +87,8 @@ struct OutcomeRow {
     reason: Option<String>,
     message: Option<String>,
     field: Option<String>,
+    o_xc_user_id: Option<String>,
+    o_user_device_id: Option<String>,
     t_event_id: Option<String>,
     xc_user_id: Option<String>,
     user_id: Option<String>,
@@ -96,10 +110,18 @@ impl OutcomeRow {
                 .ok_or_else(|| {
                     StoreError::Failed("event_outcomes row has an invalid reason".into())
                 })?;
+            let about = match (self.o_xc_user_id, self.o_user_device_id) {
+                (Some(xc_user_id), Some(user_device_id)) => Some(FailedFor {
+                    xc_user_id,
+                    user_device_id,
+                }),
+                _ => None,
+            };
             return Ok(Known::Failed(StoredFailure {
                 reason,
                 message: self.message.unwrap_or_default(),
                 field: self.field,
+                about,
             }));
         }
         let ticket = match (
@@ -140,6 +162,7 @@ impl OutcomeRow {
 
 /// The outcomes of the events in `$1` (a `text[]`), with their tickets.
 const KNOWN_MANY: &str = "SELECT o.event_id, o.outcome, o.reason, o.message, o.field,
+        o.xc_user_id AS o_xc_user_id, o.user_device_id AS o_user_device_id,
         t.event_id AS t_event_id, t.xc_user_id, t.user_id, t.user_device_id,
         t.user_platform, t.ticket, t.issued_at, t.expires_at
      FROM event_outcomes o LEFT JOIN auth_tickets t ON t.event_id = o.event_id
@@ -185,18 +208,26 @@ impl TicketStore {
     /// Records a failure as the event's outcome, unless it already has one,
     /// and queues `failed_event` (the `ticket.failed` JSON) in the outbox in
     /// the same statement; returns the outcome that stands (ours, or the one
-    /// recorded first).
+    /// recorded first). `body_sha256` is the digest of the body of the copy
+    /// that failed (see [`body_digest`]): a replay clears the failure only
+    /// for that copy.
     #[tracing::instrument(name = "storage.record_failure", level = "debug", skip_all, fields(event_id = %event_id, reason = failure.reason.as_str()))]
     pub async fn record_failure(
         &self,
         event_id: &EventId,
         failure: &StoredFailure,
         failed_event: &str,
+        body_sha256: &[u8],
     ) -> Result<Known, StoreError> {
+        let (xc_user_id, user_device_id) = match &failure.about {
+            Some(about) => (Some(&about.xc_user_id), Some(&about.user_device_id)),
+            None => (None, None),
+        };
         let recorded: bool = sqlx::query_scalar(
             "WITH recorded AS (
-                 INSERT INTO event_outcomes (event_id, outcome, reason, message, field)
-                 VALUES ($1, 'failed', $2, $3, $4)
+                 INSERT INTO event_outcomes (event_id, outcome, reason, message, field,
+                                             xc_user_id, user_device_id, body_sha256)
+                 VALUES ($1, 'failed', $2, $3, $4, $6, $7, $8)
                  ON CONFLICT (event_id) DO NOTHING
                  RETURNING event_id
              ),
@@ -212,6 +243,9 @@ impl TicketStore {
         .bind(&failure.message)
         .bind(&failure.field)
         .bind(failed_event)
+        .bind(xc_user_id)
+        .bind(user_device_id)
+        .bind(body_sha256)
         .fetch_one(self.pool())
         .await?;
         if recorded {
@@ -317,6 +351,13 @@ impl TicketStore {
         .await?;
         Ok(Forgotten::from_counts(counts))
     }
+}
+
+/// The SHA-256 of a login event's body, as `event_outcomes.body_sha256`
+/// keeps it for a recorded failure.
+pub fn body_digest(body: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(body).into()
 }
 
 #[cfg(test)]

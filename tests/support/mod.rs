@@ -6,6 +6,8 @@
 //! defaults; `TEST_LOG=1` shows the worker's logs.
 #![allow(dead_code)]
 
+pub mod raw_amqp;
+
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{

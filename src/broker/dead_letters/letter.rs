@@ -1,12 +1,24 @@
 //! What a dead letter says about itself: why it is there (the worker's
 //! `x-ticket-worker-*` headers, or RabbitMQ's `x-death` for what the broker
 //! dead-lettered itself), which event it carries, and since when.
+//!
+//! Headers prove nothing by themselves: RabbitMQ's own dead-lettering (a
+//! message's TTL, the delivery limit) keeps whatever headers the publisher
+//! set, `x-ticket-worker-*` and `x-original-*` included. So a letter is read
+//! as the worker's only when the worker provably wrote it: RabbitMQ did not
+//! dead-letter it (no `x-death`) and its `user_id`, which RabbitMQ checks
+//! against the publishing connection's login, is the workers' RabbitMQ user.
+//! Any other letter is classified by `x-death` alone, and its worker headers
+//! are ignored. (When publishers log in as the workers' user, nothing can
+//! tell their letters apart: give them users of their own.)
 
+use crate::broker::header_limits;
 use crate::broker::publisher::{
     DEAD_LETTERED_AT_HEADER, ERROR_HEADER, FIELD_HEADER, PROBLEM_HEADER, REASON_HEADER,
 };
 use crate::domain::EventId;
 use crate::events::{BodyEventId, FailureReason, LoginEvent};
+use crate::pipeline::UnreadableHeaders;
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
@@ -106,18 +118,34 @@ pub struct DeadLetter {
     /// When it was dead-lettered (the worker's header, `x-death`, or else
     /// when it was published).
     pub dead_lettered_at: Option<DateTime<Utc>>,
+    /// Set when its headers nest or number beyond what the parser reads in
+    /// full (a replay leaves those headers out).
+    pub unreadable_headers: Option<UnreadableHeaders>,
+    /// The worker provably wrote it (see the module documentation): only
+    /// then do its `x-ticket-worker-*` and `x-original-*` headers count.
+    pub by_worker: bool,
 }
 
 impl DeadLetter {
-    /// Reads what a message taken from the dead-letter queue says.
-    pub fn read(delivery: &Delivery) -> DeadLetter {
-        DeadLetter::from_parts(&delivery.properties, &delivery.data)
+    /// Reads what a message taken from the dead-letter queue says;
+    /// `worker_user` is the workers' RabbitMQ user, when known.
+    pub fn read(delivery: &Delivery, worker_user: Option<&str>) -> DeadLetter {
+        DeadLetter::from_parts(&delivery.properties, &delivery.data, worker_user)
     }
 
-    fn from_parts(properties: &BasicProperties, body: &[u8]) -> DeadLetter {
+    fn from_parts(
+        properties: &BasicProperties,
+        body: &[u8],
+        worker_user: Option<&str>,
+    ) -> DeadLetter {
         let empty = FieldTable::default();
         let headers = properties.headers().as_ref().unwrap_or(&empty);
-        let text = |name: &str| headers.inner().get(name).and_then(as_text);
+        let by_worker = written_by_worker(properties, worker_user);
+        let text = |name: &str| {
+            by_worker
+                .then(|| headers.inner().get(name).and_then(as_text))
+                .flatten()
+        };
         let death = latest_death(headers);
         let reason = match text(REASON_HEADER) {
             Some(worker) => Reason::parse(&worker)
@@ -130,9 +158,9 @@ impl DeadLetter {
                 .filter(|r| r.by_broker())
                 .unwrap_or(Reason::Unknown),
         };
-        let dead_lettered_at = headers
-            .inner()
-            .get(DEAD_LETTERED_AT_HEADER)
+        let dead_lettered_at = by_worker
+            .then(|| headers.inner().get(DEAD_LETTERED_AT_HEADER))
+            .flatten()
             .or_else(|| death.and_then(|d| d.inner().get("time")))
             .and_then(as_time)
             .or_else(|| properties.timestamp().and_then(seconds));
@@ -143,6 +171,8 @@ impl DeadLetter {
             field: text(FIELD_HEADER),
             event_id: event_id(properties, body),
             dead_lettered_at,
+            unreadable_headers: header_limits::check(Some(headers)),
+            by_worker,
         }
     }
 
@@ -150,6 +180,20 @@ impl DeadLetter {
     pub fn age(&self, now: DateTime<Utc>) -> Option<std::time::Duration> {
         (now - self.dead_lettered_at?).to_std().ok()
     }
+}
+
+/// Whether the worker provably wrote a letter with these properties: not
+/// dead-lettered by RabbitMQ (no `x-death`), and published by the workers'
+/// user (a `user_id` RabbitMQ checked).
+pub(super) fn written_by_worker(properties: &BasicProperties, worker_user: Option<&str>) -> bool {
+    let dead_lettered_by_rabbitmq = properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key("x-death"));
+    let user_id = properties.user_id().as_ref().map(|u| u.as_str());
+    !dead_lettered_by_rabbitmq
+        && worker_user.is_some_and(|w| !w.is_empty())
+        && user_id == worker_user
 }
 
 /// The event id as the worker reads it: the body's `eventID` wins over the
@@ -200,11 +244,15 @@ mod tests {
     use super::*;
     use lapin::types::FieldArray;
 
+    const WORKER: &str = "ticket-worker";
+
+    /// A letter the workers' user published (as the worker's own are).
     fn read(headers: FieldTable, body: &[u8]) -> DeadLetter {
         let properties = BasicProperties::default()
             .with_headers(headers)
-            .with_message_id("from-message-id".into());
-        DeadLetter::from_parts(&properties, body)
+            .with_message_id("from-message-id".into())
+            .with_user_id(WORKER.into());
+        DeadLetter::from_parts(&properties, body, Some(WORKER))
     }
 
     fn long(value: &str) -> AMQPValue {
@@ -294,5 +342,47 @@ mod tests {
                 assert_eq!(reason.recorded_failure(), None);
             }
         }
+    }
+
+    fn forged() -> FieldTable {
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), long("rejected_by_upstream"));
+        headers.insert(ERROR_HEADER.into(), long("\u{1b}[2JALL CLEAR"));
+        headers.insert(PROBLEM_HEADER.into(), long("x\ny"));
+        headers
+    }
+
+    #[test]
+    fn worker_headers_on_a_letter_rabbitmq_dead_lettered_count_for_nothing() {
+        let mut headers = forged();
+        let mut death = FieldTable::default();
+        death.insert("reason".into(), long("expired"));
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+        );
+        // Even with the workers' user_id: a publisher logged in as them.
+        let letter = read(headers, br#"{"eventID":"e-1"}"#);
+        assert!(!letter.by_worker);
+        assert_eq!(letter.reason, Reason::Expired);
+        assert_eq!(letter.error, None);
+        assert_eq!(letter.problem, None);
+    }
+
+    #[test]
+    fn a_letter_from_another_user_is_not_the_workers() {
+        let properties = BasicProperties::default()
+            .with_headers(forged())
+            .with_user_id("login-service".into());
+        let letter = DeadLetter::from_parts(&properties, b"{}", Some(WORKER));
+        assert!(!letter.by_worker);
+        assert_eq!(letter.reason, Reason::Unknown);
+        assert_eq!(letter.error, None);
+        let unknown_user = DeadLetter::from_parts(
+            &BasicProperties::default().with_headers(forged()),
+            b"{}",
+            None,
+        );
+        assert_eq!(unknown_user.reason, Reason::Unknown);
     }
 }

@@ -7,6 +7,6 @@ mod browse;
 mod letter;
 mod replay;
 
-pub use browse::Browser;
+pub use browse::{BrowseError, Browser};
 pub use letter::{DeadLetter, Reason};
 pub use replay::ReplayCopy;

@@ -5,6 +5,7 @@ use super::{CommandError, Listing, cannot_open, connection};
 use crate::broker::dead_letters::{Browser, DeadLetter};
 use crate::commands::secrets;
 use crate::config::{BrokerArgs, BrokerSettings};
+use crate::domain::text::json_printable;
 
 /// `ticket-worker dlq list`.
 #[derive(clap::Args)]
@@ -25,7 +26,7 @@ pub async fn run(args: &ListArgs) -> Result<(), CommandError> {
     let listing = list(&broker, args.samples).await?;
     if args.json {
         let json = serde_json::to_string_pretty(&listing).map_err(anyhow::Error::from)?;
-        println!("{json}");
+        println!("{}", json_printable(&json));
     } else {
         print!("{}", listing.to_text());
     }
@@ -41,9 +42,13 @@ async fn list(broker: &BrokerSettings, samples: usize) -> Result<Listing, Comman
         .map_err(|e| cannot_open(queue, &e))?;
     let mut listing = Listing::new(queue, samples);
     let now = chrono::Utc::now();
+    // Letters are the worker's when its user wrote them: the workers log in
+    // as the user list does (see the README).
+    let worker_user = broker.login_user();
     let read = async {
         while let Some(delivery) = browser.next().await? {
-            listing.add(&DeadLetter::read(&delivery), &delivery.data, now);
+            let letter = DeadLetter::read(&delivery, worker_user.as_deref());
+            listing.add(&letter, &delivery.data, now);
         }
         browser.give_back().await
     };

@@ -1,8 +1,11 @@
 //! What `dlq list` reports: the dead letters counted by reason (and by
 //! problem, for invalid events), with a few samples of each, masked
-//! ([`MaskedBody`]); as text for people or JSON for machines.
+//! ([`MaskedBody`]); as text for people or JSON for machines. Everything a
+//! letter says is a publisher's text: it is printed escaped
+//! ([`printable`]), so that no escape code in it reaches the terminal.
 
 use crate::broker::dead_letters::{DeadLetter, Reason};
+use crate::domain::text::{json_printable, printable};
 use crate::events::{MaskedBody, hide_values, masked_texts};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -30,7 +33,8 @@ pub struct Listing {
 #[serde(rename_all = "camelCase")]
 pub struct ReasonCount {
     pub reason: &'static str,
-    /// `worker`, or `rabbitmq` for what RabbitMQ dead-lettered itself.
+    /// `worker` (provably: see [`DeadLetter::by_worker`]), `rabbitmq` for
+    /// what RabbitMQ dead-lettered itself, or `unknown`.
     pub dead_lettered_by: &'static str,
     pub count: u64,
     /// Invalid events by problem code (`not_json`, `invalid_field`, …).
@@ -53,6 +57,10 @@ pub struct Sample {
     pub problem: Option<String>,
     pub error: Option<String>,
     pub field: Option<String>,
+    /// Why its headers cannot be read in full, when they cannot (a replay
+    /// leaves those headers out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable_headers: Option<String>,
     pub body_bytes: usize,
     /// The body with every personal value masked; `null` when it is not JSON.
     pub body: Option<serde_json::Value>,
@@ -89,10 +97,10 @@ impl Listing {
             None => {
                 self.reasons.push(ReasonCount {
                     reason: reason.as_str(),
-                    dead_lettered_by: if reason.by_broker() {
-                        "rabbitmq"
-                    } else {
-                        "worker"
+                    dead_lettered_by: match reason {
+                        Reason::Unknown => "unknown",
+                        reason if reason.by_broker() => "rabbitmq",
+                        _ => "worker",
                     },
                     count: 0,
                     problems: BTreeMap::new(),
@@ -123,15 +131,15 @@ impl Listing {
             self.queue, self.total
         );
         for reason in &self.reasons {
-            let by = if reason.dead_lettered_by == "rabbitmq" {
-                "  (dead-lettered by RabbitMQ)"
-            } else {
-                ""
+            let by = match reason.dead_lettered_by {
+                "rabbitmq" => "  (dead-lettered by RabbitMQ)",
+                "unknown" => "  (not written by the worker)",
+                _ => "",
             };
             let problems: Vec<String> = reason
                 .problems
                 .iter()
-                .map(|(problem, n)| format!("{problem} {n}"))
+                .map(|(problem, n)| format!("{} {n}", printable(problem, 64)))
                 .collect();
             let problems = if problems.is_empty() {
                 String::new()
@@ -175,6 +183,7 @@ impl Sample {
             problem: hide(&letter.problem),
             error: hide(&letter.error),
             field: hide(&letter.field),
+            unreadable_headers: letter.unreadable_headers.as_ref().map(|u| u.to_string()),
             body_bytes: body.len(),
             body: match MaskedBody::of(body) {
                 MaskedBody::Json(value) => Some(value),
@@ -184,7 +193,10 @@ impl Sample {
     }
 
     fn write_text(&self, out: &mut String) {
-        let id = self.event_id.as_deref().unwrap_or("(no eventID)");
+        let id = match &self.event_id {
+            Some(id) => printable(id, 255),
+            None => "(no eventID)".to_owned(),
+        };
         let age = match self.age_seconds {
             Some(seconds) => format!(
                 "dead-lettered {} ago",
@@ -195,34 +207,30 @@ impl Sample {
         let _ = writeln!(out, "  {id}  {age}");
         let mut detail: Vec<String> = Vec::new();
         if let Some(problem) = &self.problem {
-            detail.push(format!("problem: {problem}"));
+            detail.push(format!("problem: {}", printable(problem, 64)));
         }
         if let Some(field) = &self.field {
-            detail.push(format!("field: {field}"));
+            detail.push(format!("field: {}", printable(field, 64)));
         }
         if !detail.is_empty() {
             let _ = writeln!(out, "    {}", detail.join("  "));
         }
         if let Some(error) = &self.error {
-            let _ = writeln!(out, "    error: {}", cut(error, TEXT_ERROR_CHARS));
+            let _ = writeln!(out, "    error: {}", printable(error, TEXT_ERROR_CHARS));
+        }
+        if let Some(unreadable) = &self.unreadable_headers {
+            let _ = writeln!(
+                out,
+                "    headers: {}; a replay leaves them out",
+                printable(unreadable, TEXT_ERROR_CHARS)
+            );
         }
         let body = match &self.body {
-            Some(value) => value.to_string(),
+            Some(value) => json_printable(&value.to_string()),
             None => format!("(not JSON, {} bytes)", self.body_bytes),
         };
         let _ = writeln!(out, "    body:  {body}");
     }
-}
-
-/// `text`, cut to `chars` characters with an ellipsis, on one line.
-fn cut(text: &str, chars: usize) -> String {
-    let line = text.replace(['\n', '\r'], " ");
-    if line.chars().count() <= chars {
-        return line;
-    }
-    let mut short: String = line.chars().take(chars).collect();
-    short.push('…');
-    short
 }
 
 #[cfg(test)]
@@ -238,6 +246,8 @@ mod tests {
             field: Some("email".into()),
             event_id: EventId::parse(id).ok(),
             dead_lettered_at: DateTime::from_timestamp(1_790_000_000, 0),
+            unreadable_headers: None,
+            by_worker: !reason.by_broker(),
         }
     }
 
@@ -300,5 +310,31 @@ mod tests {
         let json = serde_json::to_value(&listing).unwrap_or_default();
         assert_eq!(json["total"], 0);
         assert_eq!(json["reasons"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn nothing_a_letter_says_reaches_the_terminal_unescaped() {
+        let mut listing = Listing::new("q.dead", 3);
+        let hostile = DeadLetter {
+            problem: Some("x\ny".into()),
+            error: Some("\u{1b}[2J\u{1b}[HALL CLEAR\r\n\u{9b}31m".into()),
+            field: Some("f\u{202e}".into()),
+            ..letter(Reason::Invalid, Some("not_json"), "e-\u{200b}1")
+        };
+        let body = "{\"\u{1b}[2Jkey\":\"v\",\"eventID\":\"e-1\"}";
+        listing.add(&hostile, body.as_bytes(), now());
+        let text = listing.to_text();
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && crate::domain::text::is_unsafe(c)),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{1b}[2J"), "{text}");
+        let json = json_printable(&serde_json::to_string(&listing).unwrap_or_default());
+        assert!(
+            !json.chars().any(crate::domain::text::is_unsafe),
+            "{json:?}"
+        );
     }
 }

@@ -19,6 +19,7 @@ pub use report::ReplayReport;
 
 use super::CommandError;
 use crate::broker::connect;
+use crate::broker::dead_letters::BrowseError;
 use crate::config::BrokerSettings;
 
 /// `ticket-worker dlq`.
@@ -57,9 +58,8 @@ async fn connection(
 }
 
 /// Why the dead-letter queue could not be opened, with what to do.
-fn cannot_open(queue: &str, error: &lapin::Error) -> CommandError {
-    let missing =
-        matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404);
+fn cannot_open(queue: &str, error: &BrowseError) -> CommandError {
+    let missing = matches!(error.broker().map(lapin::Error::kind), Some(lapin::ErrorKind::ProtocolError(amqp)) if amqp.get_id() == 404);
     if missing {
         anyhow::anyhow!(
             "the dead-letter queue {queue:?} does not exist: check DEAD_LETTER_QUEUE (a worker declares it at start)"

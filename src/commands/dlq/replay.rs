@@ -13,6 +13,13 @@
 //!    headers, so the retry count starts at 0) with a confirm, `mandatory`;
 //! 3. only then remove the dead letter from the queue.
 //!
+//! Copies of one event can differ (a publisher may send another body under
+//! the same eventID), and the first outcome recorded wins: so a replay
+//! clears a recorded failure only for the copy it was recorded for (its
+//! body's digest), and replays at most one body per event in one run (a
+//! dead letter of the same event with another body stays in place), so that
+//! no copy can race the one whose failure it cleared.
+//!
 //! A crash anywhere repeats a step, never loses a dead letter: until step 3
 //! the dead letter is still the queue's (RabbitMQ takes it back from a dead
 //! connection), and a second run replays it again; a replay published twice
@@ -24,8 +31,9 @@ use crate::broker::dead_letters::{Browser, DeadLetter, Reason, ReplayCopy};
 use crate::broker::{PublishError, Publisher};
 use crate::commands::secrets;
 use crate::config::{BrokerArgs, DatabaseArgs, ReplaySettings, SelectionArgs};
-use crate::storage::{Cleared, ReplayState, StoreError, TicketStore};
+use crate::storage::{Cleared, ReplayState, StoreError, TicketStore, body_digest};
 use lapin::message::Delivery;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// `ticket-worker dlq replay`.
@@ -59,7 +67,7 @@ pub async fn run(args: &ReplayArgs) -> Result<(), CommandError> {
     let report = replay(args, Interrupt::Never).await?;
     if args.json {
         let json = serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?;
-        println!("{json}");
+        println!("{}", crate::domain::text::json_printable(&json));
     } else {
         print!("{}", report.to_text());
     }
@@ -108,6 +116,9 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
         };
         anyhow::anyhow!("cannot declare the exchanges and queues: {e}{hint}")
     })?;
+    // Letters are the worker's when its user wrote them: the workers log in
+    // as the user replay does (see the README).
+    let worker_user = broker.login_user();
     let queue = &topology.dead_letter_queue;
     let mut browser = Browser::open(&connection, queue)
         .await
@@ -121,6 +132,8 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
     let mut report = ReplayReport::new(queue, &topology.login_exchange, args.dry_run);
     let mut chosen = 0u64;
     let mut published = 0u64;
+    // The body replayed for each event in this run.
+    let mut replayed_bodies: HashMap<String, [u8; 32]> = HashMap::new();
     loop {
         let delivery = match browser.next().await {
             Ok(Some(delivery)) => delivery,
@@ -130,14 +143,30 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
                 break;
             }
         };
-        let letter = DeadLetter::read(&delivery);
+        let letter = DeadLetter::read(&delivery, worker_user.as_deref());
         let within_limit = settings.selection.limit.is_none_or(|limit| chosen < limit);
         if !settings.selection.takes(letter.reason) || !within_limit {
             report.skipped(&letter);
             continue;
         }
         chosen += 1;
-        let note = match replayer.prepare(&letter).await {
+        let digest = body_digest(&delivery.data);
+        if let Some(id) = &letter.event_id {
+            match replayed_bodies.get(id.as_str()) {
+                Some(replayed) if *replayed != digest => {
+                    report.failed(
+                        &letter,
+                        None,
+                        "another copy of this event, with another body, was replayed in this run; this one stays in place so that it cannot compete with it".into(),
+                    );
+                    continue;
+                }
+                _ => {
+                    replayed_bodies.insert(id.as_str().to_owned(), digest);
+                }
+            }
+        }
+        let note = match replayer.prepare(&letter, &delivery.data).await {
             Ok(note) => note,
             Err(error) => {
                 report.stopped = Some(format!(
@@ -151,7 +180,7 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
             report.replayed(&letter, note);
             continue;
         }
-        match replayer.publish(&delivery).await {
+        match replayer.publish(&delivery, &letter).await {
             Ok(()) => {}
             Err(error) if error.is_broker_failure() => {
                 report.failed(&letter, note, error.to_string());
@@ -201,32 +230,45 @@ struct Replayer {
 impl Replayer {
     /// Step 1: clears the recorded failure that put `letter` here (with
     /// `--dry-run`, only looks); returns what it found, in words.
-    async fn prepare(&self, letter: &DeadLetter) -> Result<Option<String>, StoreError> {
+    async fn prepare(
+        &self,
+        letter: &DeadLetter,
+        body: &[u8],
+    ) -> Result<Option<String>, StoreError> {
         let Some(event_id) = &letter.event_id else {
             return Ok(Some("no usable eventID: nothing recorded to clear".into()));
         };
+        let digest = body_digest(body);
         let note = match letter.reason.recorded_failure() {
             Some(reason) if !self.dry_run => {
-                let cleared = self.store.clear_for_replay(event_id, reason).await?;
+                let cleared = self
+                    .store
+                    .clear_for_replay(event_id, reason, &digest)
+                    .await?;
                 describe_cleared(&cleared, reason.as_str())
             }
             reason => {
-                let state = self.store.replay_state(event_id).await?;
+                let state = self.store.replay_state(event_id, &digest).await?;
                 describe_state(&state, reason.map(|r| r.as_str()))
             }
         };
         // Invalid events are not recorded: their body decides, again.
-        Ok(note.or_else(|| {
+        let note = note.or_else(|| {
             (letter.reason == Reason::Invalid).then(|| {
                 "checked again as it is: invalid again unless the worker's rules or settings changed"
                     .to_owned()
             })
-        }))
+        });
+        Ok(match (&letter.unreadable_headers, note) {
+            (None, note) => note,
+            (Some(_), None) => Some("its unreadable headers are left out".into()),
+            (Some(_), Some(note)) => Some(format!("{note}; its unreadable headers are left out")),
+        })
     }
 
     /// Step 2: publishes the replay and waits for its confirm.
-    async fn publish(&self, delivery: &Delivery) -> Result<(), PublishError> {
-        let copy = ReplayCopy::of(delivery, self.publisher.user_id());
+    async fn publish(&self, delivery: &Delivery, letter: &DeadLetter) -> Result<(), PublishError> {
+        let copy = ReplayCopy::of(delivery, self.publisher.user_id(), letter.by_worker);
         self.publisher.replay(&copy, &delivery.data).await
     }
 }
@@ -250,6 +292,9 @@ fn describe_state(state: &ReplayState, clears: Option<&str>) -> Option<String> {
         return Some("already has a ticket: the worker announces it again".into());
     }
     match (&state.failure, clears) {
+        (Some(recorded), _) if state.other_copy => Some(format!(
+            "its recorded {recorded} failure is another copy's (the bodies differ), which stays: the worker answers this one with it again"
+        )),
         (Some(recorded), Some(reason)) if recorded == reason => {
             Some(format!("would clear its recorded {reason} failure"))
         }
@@ -275,6 +320,7 @@ mod tests {
         ReplayState {
             ticketed,
             failure: failure.map(str::to_owned),
+            other_copy: false,
         }
     }
 

@@ -3,6 +3,7 @@
 //! too), and one line per chosen dead letter; as text or JSON.
 
 use crate::broker::dead_letters::{DeadLetter, Reason};
+use crate::domain::text::printable;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -143,19 +144,23 @@ impl ReplayReport {
             );
         }
         for line in &self.letters {
-            let id = line.event_id.as_deref().unwrap_or("(no eventID)");
+            // Ids and errors can quote what a publisher wrote: escaped.
+            let id = match &line.event_id {
+                Some(id) => printable(id, 255),
+                None => "(no eventID)".to_owned(),
+            };
             let result = line.result.replace('_', " ");
             let mut text = format!("  {id}  {}: {result}", line.reason);
             if let Some(note) = &line.note {
-                let _ = write!(text, "; {note}");
+                let _ = write!(text, "; {}", printable(note, 400));
             }
             if let Some(error) = &line.error {
-                let _ = write!(text, "; {error}");
+                let _ = write!(text, "; {}", printable(error, 400));
             }
             let _ = writeln!(out, "{text}");
         }
         if let Some(stopped) = &self.stopped {
-            let _ = writeln!(out, "stopped early: {stopped}");
+            let _ = writeln!(out, "stopped early: {}", printable(stopped, 400));
         }
         out
     }
@@ -174,6 +179,8 @@ mod tests {
             field: None,
             event_id: EventId::parse(id).ok(),
             dead_lettered_at: None,
+            unreadable_headers: None,
+            by_worker: !reason.by_broker(),
         }
     }
 
