@@ -11,6 +11,8 @@
 //! - KEDA scales this Deployment on the configured work queue;
 //! - Services, the PodDisruptionBudget, spreading and the ServiceMonitor
 //!   select the pods (or the Service) they are meant to;
+//! - a NetworkPolicy lets only named sources reach the pods, and only on
+//!   the HTTP port;
 //! - the pods run as the image's user, locked down;
 //! - resources are set, and the memory limit covers the worst case the
 //!   settings and the broker's `max_message_size` allow;
@@ -19,6 +21,8 @@
 //!
 //! Settings are read from the manifests as the worker reads its environment,
 //! so a setting the manifests leave out is checked at the worker's default.
+// Test code: times here are the test's own, not input to guard against.
+#![allow(clippy::arithmetic_side_effects)]
 
 use clap::{Args, CommandFactory, FromArgMatches};
 use std::collections::{BTreeMap, BTreeSet};
@@ -963,6 +967,50 @@ fn check_keda(m: &Manifests, settings: &Settings) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[test]
+fn a_network_policy_lets_only_the_scraper_reach_the_http_port() {
+    let m = manifests();
+    let policy = m.one("NetworkPolicy");
+    let spec = &policy.yaml["spec"];
+    let selector = string_map(&spec["podSelector"]["matchLabels"]);
+    assert!(
+        !selector.is_empty() && is_subset(&selector, &m.pod_labels()),
+        "{} selects the worker's pods ({selector:?})",
+        policy.what()
+    );
+    let types: Vec<String> = list(&spec["policyTypes"]).iter().filter_map(text).collect();
+    assert!(
+        types.contains(&"Ingress".to_owned()),
+        "it restricts ingress: {types:?}"
+    );
+    let rules = list(&spec["ingress"]);
+    assert!(!rules.is_empty(), "an ingress rule for the scraper");
+    for rule in rules {
+        let from = list(&rule["from"]);
+        assert!(
+            !from.is_empty(),
+            "every rule names its sources (no allow-all)"
+        );
+        for source in from {
+            let named = |s: &Yaml| !string_map(&s["matchLabels"]).is_empty();
+            assert!(
+                named(&source["podSelector"]) || named(&source["namespaceSelector"]),
+                "a source selects by labels, not everything: {source:?}"
+            );
+            assert!(source["ipBlock"].is_badvalue(), "no address ranges");
+        }
+        let ports = list(&rule["ports"]);
+        assert!(!ports.is_empty(), "every rule names its ports");
+        for port in ports {
+            assert_eq!(
+                text(&port["port"]).as_deref(),
+                Some("http"),
+                "only the HTTP port"
+            );
+        }
+    }
 }
 
 #[test]

@@ -243,3 +243,153 @@ async fn an_address_that_cannot_be_bound_is_an_error_naming_http_listen() {
     assert!(logs.contains("HTTP_LISTEN"), "{logs}");
     assert!(logs.contains(&address.to_string()), "{logs}");
 }
+
+// ------------------------------------------------------- hostile HTTP clients
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where a worker process serves its endpoints, from its log.
+async fn http_address(worker: &WorkerProcess) -> String {
+    eventually(WAIT, "the worker serves HTTP", || async {
+        worker.logs().lines().find_map(|line| {
+            let rest = line.split("address=").nth(1)?;
+            line.contains("serving /metrics").then(|| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        })
+    })
+    .await
+}
+
+/// Whether the server ends the connection (EOF, a reset, or an answer
+/// followed by EOF) within `within`; `false` if it keeps it open.
+async fn server_ends(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_to_end).await.is_ok()
+}
+
+/// GET `path` on a fresh connection, within 10 s: the status code.
+async fn get_within(address: &str, path: &str) -> Option<u16> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .ok()?;
+    let response = client
+        .get(format!("http://{address}{path}"))
+        .send()
+        .await
+        .ok()?;
+    Some(response.status().as_u16())
+}
+
+/// A worker process with few file descriptors, as a busy container might
+/// have (idle sockets could take them all), and where it serves HTTP.
+async fn worker_with_few_files(h: &Harness) -> (WorkerProcess, String) {
+    let name = format!("tw-http-{}", unique());
+    let worker = WorkerProcess::spawn_with_open_files(
+        &worker_env(&h.db.url, &h.broker, &h.taptalk.base_url(), &name),
+        1024,
+    );
+    worker.consuming().await;
+    let address = http_address(&worker).await;
+    assert_eq!(get_within(&address, "/readyz").await, Some(200));
+    (worker, address)
+}
+
+#[tokio::test]
+async fn idle_http_connections_are_closed_after_the_header_read_timeout() {
+    let h = Harness::new(Knobs::default()).await;
+    let (mut worker, address) = worker_with_few_files(&h).await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(&address).await.expect("connect"));
+    }
+    for stream in &mut idle {
+        assert!(
+            server_ends(stream, Duration::from_secs(12)).await,
+            "the server ends a connection that sends nothing"
+        );
+    }
+    assert_eq!(worker.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn an_endless_request_head_is_cut_off_at_a_few_kib() {
+    let h = Harness::new(Knobs::default()).await;
+    let (mut worker, address) = worker_with_few_files(&h).await;
+    let mut trickled = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(&address).await.expect("connect");
+        let _ = stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: worker\r\nX-Pad: ")
+            .await;
+        // 288 KiB of one header, never finished: under hyper's own default
+        // bound (~400 KB), far over the endpoints' 8 KiB.
+        let pad = vec![b'a'; 16 * 1024];
+        for _ in 0..18 {
+            if stream.write_all(&pad).await.is_err() {
+                break;
+            }
+        }
+        trickled.push(stream);
+    }
+    for stream in &mut trickled {
+        // Ended at once (431, or closed): well before the header-read
+        // timeout could end it.
+        assert!(
+            server_ends(stream, Duration::from_secs(2)).await,
+            "the server ends a connection whose head outgrows its bound"
+        );
+    }
+    assert_eq!(worker.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_sockets_starves_neither_the_probes_nor_the_message_path() {
+    let h = Harness::new(Knobs::default()).await;
+    let (mut worker, address) = worker_with_few_files(&h).await;
+    // More idle sockets than the worker has file descriptors.
+    let mut flood = Vec::new();
+    for _ in 0..1_500 {
+        match TcpStream::connect(&address).await {
+            Ok(stream) => flood.push(stream),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        flood.len() >= 1_100,
+        "the flood connected ({})",
+        flood.len()
+    );
+    for path in ["/readyz", "/healthz", "/metrics"] {
+        assert_eq!(
+            get_within(&address, path).await,
+            Some(200),
+            "{path} answers under the flood"
+        );
+    }
+    let events: Vec<_> = (0..20)
+        .map(|i| login_event(&format!("cust-http-{i}")))
+        .collect();
+    h.broker.publish_events(&events).await;
+    h.tap.wait_for("ticket.ready", events.len(), WAIT).await;
+    drop(flood);
+    assert_eq!(
+        worker.wait(Duration::from_millis(10)).await,
+        None,
+        "still running"
+    );
+    assert_eq!(worker.terminate().await, Some(0));
+}

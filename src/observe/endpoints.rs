@@ -2,7 +2,9 @@
 //! it: `/metrics` (Prometheus text), `/healthz` (liveness: the control loop is
 //! turning) and `/readyz` (readiness: consuming, with RabbitMQ and Postgres
 //! answering). Nothing else is served, and nothing secret: the metrics carry
-//! no event or user ids, the probes' answers only say what is wrong.
+//! no event or user ids, the probes' answers only say what is wrong. The
+//! server under them ([`http_server`](super::http_server)) bounds what any
+//! client can hold: time, bytes and connections.
 
 use super::metrics::Metrics;
 use crate::health::{Heartbeat, Readiness};
@@ -48,13 +50,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(endpoints);
-    let stop = async move { stop.cancelled().await };
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(%error, "the HTTP server for metrics and probes stopped");
-    }
+    super::http_server::serve(listener, app, super::http_server::Limits::ENDPOINTS, stop).await;
 }
 
 async fn metrics(State(endpoints): State<Endpoints>) -> Response {

@@ -4,6 +4,7 @@
 //! [`endpoints`] that serve the metrics and the health probes.
 
 pub mod endpoints;
+pub mod http_server;
 pub mod logs;
 pub mod metrics;
 pub mod progress;

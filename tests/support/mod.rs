@@ -851,6 +851,27 @@ impl WorkerProcess {
         WorkerProcess { child, log }
     }
 
+    /// [`WorkerProcess::spawn`], with at most `files` open file descriptors
+    /// (`prlimit`, which then runs the worker in its own place).
+    pub fn spawn_with_open_files(env: &[(&'static str, String)], files: u32) -> WorkerProcess {
+        let log = std::env::temp_dir().join(format!("ticket-worker-test-{}.log", unique()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let worker = bin();
+        let mut command = std::process::Command::new("prlimit");
+        command
+            .arg(format!("--nofile={files}:{files}"))
+            .arg("--")
+            .arg(worker.get_program())
+            .arg("run")
+            .env_clear()
+            .envs(worker.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        let child = command.spawn().expect("start prlimit ticket-worker run");
+        WorkerProcess { child, log }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
