@@ -44,4 +44,5 @@ pub mod shutdown;
 pub mod startup;
 pub mod storage;
 pub mod taptalk;
+pub mod time;
 pub mod worker;

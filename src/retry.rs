@@ -67,7 +67,7 @@ impl Schedule {
             .min(self.policy.max_pause)
             .max(at_least.unwrap_or_default());
         match self.policy.give_up_after {
-            Some(budget) if self.started.elapsed() + pause > budget => None,
+            Some(budget) if self.started.elapsed().saturating_add(pause) > budget => None,
             _ => Some(pause),
         }
     }

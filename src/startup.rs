@@ -61,8 +61,11 @@ impl Application {
                 first_pause: Duration::from_millis(100),
                 max_pause: Duration::from_secs(2),
                 give_up_after: Some(
-                    settings.breaker.trip_after.max(Duration::from_secs(5))
-                        + Duration::from_secs(5),
+                    settings
+                        .breaker
+                        .trip_after
+                        .max(Duration::from_secs(5))
+                        .saturating_add(Duration::from_secs(5)),
                 ),
             },
         };

@@ -1,5 +1,7 @@
 //! The pipeline end to end: real RabbitMQ, real Postgres, the TapTalk
 //! stand-in over HTTP, and the worker running in-process.
+// Test code: times here are the test's own, not input to guard against.
+#![allow(clippy::arithmetic_side_effects)]
 
 mod support;
 

@@ -11,6 +11,7 @@
 //! Nothing else may settle a delivery of this channel (a second settlement of
 //! one tag is a protocol error that closes the channel).
 
+use crate::time::Later;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use std::collections::VecDeque;
@@ -107,7 +108,7 @@ async fn run(channel: Channel, mut ops: mpsc::UnboundedReceiver<Op>, broken: Can
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     loop {
-        let deadline = ledger.oldest_held().map(|at| at + HOLD);
+        let deadline = ledger.oldest_held().map(|at| at.later_by(HOLD));
         if deadline != armed {
             if let Some(at) = deadline {
                 timer.as_mut().reset(at);

@@ -69,7 +69,9 @@ impl Settler {
                 };
                 published.map(|()| {
                     self.announced.push(event_id);
-                    if let Some(ago) = occurred_at.and_then(|at| (Utc::now() - at).to_std().ok()) {
+                    if let Some(ago) = occurred_at
+                        .and_then(|at| Utc::now().signed_duration_since(at).to_std().ok())
+                    {
                         self.metrics.login_to_ready(ago);
                     }
                     outcome

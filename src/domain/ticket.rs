@@ -49,7 +49,9 @@ pub struct IssuedTicket {
 impl IssuedTicket {
     /// The safe expiry: the time the request was sent plus one hour.
     pub fn expires_at(&self) -> DateTime<Utc> {
-        self.requested_at + TICKET_LIFETIME
+        self.requested_at
+            .checked_add_signed(TICKET_LIFETIME)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 

@@ -241,7 +241,7 @@ impl LoginEvent {
 
     /// How old the event is at `now`, if it says when it happened.
     pub fn age(&self, now: DateTime<Utc>) -> Option<TimeDelta> {
-        self.occurred_at.map(|at| now - at)
+        self.occurred_at.map(|at| now.signed_duration_since(at))
     }
 
     /// Refuses an event whose `occurredAt` is more than `max_skew`
@@ -261,7 +261,7 @@ impl LoginEvent {
             return Ok(());
         };
         let allowed = TimeDelta::from_std(max_skew).unwrap_or(TimeDelta::MAX);
-        let ahead = at - now;
+        let ahead = at.signed_duration_since(now);
         if ahead <= allowed {
             return Ok(());
         }

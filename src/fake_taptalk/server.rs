@@ -9,6 +9,7 @@ use crate::taptalk::api::{
     AUTH_TICKET_PATH, ApiEnvelope, HEADER_VALIDATION_FAILED, PARAM_VALIDATION_FAILED,
     SERVER_KEY_HEADER, TicketData,
 };
+use crate::time::Later;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -243,12 +244,11 @@ async fn serve(shared: &Shared, knobs: &Knobs, headers: &HeaderMap, body: &[u8])
     let (delay, fate) = {
         let mut rng = rand::rng();
         let jitter = knobs.latency_jitter.as_millis() as u64;
-        let delay = knobs.latency
-            + Duration::from_millis(if jitter > 0 {
-                rng.random_range(0..=jitter)
-            } else {
-                0
-            });
+        let delay = knobs.latency.later_by(Duration::from_millis(if jitter > 0 {
+            rng.random_range(0..=jitter)
+        } else {
+            0
+        }));
         let roll: f64 = rng.random();
         let fate = if roll < knobs.hang {
             Fate::Hang

@@ -140,10 +140,9 @@ impl Breaker {
                 let outage = {
                     let mut streaks = self.lock_streaks();
                     let entry = &mut streaks[slot(dependency)];
-                    if entry
-                        .as_ref()
-                        .is_some_and(|s| now - s.last > self.settings.trip_after)
-                    {
+                    if entry.as_ref().is_some_and(|s| {
+                        now.saturating_duration_since(s.last) > self.settings.trip_after
+                    }) {
                         *entry = None;
                     }
                     let streak = entry.get_or_insert_with(|| Streak {
@@ -158,7 +157,7 @@ impl Breaker {
                     streak.several |= source.is_none() || streak.first_source.as_deref() != source;
                     streak.several
                         && streak.failures >= self.settings.min_failures
-                        && now - streak.since >= self.settings.trip_after
+                        && now.saturating_duration_since(streak.since) >= self.settings.trip_after
                 };
                 outage
                     && self.open(
@@ -224,6 +223,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::Later;
 
     fn transient() -> Failure {
         Failure::Transient("503".into())
@@ -248,7 +248,7 @@ mod tests {
     }
 
     fn ms(start: Instant, millis: u64) -> Instant {
-        start + Duration::from_millis(millis)
+        start.later_by(Duration::from_millis(millis))
     }
 
     #[test]

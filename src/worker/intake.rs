@@ -14,6 +14,7 @@ use crate::observe::metrics::Intake;
 use crate::observe::traces;
 use crate::pipeline::Outcome;
 use crate::shutdown::Shutdown;
+use crate::time::Later;
 use futures_util::FutureExt;
 use lapin::message::Delivery;
 use std::panic::AssertUnwindSafe;
@@ -146,12 +147,12 @@ impl Worker {
                 changed = limit.changed(), if follows && resize_at.is_none() => {
                     if changed.is_err() {
                         // The limiter is gone (never, while the worker runs).
-                        resize_at = Some(Instant::now() + std::time::Duration::from_secs(86_400));
+                        resize_at = Some(Instant::now().later_by(std::time::Duration::from_secs(86_400)));
                         continue;
                     }
                     let wanted = self.prefetch_now(session);
                     if Prefetch::worth_changing(consumers.prefetch(), wanted) {
-                        resize_at = Some(consumers.started() + SETTLE);
+                        resize_at = Some(consumers.started().later_by(SETTLE));
                     }
                 }
                 _ = sleep_until(resize_at) => {

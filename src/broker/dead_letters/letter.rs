@@ -178,7 +178,9 @@ impl DeadLetter {
 
     /// How long ago it was dead-lettered, when that is known.
     pub fn age(&self, now: DateTime<Utc>) -> Option<std::time::Duration> {
-        (now - self.dead_lettered_at?).to_std().ok()
+        now.signed_duration_since(self.dead_lettered_at?)
+            .to_std()
+            .ok()
     }
 }
 

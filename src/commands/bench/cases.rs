@@ -86,7 +86,7 @@ impl Upstream {
     /// service time. `None` when unlimited.
     pub fn bound_per_second(&self) -> Option<f64> {
         let capacity = self.capacity? as f64;
-        let mean = (self.latency + self.jitter / 2).as_secs_f64();
+        let mean = self.latency.as_secs_f64() + self.jitter.as_secs_f64() / 2.0;
         (mean > 0.0).then(|| capacity / mean)
     }
 }

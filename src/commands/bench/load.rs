@@ -10,6 +10,7 @@ use super::cases::Load;
 use super::events::EventBody;
 use super::ledger::Ledger;
 use crate::broker::short;
+use crate::time::Later;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub async fn publish(
     };
     for (index, body) in bodies.iter_mut().enumerate() {
         if let Some(period) = period {
-            let due = start + period.mul_f64(index as f64);
+            let due = start.later_by(period.mul_f64(index as f64));
             if due > tokio::time::Instant::now() {
                 tokio::time::sleep_until(due).await;
             }

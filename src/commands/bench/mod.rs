@@ -49,6 +49,7 @@ use crate::commands::demo::{LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
 use crate::config::{BrokerSettings, ConfigError, DatabaseSettings};
 use crate::events::TicketReady;
 use crate::shutdown::Shutdown;
+use crate::time::Later;
 use cases::Plan;
 use environment::{Environment, say};
 use phase::{Context, Running};
@@ -81,7 +82,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), CommandError> {
         .on_signals()
         .map_err(|e| anyhow::anyhow!("cannot listen for signals: {e}"))?;
 
-    let deadline = Instant::now() + args.timeout;
+    let deadline = Instant::now().later_by(args.timeout);
     let mut environment = Environment::new();
     let mut running = Running::default();
     let measured = tokio::select! {
@@ -251,7 +252,9 @@ fn ceiling_reply() -> Vec<u8> {
         user_device_id: "android-1a2b3c4d".into(),
         user_platform: "android",
         issued_at: now,
-        expires_at: now + chrono::Duration::hours(1),
+        expires_at: now
+            .checked_add_signed(chrono::Duration::hours(1))
+            .unwrap_or(now),
     };
     serde_json::to_vec(&ready).unwrap_or_default()
 }

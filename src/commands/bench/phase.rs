@@ -25,6 +25,7 @@ use super::watch;
 use crate::fake_taptalk::{FakeTaptalk, Knobs};
 use crate::shutdown::Shutdown;
 use crate::taptalk::ServerKey;
+use crate::time::Later;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -296,7 +297,7 @@ async fn wait_consuming(
     replicas: usize,
     running: &mut Running,
 ) -> anyhow::Result<()> {
-    let until = (Instant::now() + START_WITHIN).min(ctx.deadline);
+    let until = Instant::now().later_by(START_WITHIN).min(ctx.deadline);
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
@@ -350,7 +351,7 @@ async fn wait_for_answers(
 ) -> End {
     let mut progress = Progress::new();
     let mut published = false;
-    let mut next_line = Instant::now() + Duration::from_secs(1);
+    let mut next_line = Instant::now().later_by(Duration::from_secs(1));
     let end = loop {
         if ledger.answered_count() >= ledger.events() {
             break End::Answered;
@@ -372,7 +373,7 @@ async fn wait_for_answers(
         }
         if Instant::now() >= next_line {
             progress.show(name, ledger);
-            next_line += Duration::from_secs(1);
+            next_line = next_line.later_by(Duration::from_secs(1));
         }
         tokio::select! {
             joined = &mut publisher, if !published => {

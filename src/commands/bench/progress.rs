@@ -5,6 +5,7 @@
 
 use super::ledger::Ledger;
 use super::table::thousands;
+use crate::time::Later;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -38,8 +39,9 @@ impl Progress {
             .map(|first| now.saturating_sub(Duration::from_micros(first)))
             .unwrap_or_default();
         let (then, before) = self.last.unwrap_or((now.saturating_sub(since), 0));
-        if now >= then + Duration::from_millis(500) {
-            self.rate = answered.saturating_sub(before) as f64 / (now - then).as_secs_f64();
+        if now >= then.later_by(Duration::from_millis(500)) {
+            self.rate =
+                answered.saturating_sub(before) as f64 / now.saturating_sub(then).as_secs_f64();
             self.last = Some((now, answered));
         }
         let rate = self.rate;

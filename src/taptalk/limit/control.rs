@@ -530,6 +530,7 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::Later;
 
     struct Bench {
         control: Controller,
@@ -548,14 +549,14 @@ mod tests {
         /// A request sent at `sent` ms at `level`, answered at `at` ms.
         fn answer(&mut self, sent: u64, at: u64, level: usize, signal: Signal) {
             let sample = Sample {
-                started: self.t0 + Duration::from_millis(sent),
+                started: self.t0.later_by(Duration::from_millis(sent)),
                 level,
                 in_flight: level,
                 saturated: level >= self.control.limit(),
                 signal,
             };
             self.control
-                .on_done(self.t0 + Duration::from_millis(at), sample);
+                .on_done(self.t0.later_by(Duration::from_millis(at)), sample);
         }
 
         /// `rounds` round trips of 100 ms, each with `per_round` saturated

@@ -64,7 +64,7 @@ async fn against_the_stand_in(
         for _ in 0..10 {
             let before = std::time::Instant::now();
             tokio::time::sleep(Duration::from_millis(10)).await;
-            lag += before.elapsed().saturating_sub(Duration::from_millis(10));
+            lag = lag.saturating_add(before.elapsed().saturating_sub(Duration::from_millis(10)));
         }
         lags.push(lag / 10);
         let at = start.elapsed();
@@ -94,7 +94,9 @@ async fn against_the_stand_in(
     let later: Vec<_> = trace.iter().filter(|p| p.0 >= run / 2).collect();
     let (first, last) = (later.first(), later.last());
     let late_rate = match (first, last) {
-        (Some(a), Some(b)) if b.0 > a.0 => (b.2 - a.2) as f64 / (b.0 - a.0).as_secs_f64(),
+        (Some(a), Some(b)) if b.0 > a.0 => {
+            (b.2 - a.2) as f64 / b.0.saturating_sub(a.0).as_secs_f64()
+        }
         _ => 0.0,
     };
     let limits: Vec<usize> = later.iter().map(|p| p.1).collect();

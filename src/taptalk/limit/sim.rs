@@ -9,6 +9,7 @@
 //! `cargo test --lib taptalk::limit::sim -- --nocapture --test-threads=1`.
 
 use super::*;
+use crate::time::Later;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Semaphore;
@@ -210,7 +211,7 @@ impl Run {
                 let (limit, upstream) = (self.limit.clone(), upstream.clone());
                 let (calls, start) = (Arc::clone(&self.calls), self.start);
                 tokio::spawn(async move {
-                    tokio::time::sleep_until(start + from).await;
+                    tokio::time::sleep_until(start.later_by(from)).await;
                     while start.elapsed() < until {
                         match Run::one(&limit, &upstream, &calls, start).await {
                             Answer::Ticket => {}
@@ -236,16 +237,16 @@ impl Run {
         let (calls, start) = (Arc::clone(&self.calls), self.start);
         tokio::spawn(async move {
             let gap = Duration::from_secs(1) / per_second;
-            let mut next = start + from;
+            let mut next = start.later_by(from);
             let mut requests = Vec::new();
-            while next < start + until {
+            while next < start.later_by(until) {
                 tokio::time::sleep_until(next).await;
                 let (limit, upstream, calls) =
                     (limit.clone(), upstream.clone(), Arc::clone(&calls));
                 requests.push(tokio::spawn(async move {
                     Run::one(&limit, &upstream, &calls, start).await;
                 }));
-                next += gap;
+                next = next.later_by(gap);
             }
             for request in requests {
                 request.await.expect("request");
@@ -268,7 +269,7 @@ impl Run {
             .iter()
             .filter(|c| c.answer == Answer::Ticket && c.answered >= from && c.answered < to)
             .count();
-        tickets as f64 / (to - from).as_secs_f64()
+        tickets as f64 / to.saturating_sub(from).as_secs_f64()
     }
 
     /// First time the limit was at least `level`.

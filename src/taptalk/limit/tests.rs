@@ -2,6 +2,7 @@
 //! line, and the control law step by step on hand-made answers.
 
 use super::*;
+use crate::time::Later;
 use std::sync::Mutex as StdMutex;
 use tokio::time::{sleep, timeout};
 
@@ -88,7 +89,7 @@ async fn drive(
     latency: Duration,
     answer: fn(u64) -> Signal,
 ) {
-    let until = Instant::now() + run;
+    let until = Instant::now().later_by(run);
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
