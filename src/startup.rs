@@ -84,6 +84,7 @@ impl Application {
                 client,
                 limit: limit.clone(),
                 rate: settings.rate_limit.clone(),
+                pause: crate::taptalk::UpstreamPause::new(settings.taptalk.max_retry_after),
             },
             breaker,
             policy,

@@ -234,3 +234,165 @@ async fn errors_inside_http_200_are_retried_never_stored_or_announced() {
         answers.len()
     );
 }
+
+// ------------------------------------------------------- a huge Retry-After
+
+/// Answers ticket requests `503` for the first 1.2 s (so that events retry
+/// for a while, as the worker did before the 429s of the report), then the
+/// next `throttled` ones `429` with `Retry-After: 18446744073709551615`
+/// (u64::MAX seconds), then clean successes.
+struct ThrottlingUpstream {
+    url: url::Url,
+    state: Arc<Mutex<Throttle>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Throttle {
+    requests: Vec<std::time::Instant>,
+    /// When the 429s were sent.
+    throttled_at: Vec<std::time::Instant>,
+    throttle_left: usize,
+}
+
+enum Reply {
+    Warming,
+    Throttled,
+    Ticket(usize),
+}
+
+impl ThrottlingUpstream {
+    async fn start(throttled: usize) -> ThrottlingUpstream {
+        let state = Arc::new(Mutex::new(Throttle {
+            throttle_left: throttled,
+            ..Throttle::default()
+        }));
+        let shared = Arc::clone(&state);
+        let app = axum::Router::new().route(
+            AUTH_TICKET_PATH,
+            axum::routing::post(move |body: Json<Value>| {
+                let shared = Arc::clone(&shared);
+                async move {
+                    use axum::response::IntoResponse;
+                    let Some(xc_user_id) = body.get("xcUserID").and_then(Value::as_str) else {
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            Json(json!({"status": 400, "error": {"code": "ParamValidationFailed", "message": "xcUserID (105) is required", "field": "xcUserID"}, "data": {}})),
+                        )
+                            .into_response();
+                    };
+                    let reply = {
+                        let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        let now = std::time::Instant::now();
+                        state.requests.push(now);
+                        let first = state.requests[0];
+                        if now.duration_since(first) < Duration::from_millis(1_200) {
+                            Reply::Warming
+                        } else if state.throttle_left > 0 {
+                            state.throttle_left -= 1;
+                            state.throttled_at.push(now);
+                            Reply::Throttled
+                        } else {
+                            Reply::Ticket(state.requests.len())
+                        }
+                    };
+                    match reply {
+                        Reply::Warming => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(json!({"status": 503, "error": {"code": "50300", "message": "warming up", "field": ""}, "data": {}})),
+                        )
+                            .into_response(),
+                        Reply::Throttled => (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "18446744073709551615")],
+                            Json(json!({"status": 429, "error": {"code": "42900", "message": "slow down", "field": ""}, "data": {}})),
+                        )
+                            .into_response(),
+                        Reply::Ticket(n) => (
+                            StatusCode::OK,
+                            Json(json!({"status": 200, "error": {"code": "", "message": "", "field": ""},
+                                        "data": {"userID": format!("u-{xc_user_id}"), "ticket": format!("T-{n}")}})),
+                        )
+                            .into_response(),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ThrottlingUpstream {
+            url: format!("http://{addr}").parse().expect("url"),
+            state,
+            task,
+        }
+    }
+
+    /// Every request, and when the 429s went out.
+    fn seen(&self) -> (Vec<std::time::Instant>, Vec<std::time::Instant>) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (state.requests.clone(), state.throttled_at.clone())
+    }
+}
+
+impl Drop for ThrottlingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_is_a_capped_pause_for_every_request_not_a_panic() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::new().await;
+    let tap = broker.tap().await;
+    let upstream = ThrottlingUpstream::start(3).await;
+    let mut env = worker_env(
+        &db.url,
+        &broker,
+        &upstream.url,
+        &format!("tw-429-{}", unique()),
+    );
+    env.push(("TAPTALK_MAX_RETRY_AFTER", "2s".into()));
+    env.push(("LOG_FORMAT", "json".into()));
+    let events: Vec<Value> = (0..10)
+        .map(|i| login_event(&format!("throttled-{i}")))
+        .collect();
+    broker.publish_events(&events).await;
+    let mut worker = WorkerProcess::spawn(&env);
+    tap.wait_for("ticket.ready", events.len(), WAIT).await;
+    let logs = worker.logs();
+    assert_eq!(worker.terminate().await, Some(0), "{logs}");
+
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "every line is JSON, panics included: {line}"
+        );
+    }
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert!(logs.contains("Retry-After"), "the pause is logged: {logs}");
+    // Honoured as a pause for everyone: after the first 429, nothing for
+    // the (capped) pause but what was in flight already; not a storm.
+    let (requests, throttled_at) = upstream.seen();
+    let first_429 = throttled_at[0];
+    let during: Vec<_> = requests
+        .iter()
+        .map(|at| at.saturating_duration_since(first_429))
+        .filter(|after| {
+            *after > Duration::from_millis(300) && *after < Duration::from_millis(1_500)
+        })
+        .collect();
+    assert!(during.is_empty(), "requests during the pause: {during:?}");
+    let after_warming = requests.iter().filter(|at| **at >= first_429).count();
+    assert!(
+        after_warming <= events.len() + 3,
+        "{after_warming} requests once TapTalk throttled"
+    );
+    assert_eq!(tap.failed().len(), 0);
+    assert_eq!(db.count().await, events.len() as i64);
+}

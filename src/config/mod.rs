@@ -97,6 +97,10 @@ impl Settings {
         let server_key = problems.take(server_key(&args.taptalk.key));
         let timeout = problems.take(positive_duration("TAPTALK_TIMEOUT", &args.taptalk_timeout));
         let retry_for = problems.take(duration("TAPTALK_RETRY_FOR", &args.taptalk_retry_for));
+        let max_retry_after = problems.take(duration(
+            "TAPTALK_MAX_RETRY_AFTER",
+            &args.taptalk_max_retry_after,
+        ));
         let outage_after = problems.take(duration("OUTAGE_AFTER", &args.outage_after));
         let prefetch = problems.take(
             args.prefetch
@@ -139,6 +143,7 @@ impl Settings {
             Some(server_key),
             Some(timeout),
             Some(retry_for),
+            Some(max_retry_after),
             Some(outage_after),
             Some(max_event_age),
             Some(max_clock_skew),
@@ -158,6 +163,7 @@ impl Settings {
             server_key,
             timeout,
             retry_for,
+            max_retry_after,
             outage_after,
             max_event_age,
             max_clock_skew,
@@ -180,7 +186,10 @@ impl Settings {
         Ok(Settings {
             broker,
             database,
-            taptalk: TaptalkSettings::new(base_url, server_key, timeout, retry_for),
+            taptalk: TaptalkSettings {
+                max_retry_after,
+                ..TaptalkSettings::new(base_url, server_key, timeout, retry_for)
+            },
             breaker: BreakerSettings {
                 trip_after: outage_after,
                 ..BreakerSettings::default()

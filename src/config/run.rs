@@ -30,6 +30,14 @@ pub struct RunArgs {
         default_value = "30s"
     )]
     pub taptalk_retry_for: String,
+    /// Longest pause honoured when TapTalk answers 429 with Retry-After (no request from this worker meanwhile)
+    #[arg(
+        long,
+        env = "TAPTALK_MAX_RETRY_AFTER",
+        value_name = "TAPTALK_MAX_RETRY_AFTER",
+        default_value = "60s"
+    )]
+    pub taptalk_max_retry_after: String,
     /// How long TapTalk or Postgres must fail every call before intake pauses
     #[arg(
         long,

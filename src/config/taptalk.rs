@@ -54,6 +54,9 @@ pub struct TaptalkSettings {
     pub timeout: Duration,
     /// Retries of one request: 200 ms doubling to 5 s, for `retry_for`.
     pub retry: RetryPolicy,
+    /// `TAPTALK_MAX_RETRY_AFTER`: the longest pause a 429's `Retry-After`
+    /// imposes (see [`UpstreamPause`](crate::taptalk::UpstreamPause)).
+    pub max_retry_after: Duration,
 }
 
 impl TaptalkSettings {
@@ -72,6 +75,7 @@ impl TaptalkSettings {
                 max_pause: Duration::from_secs(5),
                 give_up_after: Some(retry_for),
             },
+            max_retry_after: crate::taptalk::pause::DEFAULT_MAX_RETRY_AFTER,
         }
     }
 }

@@ -90,6 +90,40 @@ pub fn init_with(format: LogFormat, default_filter: &str, traces: Option<&Traces
     if installed.is_ok() && traces.is_some() {
         traces::mark_installed();
     }
+    if installed.is_ok() {
+        log_panics();
+    }
+}
+
+/// Routes panic messages through the log, so that they pass the redactor
+/// and come in the configured format (`LOG_FORMAT=json`) like any other
+/// line: Rust's own hook writes them to stderr as plain text, secrets and
+/// all. Where no subscriber is in place (before logging starts), the
+/// previous hook still prints them.
+pub fn log_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let logging = tracing::dispatcher::get_default(|dispatch| {
+            !dispatch.is::<tracing::subscriber::NoSubscriber>()
+        });
+        if !logging {
+            previous(info);
+            return;
+        }
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        tracing::error!(target: "ticket_worker::panic", %location, thread, "panicked: {message}");
+    }));
 }
 
 /// The layer writing log lines to stderr, scrubbed.
@@ -192,5 +226,37 @@ mod tests {
             .collect();
         assert!(!logs.contains(&listed.join(", ")), "{logs}");
         assert_eq!(logs.matches("[REDACTED]").count(), 2, "{logs}");
+    }
+
+    #[test]
+    fn panics_are_logged_through_the_redactor_in_the_log_format() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(RedactingMakeWriter::new(move || writer.clone()))
+                .with_ansi(false)
+                .json(),
+        );
+        register_secret("panic-test-Pw-5c1e");
+        log_panics();
+        tracing::subscriber::with_default(subscriber, || {
+            let _ = std::panic::catch_unwind(|| {
+                panic!("overflow near the key panic-test-Pw-5c1e");
+            });
+        });
+        let logs = captured.text();
+        let line: serde_json::Value = serde_json::from_str(logs.trim()).expect("one JSON line");
+        assert_eq!(line["level"], "ERROR");
+        assert_eq!(
+            line["fields"]["message"],
+            "panicked: overflow near the key [REDACTED]"
+        );
+        assert!(
+            line["fields"]["location"]
+                .as_str()
+                .is_some_and(|l| l.contains("logs.rs"))
+        );
+        assert!(!logs.contains("panic-test-Pw-5c1e"), "{logs}");
     }
 }

@@ -42,7 +42,7 @@ use crate::retry::{Verdict, retry};
 use crate::storage::{
     BatchedStore, FailedFor, Known, Saved, StoreError, StoredFailure, TicketStore, body_digest,
 };
-use crate::taptalk::{AdaptiveLimit, RateLimit, Signal, TaptalkClient, TicketError};
+use crate::taptalk::{AdaptiveLimit, RateLimit, Signal, TaptalkClient, TicketError, UpstreamPause};
 use chrono::Utc;
 use decision::{encoding_failed, failed, invalid_event, ticket_failed};
 use std::future::Future;
@@ -57,6 +57,8 @@ pub struct Upstream {
     pub limit: AdaptiveLimit,
     /// A hard cap on TapTalk requests per second, when set.
     pub rate: Option<RateLimit>,
+    /// The quiet TapTalk asked for with a 429's `Retry-After`.
+    pub pause: UpstreamPause,
 }
 
 /// The services one event needs, shared by all in-flight messages.
@@ -250,7 +252,9 @@ impl Pipeline {
             tracing::error!(%detail, "unexpected failure; the event goes back to the queue");
             return Decision::Requeue;
         }
-        if self.breaker.is_open() {
+        if self.breaker.is_open() || error.rate_limited() {
+            // Down for everybody, or TapTalk asked everybody for quiet: not
+            // this event's own failure.
             return Decision::RetryLater { count: false };
         }
         let rounds = message.retries;
@@ -335,8 +339,10 @@ impl Pipeline {
                 if tried.fetch_add(1, Ordering::Relaxed) > 0 {
                     self.metrics.retry(Retry::Taptalk);
                 }
-                // One permit per attempt, none held across a retry pause.
+                // One permit per attempt, none held across a retry pause; and
+                // no request while TapTalk asked for quiet.
                 let upstream = &self.upstream;
+                upstream.pause.wait().await;
                 if let Some(rate) = &upstream.rate {
                     rate.wait().await;
                 }
@@ -346,6 +352,20 @@ impl Pipeline {
                 self.metrics
                     .taptalk_request(RequestResult::of(&result), started.elapsed());
                 permit.done(Signal::of(&result));
+                if let Err(TicketError::Transient {
+                    retry_after: Some(after),
+                    ..
+                }) = &result
+                {
+                    let (pause, fresh) = upstream.pause.asked(*after);
+                    if fresh {
+                        tracing::warn!(
+                            asked = %humantime::format_duration(Duration::from_secs(after.as_secs().min(u64::from(u32::MAX)))),
+                            pause = %humantime::format_duration(Duration::from_secs(pause.as_secs())),
+                            "TapTalk answered 429 with Retry-After: no TapTalk request from this worker until the pause is over (at most TAPTALK_MAX_RETRY_AFTER)"
+                        );
+                    }
+                }
                 match result.as_ref().map_err(TicketError::failure) {
                     Ok(_) | Err(None) => self.breaker.record_success(Dependency::Taptalk),
                     Err(Some(failure)) => {
@@ -359,12 +379,12 @@ impl Pipeline {
                 result
             },
             |error: &TicketError| match error {
-                TicketError::Transient {
-                    detail,
-                    retry_after,
-                } if !self.breaker.is_open() => {
+                // A Retry-After is waited out by the next attempt, at the
+                // pause every request waits at: not by this event's own
+                // schedule, whose time budget a long pause would end.
+                TicketError::Transient { detail, .. } if !self.breaker.is_open() => {
                     tracing::debug!(%detail, "TapTalk request failed; retrying");
-                    Verdict::Retry(*retry_after)
+                    Verdict::Retry(None)
                 }
                 _ => Verdict::Stop,
             },
@@ -381,12 +401,26 @@ impl Pipeline {
 trait Unavailable: std::fmt::Display {
     /// Whether trying again later can help.
     fn retryable(&self) -> bool;
+    /// Whether the upstream asked for quiet (a 429 with `Retry-After`).
+    fn rate_limited(&self) -> bool {
+        false
+    }
 }
 
 impl Unavailable for TicketError {
     fn retryable(&self) -> bool {
         // Rejections are answered before; everything else may pass.
         true
+    }
+
+    fn rate_limited(&self) -> bool {
+        matches!(
+            self,
+            TicketError::Transient {
+                retry_after: Some(_),
+                ..
+            }
+        )
     }
 }
 

@@ -328,15 +328,20 @@ fn describe(status: StatusCode, envelope: Option<&ApiEnvelope>) -> String {
 }
 
 /// `Retry-After` in seconds (TapTalk-style servers send seconds, not dates).
+/// A `Retry-After` header: delay-seconds or an HTTP-date (RFC 9110). Any
+/// number of seconds is read, up to `u64::MAX`; the pause it imposes is
+/// capped where it is honoured ([`UpstreamPause`](super::UpstreamPause)).
+/// A date in the past is no pause; anything else is ignored.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(Duration::from_secs(seconds))
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// A request that got no answer. When TapTalk could not be reached at all
@@ -646,5 +651,25 @@ mod tests {
             endpoint(&base).map(|u| u.to_string()).ok(),
             Some("https://gw.example.com/taptalk/v1/server/auth_ticket/request".into())
         );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_of_any_size_and_http_dates() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(value).expect("header"));
+            retry_after(&headers)
+        };
+        assert_eq!(with("3"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            with("18446744073709551615"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        assert!(with(&soon).is_some_and(|d| d > Duration::from_secs(100)));
+        assert_eq!(with("-1"), None);
+        assert_eq!(with("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 }

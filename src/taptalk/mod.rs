@@ -6,9 +6,11 @@
 pub mod api;
 pub mod client;
 pub mod limit;
+pub mod pause;
 pub mod rate;
 
 pub use api::ServerKey;
 pub use client::{TaptalkClient, TicketError};
 pub use limit::{AdaptiveLimit, LimitSettings, Permit, Signal};
+pub use pause::UpstreamPause;
 pub use rate::RateLimit;

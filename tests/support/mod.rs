@@ -676,6 +676,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
                 max_pause: Duration::from_millis(200),
                 give_up_after: Some(Duration::from_secs(5)),
             },
+            max_retry_after: Duration::from_secs(60),
         },
         breaker: BreakerSettings {
             trip_after: Duration::from_secs(2),
