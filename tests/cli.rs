@@ -849,3 +849,60 @@ async fn run_waits_for_a_database_that_does_not_exist_yet_instead_of_exiting() {
     h.tap.wait_for("ticket.ready", 1, WAIT).await;
     assert_eq!(worker.terminate().await, Some(0));
 }
+
+#[test]
+fn no_help_shows_the_value_of_a_setting_that_can_carry_credentials() {
+    let env = [
+        ("AMQP_URL", "amqp://ops:pw-amqp-Q1@127.0.0.1:5672/%2f"),
+        (
+            "DATABASE_URL",
+            "postgres://ops:pw-db-Q2@127.0.0.1:5432/test",
+        ),
+        // A gateway in front of TapTalk that takes credentials in the URL.
+        ("TAPTALK_BASE_URL", "https://gw:pw-base-Q3@taptalk.example"),
+        ("TAPTALK_SERVER_KEY_SECRET", "pw-key-Q4"),
+    ];
+    for command in [
+        &["run", "--help"][..],
+        &["migrate", "--help"],
+        &["publish", "--help"],
+        &["demo", "--help"],
+        &["bench", "--help"],
+        &["fake-taptalk", "--help"],
+        &["dlq", "list", "--help"],
+        &["dlq", "replay", "--help"],
+    ] {
+        let output = bin().args(command).envs(env).output().expect("help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{command:?}: {help}");
+        for secret in ["pw-amqp-Q1", "pw-db-Q2", "pw-base-Q3", "pw-key-Q4"] {
+            assert!(
+                !help.contains(secret),
+                "{command:?} shows {secret}:\n{help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_secret_file_other_users_can_read_is_warned_about() {
+    let dir = std::env::temp_dir().join(format!("tw-cli-{}", unique()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("secret");
+    std::fs::write(&path, "hunter2-key\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut env = complete_env();
+    env.retain(|(k, _)| *k != "TAPTALK_SERVER_KEY_SECRET" && *k != "AMQP_URL");
+    env.push(("TAPTALK_SERVER_KEY_SECRET_FILE", path.display().to_string()));
+    let (code, stderr) = run_with(&env);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 2, "AMQP_URL is missing: {stderr}");
+    assert!(
+        stderr.contains("a secret file is readable by other users")
+            && stderr.contains("TAPTALK_SERVER_KEY_SECRET_FILE")
+            && stderr.contains("0644"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -380,3 +380,28 @@ async fn the_migration_refuses_a_reader_role_that_could_do_more_than_read() {
     .expect("query");
     assert_eq!(public_grants, 0, "auth_tickets is not granted to PUBLIC");
 }
+
+#[tokio::test]
+async fn migrating_again_with_another_reader_role_says_what_the_operator_must_do() {
+    let db = TestDb::create().await;
+    let mut roles = TestRoles::default();
+    let first = roles.name("tw_first_reader");
+    let second = roles.name("tw_second_reader");
+    let (code, stderr) = migrate(&db, &first);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("the reader role may read the tickets, and no other role may"),
+        "{stderr}"
+    );
+    // The grants were made by the first run; another name changes nothing
+    // by itself, and migrate says so, with the SQL to run.
+    let (code, stderr) = migrate(&db, &second);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("READER_ROLE {second} may not read the tickets"))
+            && stderr.contains(&format!("GRANT SELECT ON auth_tickets TO {second}"))
+            && stderr.contains(&format!("REVOKE SELECT ON auth_tickets FROM {first}")),
+        "{stderr}"
+    );
+    assert_eq!(grants_to(&db.pool, &second).await, Vec::<String>::new());
+}

@@ -16,5 +16,20 @@ pub async fn run(args: &DatabaseArgs) -> Result<(), CommandError> {
         )
     })?;
     tracing::info!("database migrations applied");
+    // The reader's grants are made once, by the migration that runs first:
+    // say so if READER_ROLE names someone else now.
+    match store.ticket_readers().await {
+        Ok(readers) => match crate::storage::reader_role_advice(&database.reader_role, &readers) {
+            Some(advice) => {
+                tracing::warn!(reader_role = %database.reader_role, readers = ?readers, "{advice}")
+            }
+            None => {
+                tracing::info!(reader_role = %database.reader_role, "the reader role may read the tickets, and no other role may")
+            }
+        },
+        Err(error) => {
+            tracing::warn!(%error, "cannot check which roles may read the tickets")
+        }
+    }
     Ok(())
 }

@@ -11,6 +11,8 @@ pub async fn run(args: &RunArgs) -> Result<(), CommandError> {
     secrets::register_broker(&settings.broker);
     secrets::register_database(&settings.database);
     settings.taptalk.server_key.register_with_logs();
+    // A proxy or gateway in front of TapTalk may take credentials in the URL.
+    crate::observe::register_url(settings.taptalk.base_url.as_str());
     tracing::info!(
         amqp = %crate::config::redact_url(settings.broker.amqp_url.expose_secret()),
         taptalk = %crate::config::redact_url(settings.taptalk.base_url.as_str()),

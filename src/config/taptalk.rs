@@ -40,7 +40,12 @@ pub struct ServerKeyArgs {
 #[derive(clap::Args, Clone)]
 pub struct TaptalkArgs {
     /// TapTalk base URL, e.g. https://taptalk.io (the stand-in: http://127.0.0.1:8089)
-    #[arg(long, env = "TAPTALK_BASE_URL", value_name = "TAPTALK_BASE_URL")]
+    #[arg(
+        long,
+        env = "TAPTALK_BASE_URL",
+        value_name = "TAPTALK_BASE_URL",
+        hide_env_values = true
+    )]
     pub taptalk_base_url: Option<String>,
     #[command(flatten)]
     pub key: ServerKeyArgs,

@@ -299,6 +299,36 @@ fn secrets_come_from_files() {
 }
 
 #[test]
+fn secret_files_must_be_small_regular_non_empty_files() {
+    let dir = std::env::temp_dir().join(format!("tw-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").expect("write");
+    let huge = dir.join("huge");
+    std::fs::write(&huge, "x".repeat(70_000)).expect("write");
+    let cases: [(std::path::PathBuf, &str); 4] = [
+        // Read until memory ran out, before.
+        ("/dev/zero".into(), "not a regular file"),
+        (dir.clone(), "not a regular file"),
+        (empty, "is empty: write the secret into it"),
+        (huge, "holds 70000 bytes"),
+    ];
+    for (path, says) in cases {
+        let mut args = complete_args();
+        args.taptalk.key.taptalk_server_key_secret = None;
+        args.taptalk.key.taptalk_server_key_secret_file = Some(path.clone());
+        let error = only(Settings::from_args(&args).map(|_| ()).expect_err("refused"));
+        assert_eq!(error.setting, "TAPTALK_SERVER_KEY_SECRET", "{path:?}");
+        assert!(error.problem.contains(says), "{path:?}: {error}");
+        assert!(
+            error.problem.contains("TAPTALK_SERVER_KEY_SECRET_FILE"),
+            "{error}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn redaction() {
     assert_eq!(
         redact_url("amqp://guest:guest@h:5672/%2f"),

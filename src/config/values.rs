@@ -23,19 +23,88 @@ pub(super) fn secret(
                 format!("set either {setting} or {setting}_FILE, not both"),
             ));
         }
-        (_, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                setting,
-                format!("cannot read {setting}_FILE {}: {e}", path.display()),
-            )
-        })?),
+        (_, Some(path)) => {
+            let text = secret_file(setting, path)?;
+            let text = text.trim_end_matches(['\r', '\n']);
+            if text.trim().is_empty() {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "{setting}_FILE {} is empty: write the secret into it, or point {setting}_FILE at the file that holds it",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(text.to_owned())
+        }
         (_, None) => None,
     };
     let raw = from_file
-        .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
         .or_else(|| value.map(str::to_owned))
         .or_else(|| default.map(str::to_owned));
     required(setting, flag, raw, true).map(SecretString::from)
+}
+
+/// The most a secret file may hold: far more than any URL or key.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a `*_FILE` secret: a regular file (not a device, a pipe or a
+/// directory: `/dev/zero` would be read until memory ran out) of at most
+/// [`MAX_SECRET_FILE_BYTES`], UTF-8. Warns when other users may read it, or
+/// anyone but its owner write it.
+fn secret_file(setting: &'static str, path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let shown = path.display();
+    let cannot = |why: String| {
+        ConfigError::new(
+            setting,
+            format!("cannot read {setting}_FILE {shown}: {why}"),
+        )
+    };
+    let metadata = std::fs::metadata(path).map_err(|e| cannot(e.to_string()))?;
+    if !metadata.is_file() {
+        return Err(cannot(
+            "it is not a regular file (a directory, a device or a pipe); point it at the file that holds the secret".into(),
+        ));
+    }
+    if metadata.len() > MAX_SECRET_FILE_BYTES {
+        return Err(cannot(format!(
+            "it holds {} bytes, more than a secret file may ({MAX_SECRET_FILE_BYTES})",
+            metadata.len()
+        )));
+    }
+    warn_if_loose(setting, path, &metadata);
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| cannot(e.to_string()))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(cannot(format!(
+            "it grew past {MAX_SECRET_FILE_BYTES} bytes while being read"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| cannot("it is not UTF-8 text".into()))
+}
+
+/// Warns when a secret file is readable by other users, or writable by
+/// anyone but its owner. Group-readable is fine: Kubernetes mounts Secrets
+/// for the pod's group.
+fn warn_if_loose(setting: &'static str, path: &std::path::Path, metadata: &std::fs::Metadata) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o026 != 0 {
+            tracing::warn!(
+                setting = %format!("{setting}_FILE"),
+                path = %path.display(),
+                mode = %format!("{mode:04o}"),
+                "a secret file is readable by other users or writable by others than its owner; chmod 600 (or 440 for a group) it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (setting, path, metadata);
 }
 
 pub(super) fn required(

@@ -288,6 +288,24 @@ impl TicketStore {
         MIGRATOR.run(&self.pool).await
     }
 
+    /// The roles (other than the owner) that may read `auth_tickets`, in
+    /// name order; `PUBLIC` when everyone may.
+    #[tracing::instrument(name = "storage.ticket_readers", skip_all)]
+    pub async fn ticket_readers(&self) -> Result<Vec<String>, StoreError> {
+        let readers: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT coalesce(r.rolname, 'PUBLIC')
+             FROM pg_class c
+             CROSS JOIN LATERAL aclexplode(c.relacl) a
+             LEFT JOIN pg_roles r ON r.oid = a.grantee
+             WHERE c.oid = 'auth_tickets'::regclass
+               AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(readers)
+    }
+
     /// Checks, without side effects, that the worker can use its tables: the
     /// connection works and the user may read and write them.
     #[tracing::instrument(name = "storage.probe", skip_all)]
@@ -323,6 +341,37 @@ impl crate::health::Probe for TicketStore {
             )
         })
     }
+}
+
+/// What an operator must do when the roles that may read the tickets are
+/// not just `reader_role` (READER_ROLE): the migration that grants the
+/// reader its rights runs once per database, so naming another role later
+/// changes nothing by itself. `None` when all is as configured.
+pub fn reader_role_advice(reader_role: &str, readers: &[String]) -> Option<String> {
+    let others: Vec<&String> = readers.iter().filter(|r| *r != reader_role).collect();
+    let has_it = readers.iter().any(|r| r == reader_role);
+    if has_it && others.is_empty() {
+        return None;
+    }
+    let mut advice = String::new();
+    if !has_it {
+        advice.push_str(&format!(
+            "READER_ROLE {reader_role} may not read the tickets: the migration that grants the reader role its rights ran before, under another name. As the owner of the tables, run: \
+             GRANT USAGE ON SCHEMA public TO {reader_role}; GRANT SELECT ON auth_tickets TO {reader_role}; \
+             GRANT EXECUTE ON FUNCTION current_auth_ticket(text, text), claim_auth_ticket(text, text) TO {reader_role};"
+        ));
+    }
+    for other in others {
+        if !advice.is_empty() {
+            advice.push(' ');
+        }
+        advice.push_str(&format!(
+            "{other} may still read the tickets, though READER_ROLE is {reader_role}; if it should not, run: \
+             REVOKE SELECT ON auth_tickets FROM {other}; \
+             REVOKE EXECUTE ON FUNCTION current_auth_ticket(text, text), claim_auth_ticket(text, text) FROM {other};"
+        ));
+    }
+    Some(advice)
 }
 
 #[cfg(test)]
@@ -382,5 +431,27 @@ mod tests {
             text,
             "function claim_auth_ticket(integer) does not exist (SQLSTATE 42883); detail: some detail; hint: No function matches the given name and argument types."
         );
+    }
+
+    #[test]
+    fn reader_role_advice_names_what_to_grant_and_revoke() {
+        let readers = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::reader_role_advice("a", &readers(&["a"])), None);
+        let moved = super::reader_role_advice("b", &readers(&["a"])).unwrap_or_default();
+        assert!(
+            moved.contains("READER_ROLE b may not read the tickets"),
+            "{moved}"
+        );
+        assert!(
+            moved.contains("GRANT SELECT ON auth_tickets TO b"),
+            "{moved}"
+        );
+        assert!(
+            moved.contains("REVOKE SELECT ON auth_tickets FROM a"),
+            "{moved}"
+        );
+        let extra = super::reader_role_advice("b", &readers(&["a", "b"])).unwrap_or_default();
+        assert!(!extra.contains("GRANT"), "{extra}");
+        assert!(extra.contains("a may still read"), "{extra}");
     }
 }

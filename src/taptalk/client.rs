@@ -299,9 +299,13 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// A value that can be stored and shown: non-empty, bounded, no control characters.
+/// A value that can be stored and shown: non-empty, bounded, no control or
+/// invisible format characters (an id with U+202E or U+200B in it looks
+/// like another; see [`crate::domain::text::is_unsafe`]).
 fn usable(value: &str, max_chars: usize) -> bool {
-    !value.is_empty() && value.chars().count() <= max_chars && !value.chars().any(char::is_control)
+    !value.is_empty()
+        && value.chars().count() <= max_chars
+        && !value.chars().any(crate::domain::text::is_unsafe)
 }
 
 /// "TapTalk answered HTTP <status>", the envelope's status when it differs,
@@ -431,6 +435,10 @@ mod tests {
             r#"{"status":200,"data":{}}"#,
             "<html>",
             r#"{"status":200,"data":{"userID":"u","ticket":""}}"#,
+            // Control and invisible format characters: not an id or ticket.
+            r#"{"status":200,"data":{"userID":"u","ticket":"t\u001b[2J"}}"#,
+            r#"{"status":200,"data":{"userID":"u\u202e1","ticket":"t"}}"#,
+            r#"{"status":200,"data":{"userID":"u","ticket":"t\u200b1"}}"#,
         ] {
             assert!(
                 matches!(sort(200, body), Err(TicketError::Transient { .. })),
