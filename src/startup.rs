@@ -97,6 +97,7 @@ impl Application {
                 shutdown_grace: settings.shutdown_grace,
                 relay: settings.relay,
                 progress_every: settings.progress_every,
+                delivery_deadline: settings.delivery_deadline,
             },
             pipeline,
             probes,
@@ -175,13 +176,20 @@ impl Application {
         self.worker.run(&shutdown).await;
         if let Some(purge) = purge {
             shutdown.trigger();
-            let _ = purge.await;
+            let _ = tokio::time::timeout(crate::storage::STATEMENT_DEADLINE, purge).await;
         }
         stop_server.cancel();
         if let Some(server) = server {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
-        self.store.pool().close().await;
+        // Closing says goodbye on every connection: a connection whose peer
+        // stopped answering would hold the exit for ever.
+        if tokio::time::timeout(Duration::from_secs(5), self.store.pool().close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Postgres connections did not close within 5s; exiting without them");
+        }
         Ok(())
     }
 }

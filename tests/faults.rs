@@ -1098,3 +1098,51 @@ async fn with_nobody_listening_for_ticket_events_each_dead_letter_is_sent_once()
     assert_eq!(broker.ready_count(&broker.topology.work_queue).await, 0);
     worker.stop().await;
 }
+
+/// Postgres stops answering on the connections the worker holds, as when a
+/// peer vanishes without closing (a half-open connection), or a statement
+/// waits on a lock for ever. No statement may hold its events, or the events
+/// batched behind it, beyond its deadline: they are retried on fresh
+/// connections, and every one gets its ticket.
+#[tokio::test]
+async fn a_postgres_that_stops_answering_holds_no_delivery_beyond_its_deadline() {
+    let h = Harness::new(Knobs::default()).await;
+    let proxy = FreezableProxy::start("127.0.0.1:5432".parse().expect("addr")).await;
+    let mut settings = h.settings();
+    let mut url = url::Url::parse(&h.db.url).expect("database URL");
+    let _ = url.set_port(Some(proxy.port));
+    settings.database.url = secrecy::SecretString::from(url.to_string());
+    // The outage is not the question here: retry through it.
+    settings.breaker.trip_after = Duration::from_secs(3600);
+    let worker = TestWorker::spawn(settings);
+    let warm: Vec<Value> = (0..20).map(|i| login_event(&format!("warm-{i}"))).collect();
+    h.broker.publish_events(&warm).await;
+    h.tap.wait_for("ticket.ready", warm.len(), SETTLE).await;
+
+    // Every pooled connection goes silent, for good.
+    proxy.stall_open_links();
+    let after: Vec<Value> = (0..20)
+        .map(|i| login_event(&format!("after-{i}")))
+        .collect();
+    h.broker.publish_events(&after).await;
+    let wanted: HashSet<String> = after
+        .iter()
+        .filter_map(|e| e["eventID"].as_str().map(str::to_owned))
+        .collect();
+    eventually(
+        Duration::from_secs(90),
+        "every event after the stall is ready",
+        || async {
+            let ready: HashSet<String> = h
+                .tap
+                .ready()
+                .iter()
+                .filter_map(|r| r.body["eventID"].as_str().map(str::to_owned))
+                .collect();
+            wanted.is_subset(&ready).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(h.db.count().await, (warm.len() + after.len()) as i64);
+    worker.stop().await;
+}

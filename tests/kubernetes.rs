@@ -288,7 +288,10 @@ fn mib(n: u64) -> String {
 struct Setting {
     long: String,
     takes_value: bool,
-    /// Its value is a secret (`hide_env_values`): give it as `*_FILE`.
+    /// Its value is a secret (hidden from `--help`, and readable from a
+    /// `*_FILE` too): give it as `*_FILE`. (TAPTALK_BASE_URL is hidden
+    /// from `--help` in case it carries credentials, but has no file
+    /// variant: it is configuration.)
     secret: bool,
 }
 
@@ -300,6 +303,11 @@ fn run_settings() -> BTreeMap<String, Setting> {
     let cli = Cli::command();
     let globals = cli.get_arguments().filter(|a| a.is_global_set());
     let mut settings = BTreeMap::new();
+    let envs: BTreeSet<String> = run
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
     for arg in run.get_arguments().chain(globals) {
         let Some(env) = arg.get_env() else { continue };
         settings.insert(
@@ -307,7 +315,8 @@ fn run_settings() -> BTreeMap<String, Setting> {
             Setting {
                 long: arg.get_long().expect("every setting has a flag").to_owned(),
                 takes_value: arg.get_action().takes_values(),
-                secret: arg.is_hide_env_values_set(),
+                secret: arg.is_hide_env_values_set()
+                    && envs.contains(&format!("{}_FILE", env.to_string_lossy())),
             },
         );
     }

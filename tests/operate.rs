@@ -393,3 +393,54 @@ async fn a_flood_of_idle_sockets_starves_neither_the_probes_nor_the_message_path
     );
     assert_eq!(worker.terminate().await, Some(0));
 }
+
+#[tokio::test]
+async fn a_delivery_in_flight_past_its_deadline_goes_back_named_and_counted() {
+    // One TapTalk request at a time, each taking 1.5 s: with 8 events taken
+    // at once, most wait for a slot longer than the 2 s deadline.
+    let h = Harness::new(Knobs {
+        latency: Duration::from_millis(1_500),
+        ..Knobs::default()
+    })
+    .await;
+    let mut env = worker_env(
+        &h.db.url,
+        &h.broker,
+        &h.taptalk.base_url(),
+        &format!("tw-overdue-{}", unique()),
+    );
+    env.extend([
+        ("CONCURRENCY", "1".to_owned()),
+        ("PREFETCH", "8".to_owned()),
+        ("DELIVERY_DEADLINE", "2s".to_owned()),
+        ("TAPTALK_TIMEOUT", "5s".to_owned()),
+    ]);
+    let events: Vec<_> = (0..8)
+        .map(|i| login_event(&format!("cust-slow-{i}")))
+        .collect();
+    h.broker.publish_events(&events).await;
+    let mut worker = WorkerProcess::spawn(&env);
+    let address = http_address(&worker).await;
+    let overdue = eventually(WAIT, "a delivery is overdue", || async {
+        let body = reqwest::get(format!("http://{address}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let n = sample(
+            &body,
+            "ticket_worker_deliveries_overdue_total{stage=\"taptalk_wait\"}",
+        );
+        (n > 0.0).then_some(n)
+    })
+    .await;
+    assert!(overdue >= 1.0);
+    let logs = worker.logs();
+    assert!(
+        logs.contains("a delivery was in flight longer than DELIVERY_DEADLINE, stuck waiting to send its TapTalk request")
+            && logs.contains("WARN"),
+        "{logs}"
+    );
+    assert_eq!(worker.terminate().await, Some(0));
+}

@@ -11,6 +11,7 @@
 //! Nothing else may settle a delivery of this channel (a second settlement of
 //! one tag is a protocol error that closes the channel).
 
+use crate::broker::connection::within;
 use crate::time::Later;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
@@ -72,7 +73,13 @@ impl Acks {
     pub async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
         if self.ops.send(Op::Flush(done)).is_ok() {
-            let _ = flushed.await;
+            // The acknowledger's own steps have deadlines; this one covers
+            // a run of them.
+            let _ = tokio::time::timeout(
+                crate::broker::connection::BROKER_STEP.saturating_mul(2),
+                flushed,
+            )
+            .await;
         }
     }
 }
@@ -230,29 +237,28 @@ impl Ledger {
     }
 
     async fn ack(&self, tag: u64, multiple: bool) -> Result<(), lapin::Error> {
-        self.channel
-            .basic_ack(tag, BasicAckOptions { multiple })
-            .await
+        let ack = self.channel.basic_ack(tag, BasicAckOptions { multiple });
+        within("basic.ack", ack).await
     }
 
     async fn single(&self, tag: u64, how: Settlement) -> Result<(), lapin::Error> {
         match how {
             Settlement::Ack => self.ack(tag, false).await,
             Settlement::Requeue => {
-                self.channel
-                    .basic_nack(
-                        tag,
-                        BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        },
-                    )
-                    .await
+                let nack = self.channel.basic_nack(
+                    tag,
+                    BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    },
+                );
+                within("basic.nack", nack).await
             }
             Settlement::Reject => {
-                self.channel
-                    .basic_reject(tag, BasicRejectOptions { requeue: false })
-                    .await
+                let reject = self
+                    .channel
+                    .basic_reject(tag, BasicRejectOptions { requeue: false });
+                within("basic.reject", reject).await
             }
         }
     }

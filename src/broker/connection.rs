@@ -1,8 +1,42 @@
-//! Opening a RabbitMQ connection with a name operators can find it by, and
-//! telling why one failed.
+//! Opening a RabbitMQ connection with a name operators can find it by,
+//! telling why one failed, and the deadline every step with the broker has.
 
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
+use std::future::Future;
+use std::time::Duration;
+
+/// The longest one step with RabbitMQ may take: opening a connection (a
+/// black-holed address would hold the TCP connect for minutes), declaring,
+/// consuming, acknowledging, a publish and its confirm. A broker that does
+/// not answer in that time is treated as gone: the session ends, and what it
+/// held is redelivered. (A publish RabbitMQ holds back on purpose, during a
+/// memory or disk alarm, waits for the alarm instead: see the publisher.)
+pub const BROKER_STEP: Duration = Duration::from_secs(30);
+
+/// Runs one step with the broker within [`BROKER_STEP`]; past it, an
+/// `IOError` of kind `TimedOut` naming the step.
+pub async fn within<T>(
+    step: &str,
+    answer: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, lapin::Error> {
+    match tokio::time::timeout(BROKER_STEP, answer).await {
+        Ok(answer) => answer,
+        Err(_) => Err(no_answer(step)),
+    }
+}
+
+/// The error of a step RabbitMQ did not answer in [`BROKER_STEP`].
+pub fn no_answer(step: &str) -> lapin::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "RabbitMQ did not answer {step} within {}s",
+            BROKER_STEP.as_secs()
+        ),
+    )
+    .into()
+}
 
 /// Opens one connection to `amqp_url` (plain `amqp://` or TLS `amqps://`,
 /// verified against the system's trust store), named `name` in
@@ -12,7 +46,11 @@ use secrecy::{ExposeSecret, SecretString};
 #[tracing::instrument(name = "broker.connect", skip(amqp_url))]
 pub async fn connect(amqp_url: &SecretString, name: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(amqp_url.expose_secret(), properties).await
+    within(
+        "the connection handshake",
+        Connection::connect(amqp_url.expose_secret(), properties),
+    )
+    .await
 }
 
 /// Whether a connection failed because a frame was larger than `frame_max`

@@ -6,11 +6,16 @@
 
 use super::{Publisher, copies};
 use crate::events::Envelope;
+use crate::observe::metrics::StageMark;
 use crate::pipeline::{HeaderFrame, Message};
 use lapin::message::Delivery;
 
 /// The pipeline's view of `delivery`, as received on `publisher`'s connection.
-pub fn message<'a>(delivery: &'a Delivery, publisher: &Publisher) -> Message<'a> {
+pub fn message<'a>(
+    delivery: &'a Delivery,
+    publisher: &Publisher,
+    stage: &'a StageMark,
+) -> Message<'a> {
     let properties = &delivery.properties;
     let frame_max = publisher.frame_max();
     let unreadable_headers = super::header_limits::check(properties.headers().as_ref());
@@ -28,5 +33,6 @@ pub fn message<'a>(delivery: &'a Delivery, publisher: &Publisher) -> Message<'a>
         retries: publisher.retries(delivery),
         oversized_headers,
         unreadable_headers,
+        stage,
     }
 }

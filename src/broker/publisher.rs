@@ -10,6 +10,7 @@
 //! not necessarily the one it belongs to; on a shared channel, a ticket event
 //! nobody listens to made a dead letter look unroutable, and it was sent twice.
 
+use super::connection::{BROKER_STEP, no_answer};
 use super::{Topology, copies, header_limits, short};
 use crate::events::{TicketFailed, TicketReady};
 use crate::observe::traces;
@@ -88,6 +89,9 @@ pub struct Publisher {
     /// The RabbitMQ user the worker logs in as, set as the (broker-validated)
     /// `user_id` of the copies it puts back, so a retry count can be trusted.
     user: Option<ShortString>,
+    /// The publishing connection's status: while RabbitMQ blocks it (a
+    /// memory or disk alarm), a confirm may take as long as the alarm.
+    status: lapin::ConnectionStatus,
 }
 
 impl Publisher {
@@ -117,6 +121,7 @@ impl Publisher {
             warned_unroutable: Arc::new(AtomicBool::new(false)),
             frame_max: connection.configuration().frame_max(),
             user,
+            status: connection.status().clone(),
         })
     }
 
@@ -385,16 +390,19 @@ impl Publisher {
             ..Default::default()
         };
         let properties = properties.with_delivery_mode(2);
-        let confirm = channel
-            .basic_publish(
-                short(exchange),
-                short(routing_key),
-                options,
-                body,
-                properties,
-            )
-            .await?
-            .await?;
+        let confirm = async {
+            channel
+                .basic_publish(
+                    short(exchange),
+                    short(routing_key),
+                    options,
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirm = self.confirmed(confirm).await?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
@@ -402,6 +410,27 @@ impl Publisher {
                 routing_key: routing_key.to_owned(),
             }),
             Confirmation::Nack(_) => Err(PublishError::Nacked(exchange.to_owned())),
+        }
+    }
+}
+
+impl Publisher {
+    /// Waits for a publish and its confirm: at most [`BROKER_STEP`] at a
+    /// time, and longer only while RabbitMQ blocks the connection (an alarm:
+    /// it holds publishes on purpose, and nothing is lost meanwhile). A
+    /// broker that neither confirms nor says it blocks is gone: an error,
+    /// and the session ends.
+    async fn confirmed<T>(
+        &self,
+        confirm: impl std::future::Future<Output = Result<T, lapin::Error>>,
+    ) -> Result<T, lapin::Error> {
+        tokio::pin!(confirm);
+        loop {
+            match tokio::time::timeout(BROKER_STEP, &mut confirm).await {
+                Ok(confirmed) => return confirmed,
+                Err(_) if self.status.blocked() => continue,
+                Err(_) => return Err(no_answer("a publish (its confirm)")),
+            }
         }
     }
 }
@@ -543,10 +572,9 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
 
 /// A new channel in confirm mode.
 async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let channel = super::connection::within("channel.open", connection.create_channel()).await?;
+    let select = channel.confirm_select(ConfirmSelectOptions::default());
+    super::connection::within("confirm.select", select).await?;
     Ok(channel)
 }
 

@@ -85,6 +85,8 @@ pub struct Settings {
     pub progress_every: Option<Duration>,
     /// Where the HTTP server (metrics, probes) listens; `None`: no server.
     pub http_listen: Option<SocketAddr>,
+    /// `DELIVERY_DEADLINE`: the longest one delivery may be in flight.
+    pub delivery_deadline: Duration,
 }
 
 impl Settings {
@@ -136,6 +138,10 @@ impl Settings {
         ));
         let progress_every = problems.take(duration("PROGRESS_EVERY", &args.progress_every));
         let http_listen = problems.take(http_listen(&args.http_listen));
+        let delivery_deadline = problems.take(positive_duration(
+            "DELIVERY_DEADLINE",
+            &args.delivery_deadline,
+        ));
         let (
             Some(broker),
             Some(database),
@@ -156,6 +162,7 @@ impl Settings {
             Some(limit),
             Some(rate_limit),
             Some(http_listen),
+            Some(delivery_deadline),
         ) = (
             broker,
             database,
@@ -176,6 +183,7 @@ impl Settings {
             limit,
             rate_limit,
             http_listen,
+            delivery_deadline,
         )
         else {
             return Err(problems.into_errors());
@@ -211,6 +219,7 @@ impl Settings {
             relay: RelaySettings::new(relay_after),
             progress_every: (!progress_every.is_zero()).then_some(progress_every),
             http_listen,
+            delivery_deadline,
         })
     }
 }

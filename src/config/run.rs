@@ -151,6 +151,14 @@ pub struct RunArgs {
         default_value = "0.0.0.0:8080"
     )]
     pub http_listen: String,
+    /// The longest one login event may be in flight; past it, it goes back to the queue with a warning naming where it was stuck
+    #[arg(
+        long,
+        env = "DELIVERY_DEADLINE",
+        value_name = "DELIVERY_DEADLINE",
+        default_value = "5m"
+    )]
+    pub delivery_deadline: String,
     /// How often to log a progress line while events flow; 0 turns it off
     #[arg(
         long,

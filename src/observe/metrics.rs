@@ -28,8 +28,82 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Where a delivery's handling is: the `stage` of
+/// `ticket_worker_deliveries_overdue_total`, and what the warning about an
+/// overdue delivery names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    /// Reading and checking the event.
+    Checking = 0,
+    /// Asking Postgres for an outcome already recorded.
+    LookingUp = 1,
+    /// Waiting to send the TapTalk request (a pause, the rate limit, a slot).
+    AwaitingTaptalk = 2,
+    /// A TapTalk request in flight, or its retries.
+    RequestingTicket = 3,
+    /// Saving the ticket or the failure in Postgres.
+    Storing = 4,
+    /// Publishing what was decided, and acknowledging.
+    Settling = 5,
+}
+
+impl Stage {
+    const ALL: [Stage; 6] = [
+        Stage::Checking,
+        Stage::LookingUp,
+        Stage::AwaitingTaptalk,
+        Stage::RequestingTicket,
+        Stage::Storing,
+        Stage::Settling,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Checking => "checking",
+            Stage::LookingUp => "postgres_lookup",
+            Stage::AwaitingTaptalk => "taptalk_wait",
+            Stage::RequestingTicket => "taptalk_request",
+            Stage::Storing => "postgres_store",
+            Stage::Settling => "rabbitmq_settle",
+        }
+    }
+
+    /// In words, for a log line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stage::Checking => "checking the event",
+            Stage::LookingUp => "looking up the event's outcome in Postgres",
+            Stage::AwaitingTaptalk => {
+                "waiting to send its TapTalk request (a Retry-After pause, the rate limit or a free slot)"
+            }
+            Stage::RequestingTicket => "requesting its ticket from TapTalk",
+            Stage::Storing => "storing its outcome in Postgres",
+            Stage::Settling => "publishing to RabbitMQ and acknowledging",
+        }
+    }
+}
+
+/// The stage one delivery is at, set as it goes; read when it is overdue.
+#[derive(Debug, Default)]
+pub struct StageMark(AtomicU8);
+
+impl StageMark {
+    pub fn set(&self, stage: Stage) {
+        self.0.store(stage as u8, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Stage {
+        let raw = self.0.load(Ordering::Relaxed);
+        Stage::ALL
+            .into_iter()
+            .find(|s| *s as u8 == raw)
+            .unwrap_or(Stage::Checking)
+    }
+}
+
 /// How a delivery ended, as the `outcome` label says it.
-const OUTCOMES: [&str; 9] = [
+const OUTCOMES: [&str; 10] = [
     "issued",
     "already_issued",
     "dead_lettered",
@@ -39,6 +113,7 @@ const OUTCOMES: [&str; 9] = [
     "rejected",
     "abandoned",
     "panicked",
+    "overdue",
 ];
 
 /// The reasons of `ticket.failed` and of the worker's dead letters.
@@ -148,6 +223,11 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -205,6 +285,8 @@ struct Inner {
     login_to_ready: Histogram,
     connections: [Counter; 2],
     relayed: Counter,
+    /// By [`Stage`], in its order.
+    overdue: [Counter; 6],
     /// Broker sessions opened, for the progress line and tests.
     sessions: AtomicU64,
     /// Times intake paused.
@@ -383,6 +465,15 @@ impl Metrics {
             connections_family,
         );
 
+        let overdue_family = Family::<StageLabel, Counter>::default();
+        let overdue = Stage::ALL
+            .map(|s| overdue_family.get_or_create_owned(&StageLabel { stage: s.as_str() }));
+        registry.register(
+            "deliveries_overdue",
+            "Deliveries in flight longer than DELIVERY_DEADLINE, given back to the queue, by the stage they were stuck at",
+            overdue_family,
+        );
+
         let relayed = Counter::default();
         registry.register(
             "outbox_relayed",
@@ -417,6 +508,7 @@ impl Metrics {
             login_to_ready,
             connections,
             relayed,
+            overdue,
             sessions: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
         }));
@@ -456,6 +548,13 @@ impl Metrics {
     /// Handling a delivery panicked (it went back to the queue).
     pub fn panicked(&self) {
         self.0.outcomes[outcome_index("panicked")].inc();
+    }
+
+    /// A delivery was in flight past DELIVERY_DEADLINE, stuck at `stage`
+    /// (it went back to the queue).
+    pub fn overdue(&self, stage: Stage) {
+        self.0.outcomes[outcome_index("overdue")].inc();
+        self.0.overdue[stage as usize].inc();
     }
 
     /// A TapTalk request ended with `result` after `took`.

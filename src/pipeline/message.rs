@@ -4,6 +4,7 @@
 //! and taken without a broker.
 
 use crate::events::Envelope;
+use crate::observe::metrics::StageMark;
 
 /// One message to decide on.
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct Message<'a> {
     /// Set when its headers nest or number beyond what the AMQP parser
     /// decodes in full (see [`crate::broker::header_limits`]).
     pub unreadable_headers: Option<UnreadableHeaders>,
+    /// Where its handling is, for a delivery that stays in flight too long.
+    pub stage: &'a StageMark,
 }
 
 /// Why a message's headers cannot be read in full.

@@ -37,7 +37,7 @@ pub use policy::EventPolicy;
 use crate::domain::{IssuedTicket, TicketRecord};
 use crate::events::{FailureReason, LoginEvent, Problem, TicketReady};
 use crate::health::{Breaker, Dependency};
-use crate::observe::metrics::{Metrics, RequestResult, Retry};
+use crate::observe::metrics::{Metrics, RequestResult, Retry, Stage, StageMark};
 use crate::retry::{Verdict, retry};
 use crate::storage::{
     BatchedStore, FailedFor, Known, Saved, StoreError, StoredFailure, TicketStore, body_digest,
@@ -131,6 +131,7 @@ impl Pipeline {
 
         // An outcome already recorded wins over everything else: every copy of
         // an event ends the same way.
+        message.stage.set(Stage::LookingUp);
         match self
             .store_call(&event, || self.store.known(&event.event_id))
             .await
@@ -141,10 +142,10 @@ impl Pipeline {
             Err(error) => return Box::pin(self.unavailable(message, &event, &error)).await,
         }
         if let Some(failure) = self.stale(&event) {
-            return Box::pin(self.fail(message.body, &event, failure)).await;
+            return Box::pin(self.fail(message, &event, failure)).await;
         }
 
-        let issued = match self.request_ticket(&event).await {
+        let issued = match self.request_ticket(&event, message.stage).await {
             Ok(issued) => issued,
             Err(TicketError::Rejected {
                 field,
@@ -156,11 +157,12 @@ impl Pipeline {
                     field,
                     about: Some(failed_for(&event)),
                 };
-                return Box::pin(self.fail(message.body, &event, failure)).await;
+                return Box::pin(self.fail(message, &event, failure)).await;
             }
             Err(error) => return Box::pin(self.unavailable(message, &event, &error)).await,
         };
 
+        message.stage.set(Stage::Storing);
         let record = TicketRecord::new(event.event_id.clone(), &event.request, issued);
         let ready = match serde_json::to_string(&TicketReady::for_record(&record)) {
             Ok(ready) => ready,
@@ -207,8 +209,14 @@ impl Pipeline {
     /// outcome stands: ours, or the one another copy recorded first. `body`
     /// is this copy's: its digest goes with the failure (see
     /// [`body_digest`]).
-    async fn fail(&self, body: &[u8], event: &LoginEvent, failure: StoredFailure) -> Decision {
-        let digest = body_digest(body);
+    async fn fail(
+        &self,
+        message: &Message<'_>,
+        event: &LoginEvent,
+        failure: StoredFailure,
+    ) -> Decision {
+        message.stage.set(Stage::Storing);
+        let digest = body_digest(message.body);
         let announcement = match serde_json::to_string(&ticket_failed(event, &failure)) {
             Ok(announcement) => announcement,
             Err(error) => return encoding_failed(&error),
@@ -271,7 +279,7 @@ impl Pipeline {
                     field: None,
                     about: Some(failed_for(event)),
                 };
-                self.fail(message.body, event, failure).await
+                self.fail(message, event, failure).await
             }
             _ => {
                 tracing::debug!(%detail, rounds, "no ticket now; the event goes back to the queue");
@@ -324,7 +332,11 @@ impl Pipeline {
 
     /// Requests a ticket, retrying transient failures, and gives up early when
     /// the breaker opens (a dependency is down for everybody).
-    async fn request_ticket(&self, event: &LoginEvent) -> Result<IssuedTicket, TicketError> {
+    async fn request_ticket(
+        &self,
+        event: &LoginEvent,
+        stage: &StageMark,
+    ) -> Result<IssuedTicket, TicketError> {
         let marked_down = || TicketError::Transient {
             detail: "intake is paused: a dependency is down".into(),
             retry_after: None,
@@ -342,11 +354,13 @@ impl Pipeline {
                 // One permit per attempt, none held across a retry pause; and
                 // no request while TapTalk asked for quiet.
                 let upstream = &self.upstream;
+                stage.set(Stage::AwaitingTaptalk);
                 upstream.pause.wait().await;
                 if let Some(rate) = &upstream.rate {
                     rate.wait().await;
                 }
                 let permit = upstream.limit.acquire().await;
+                stage.set(Stage::RequestingTicket);
                 let started = tokio::time::Instant::now();
                 let result = upstream.client.request_ticket(&event.request).await;
                 self.metrics

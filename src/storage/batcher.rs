@@ -7,13 +7,26 @@
 //! an idle worker pays no added delay (a batch of one goes at once), and a
 //! busy one folds whatever arrived while the previous statement ran: batches
 //! grow with load by themselves, without a timer.
+//!
+//! Nothing here waits without a deadline: a batch's statement that runs
+//! past [`BATCH_DEADLINE`] is abandoned and answers every caller in it with
+//! an error (the statement itself has a shorter one, see
+//! [`STATEMENT_DEADLINE`](super::STATEMENT_DEADLINE)), and a caller waits
+//! for its answer no longer than that either: one stuck statement must not
+//! hold every event behind it.
 
 use super::StoreError;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// The longest one batch may run, its connection's acquiring included; and
+/// the longest a caller waits for its answer (queued behind other batches
+/// too, so somewhat longer).
+pub const BATCH_DEADLINE: Duration = Duration::from_secs(25);
 
 /// One batch's statement: answers in the order of the requests.
 pub type BatchFuture<Resp> =
@@ -101,11 +114,16 @@ where
         if start_runner {
             tokio::spawn(self.clone().runner());
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Failed(
+        match tokio::time::timeout(BATCH_DEADLINE.saturating_mul(2), answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::Failed(
                 "a batched statement was abandoned (its task ended)".into(),
-            ))
-        })
+            )),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer from a batched statement within {}s",
+                BATCH_DEADLINE.saturating_mul(2).as_secs()
+            ))),
+        }
     }
 
     /// Runs batches until the queue is empty.
@@ -125,7 +143,15 @@ where
                 let n = state.queue.len().min(self.max_batch);
                 state.queue.drain(..n).unzip()
             };
-            match (self.run)(requests).await {
+            let ran = tokio::time::timeout(BATCH_DEADLINE, (self.run)(requests))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(format!(
+                        "a batched statement ran past {}s and was abandoned",
+                        BATCH_DEADLINE.as_secs()
+                    )))
+                });
+            match ran {
                 Ok(answers) if answers.len() == replies.len() => {
                     for (reply, answer) in replies.into_iter().zip(answers) {
                         let _ = reply.send(answer);

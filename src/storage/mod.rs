@@ -32,6 +32,7 @@ pub use tickets::Saved;
 
 use crate::health::Failure;
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgConnection;
 use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions};
@@ -48,6 +49,46 @@ pub const DEFAULT_READER_ROLE: &str = "ticket_reader";
 /// The custom session setting the migrations read the reader role's name
 /// from (`current_setting('ticket_worker.reader_role', true)`).
 pub const READER_ROLE_SETTING: &str = "ticket_worker.reader_role";
+
+/// The longest any statement may take, as the worker waits for it: a
+/// statement Postgres does not answer (a lock wait, a stalled server, a
+/// connection whose peer vanished) would otherwise hold its events, and
+/// through the group commit every event behind them, for ever, silently.
+/// Its connection is closed, never reused. Postgres itself cancels a
+/// statement a little sooner ([`SERVER_TIMEOUTS`]), which leaves the
+/// connection usable.
+pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Set on every connection of the worker's pool: Postgres cancels a
+/// statement after 10 s (SQLSTATE 57014) and a wait for a lock after 5 s
+/// (55P03), both retried as transient. Migrations run without them.
+/// The longest the migrations may take, their wait for another replica's
+/// included.
+pub const MIGRATION_DEADLINE: Duration = Duration::from_secs(600);
+
+/// See [`STATEMENT_DEADLINE`].
+pub const SERVER_TIMEOUTS: &str = "SET statement_timeout = '10s'; SET lock_timeout = '5s'";
+
+/// Runs one statement on a connection of `store`'s pool, within
+/// [`STATEMENT_DEADLINE`]; the connection is closed if the deadline passes.
+/// `$body` uses the connection as `&mut *$conn`.
+macro_rules! bounded {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let mut $conn = $store
+            .pool()
+            .acquire()
+            .await
+            .map_err($crate::storage::StoreError::from)?;
+        match ::tokio::time::timeout($crate::storage::STATEMENT_DEADLINE, $body).await {
+            Ok(result) => result.map_err($crate::storage::StoreError::from),
+            Err(_) => {
+                $conn.close_on_drop();
+                Err($crate::storage::StoreError::no_answer(module_path!()))
+            }
+        }
+    }};
+}
+pub(crate) use bounded;
 
 /// A storage failure, sorted by what the worker does about it. Cloneable,
 /// so that one failed batch statement answers every event in it.
@@ -69,6 +110,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Postgres gave no answer within [`STATEMENT_DEADLINE`], in `place`.
+    pub fn no_answer(place: &str) -> StoreError {
+        StoreError::Unavailable(format!(
+            "Postgres did not answer a statement within {}s ({place}); its connection is closed",
+            STATEMENT_DEADLINE.as_secs()
+        ))
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
@@ -198,12 +247,13 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
             // 08: connection exception; 53: insufficient resources;
             // 57P01-57P03: admin shutdown, crash shutdown, cannot connect now;
             // 40001/40P01: serialization failure, deadlock;
-            // 25006: read-only transaction (a failover in progress).
+            // 25006: read-only transaction (a failover in progress);
+            // 57014, 55P03: statement_timeout, lock_timeout (SERVER_TIMEOUTS).
             code.starts_with("08")
                 || code.starts_with("53")
                 || matches!(
                     code.as_ref(),
-                    "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "25006"
+                    "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "25006" | "57014" | "55P03"
                 )
         }),
         _ => false,
@@ -265,9 +315,12 @@ impl TicketStore {
             // No ping before every statement: a dead connection fails its
             // statement instead, which the pipeline retries on another one.
             .test_before_acquire(false)
-            .after_connect(move |_, _| {
+            .after_connect(move |connection, _| {
                 opened();
-                Box::pin(async { Ok(()) })
+                Box::pin(async move {
+                    sqlx::raw_sql(SERVER_TIMEOUTS).execute(connection).await?;
+                    Ok(())
+                })
             })
             .connect_lazy_with(options);
         Ok(TicketStore { pool })
@@ -285,14 +338,34 @@ impl TicketStore {
     /// serialise on a Postgres advisory lock).
     #[tracing::instrument(name = "storage.migrate", skip_all)]
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+        // On a connection of its own, without the statement timeouts: a
+        // migration may rewrite a table, and waiting for another replica's
+        // migration (an advisory lock) is expected. Closed afterwards, so
+        // the settings go with it.
+        let mut connection = self.pool.acquire().await?;
+        connection.close_on_drop();
+        sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
+            .execute(&mut *connection)
+            .await?;
+        let connection: &mut PgConnection = &mut connection;
+        let migrated = MIGRATOR.run_direct(None, connection, false);
+        match tokio::time::timeout(MIGRATION_DEADLINE, migrated).await {
+            Ok(migrated) => migrated,
+            Err(_) => Err(MigrateError::Execute(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the migrations did not finish within {} minutes (another replica holding the migration lock, or Postgres not answering)",
+                    MIGRATION_DEADLINE.as_secs() / 60
+                ),
+            )))),
+        }
     }
 
     /// The roles (other than the owner) that may read `auth_tickets`, in
     /// name order; `PUBLIC` when everyone may.
     #[tracing::instrument(name = "storage.ticket_readers", skip_all)]
     pub async fn ticket_readers(&self) -> Result<Vec<String>, StoreError> {
-        let readers: Vec<String> = sqlx::query_scalar(
+        let readers: Vec<String> = bounded!(self, |conn| sqlx::query_scalar(
             "SELECT DISTINCT coalesce(r.rolname, 'PUBLIC')
              FROM pg_class c
              CROSS JOIN LATERAL aclexplode(c.relacl) a
@@ -301,8 +374,7 @@ impl TicketStore {
                AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
              ORDER BY 1",
         )
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(&mut *conn))?;
         Ok(readers)
     }
 
@@ -310,13 +382,12 @@ impl TicketStore {
     /// connection works and the user may read and write them.
     #[tracing::instrument(name = "storage.probe", skip_all)]
     pub async fn probe(&self) -> Result<(), StoreError> {
-        let allowed: bool = sqlx::query_scalar(
+        let allowed: bool = bounded!(self, |conn| sqlx::query_scalar(
             "SELECT has_table_privilege('auth_tickets', 'SELECT, INSERT')
                 AND has_table_privilege('event_outcomes', 'SELECT, INSERT')
                 AND has_table_privilege('ticket_event_outbox', 'SELECT, INSERT, UPDATE, DELETE')",
         )
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(&mut *conn))?;
         if allowed {
             Ok(())
         } else {

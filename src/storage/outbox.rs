@@ -7,6 +7,7 @@
 //! event before it was answered) is picked up by the [relay](crate::relay),
 //! so every stored outcome is announced at least once.
 
+use super::bounded;
 use super::{StoreError, TicketStore};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,7 +65,7 @@ impl TicketStore {
         older_than: Duration,
         limit: i64,
     ) -> Result<Vec<Announcement>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<Row> = bounded!(self, |conn| sqlx::query_as(
             "UPDATE ticket_event_outbox o SET attempted_at = now()
              WHERE o.event_id IN (
                  SELECT event_id FROM ticket_event_outbox
@@ -77,8 +78,7 @@ impl TicketStore {
         )
         .bind(older_than.as_secs_f64())
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(&mut *conn))?;
         Ok(rows
             .into_iter()
             .map(|row| Announcement {
@@ -95,20 +95,20 @@ impl TicketStore {
         if event_ids.is_empty() {
             return Ok(0);
         }
-        let deleted = sqlx::query("DELETE FROM ticket_event_outbox WHERE event_id = ANY($1)")
-            .bind(event_ids)
-            .execute(self.pool())
-            .await?
-            .rows_affected();
+        let deleted = bounded!(self, |conn| sqlx::query(
+            "DELETE FROM ticket_event_outbox WHERE event_id = ANY($1)"
+        )
+        .bind(event_ids)
+        .execute(&mut *conn))?
+        .rows_affected();
         Ok(deleted)
     }
 
     /// How many announcements are waiting (tests, progress reports).
     pub async fn pending_announcements(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM ticket_event_outbox")
-                .fetch_one(self.pool())
-                .await?,
+        Ok(bounded!(self, |conn| sqlx::query_scalar(
+            "SELECT count(*) FROM ticket_event_outbox"
         )
+        .fetch_one(&mut *conn))?)
     }
 }

@@ -9,6 +9,7 @@
 //! deletes long-decided events, and [`TicketStore::forget_events`] deletes
 //! named ones (the demo, removing what it made).
 
+use super::bounded;
 use super::rows::Row;
 use super::{StoreError, TicketStore};
 use crate::domain::{EventId, TicketRecord};
@@ -184,10 +185,9 @@ impl TicketStore {
         event_ids: &[EventId],
     ) -> Result<Vec<Result<Known, StoreError>>, StoreError> {
         let ids: Vec<&str> = event_ids.iter().map(EventId::as_str).collect();
-        let rows: Vec<OutcomeRow> = sqlx::query_as(KNOWN_MANY)
+        let rows: Vec<OutcomeRow> = bounded!(self, |conn| sqlx::query_as(KNOWN_MANY)
             .bind(&ids)
-            .fetch_all(self.pool())
-            .await?;
+            .fetch_all(&mut *conn))?;
         let mut found: HashMap<String, Result<Known, StoreError>> =
             HashMap::with_capacity(rows.len());
         for row in rows {
@@ -223,7 +223,7 @@ impl TicketStore {
             Some(about) => (Some(&about.xc_user_id), Some(&about.user_device_id)),
             None => (None, None),
         };
-        let recorded: bool = sqlx::query_scalar(
+        let recorded: bool = bounded!(self, |conn| sqlx::query_scalar(
             "WITH recorded AS (
                  INSERT INTO event_outcomes (event_id, outcome, reason, message, field,
                                              xc_user_id, user_device_id, body_sha256)
@@ -246,8 +246,7 @@ impl TicketStore {
         .bind(xc_user_id)
         .bind(user_device_id)
         .bind(body_sha256)
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(&mut *conn))?;
         if recorded {
             return Ok(Known::Failed(failure.clone()));
         }
@@ -269,7 +268,7 @@ impl TicketStore {
         older_than: Duration,
         batch: i64,
     ) -> Result<Purged, StoreError> {
-        let (events, unannounced): (i64, i64) = sqlx::query_as(
+        let (events, unannounced): (i64, i64) = bounded!(self, |conn| sqlx::query_as(
             "WITH doomed AS (
                  SELECT event_id FROM event_outcomes
                  WHERE decided_at < now() - make_interval(secs => $1) - interval '1 hour'
@@ -290,8 +289,7 @@ impl TicketStore {
         )
         .bind(older_than.as_secs_f64())
         .bind(batch)
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(&mut *conn))?;
         Ok(Purged {
             events: u64::try_from(events).unwrap_or(0),
             unannounced: u64::try_from(unannounced).unwrap_or(0),
@@ -304,7 +302,7 @@ impl TicketStore {
     #[tracing::instrument(name = "storage.forget_events", skip_all, fields(events = event_ids.len()))]
     pub async fn forget_events(&self, event_ids: &[EventId]) -> Result<Forgotten, StoreError> {
         let ids: Vec<&str> = event_ids.iter().map(EventId::as_str).collect();
-        let counts = sqlx::query_as(
+        let counts = bounded!(self, |conn| sqlx::query_as(
             "WITH tickets AS (
                  DELETE FROM auth_tickets WHERE event_id = ANY($1) RETURNING 1
              ),
@@ -318,8 +316,7 @@ impl TicketStore {
                     (SELECT count(*) FROM announcements)",
         )
         .bind(ids)
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(&mut *conn))?;
         Ok(Forgotten::from_counts(counts))
     }
 
@@ -333,7 +330,7 @@ impl TicketStore {
                 "refusing to forget every event whose id starts with {prefix:?}: too short"
             )));
         }
-        let counts = sqlx::query_as(
+        let counts = bounded!(self, |conn| sqlx::query_as(
             "WITH tickets AS (
                  DELETE FROM auth_tickets WHERE starts_with(event_id, $1) RETURNING 1
              ),
@@ -347,8 +344,7 @@ impl TicketStore {
                     (SELECT count(*) FROM announcements)",
         )
         .bind(prefix)
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(&mut *conn))?;
         Ok(Forgotten::from_counts(counts))
     }
 }

@@ -14,6 +14,7 @@
 //! the failure was recorded for (`body_sha256`) may be given another chance.
 //! Failures recorded before the digest was kept are cleared as before.
 
+use super::bounded;
 use super::{StoreError, TicketStore};
 use crate::domain::EventId;
 use crate::events::FailureReason;
@@ -50,16 +51,16 @@ impl TicketStore {
         event_id: &EventId,
         body_sha256: &[u8],
     ) -> Result<ReplayState, StoreError> {
-        let (ticketed, failure, other_copy): (bool, Option<String>, Option<bool>) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM auth_tickets WHERE event_id = $1), o.reason,
+        let (ticketed, failure, other_copy): (bool, Option<String>, Option<bool>) =
+            bounded!(self, |conn| sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM auth_tickets WHERE event_id = $1), o.reason,
                         o.body_sha256 IS DISTINCT FROM $2 AND o.body_sha256 IS NOT NULL
                  FROM (SELECT 1) one
                  LEFT JOIN event_outcomes o ON o.event_id = $1 AND o.outcome = 'failed'",
-        )
-        .bind(event_id.as_str())
-        .bind(body_sha256)
-        .fetch_one(self.pool())
-        .await?;
+            )
+            .bind(event_id.as_str())
+            .bind(body_sha256)
+            .fetch_one(&mut *conn))?;
         Ok(ReplayState {
             ticketed,
             failure,
@@ -87,7 +88,8 @@ impl TicketStore {
             bool,
             Option<String>,
             Option<bool>,
-        ) = sqlx::query_as(
+        ) = bounded!(self, |conn| {
+            sqlx::query_as(
                 "WITH cleared AS (
                      DELETE FROM event_outcomes o
                      WHERE o.event_id = $1 AND o.outcome = 'failed' AND o.reason = $2
@@ -110,8 +112,8 @@ impl TicketStore {
             .bind(event_id.as_str())
             .bind(reason.as_str())
             .bind(body_sha256)
-            .fetch_one(self.pool())
-            .await?;
+            .fetch_one(&mut *conn)
+        })?;
         Ok(Cleared {
             before: ReplayState {
                 ticketed,

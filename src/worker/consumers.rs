@@ -9,6 +9,7 @@
 //! waits.
 
 use super::BROKER_STEP_TIMEOUT;
+use crate::broker::connection::within;
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
 use lapin::message::Delivery;
@@ -54,17 +55,15 @@ impl Consumers {
         queue: &str,
         prefetch: u16,
     ) -> Result<(), String> {
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        let qos = channel.basic_qos(prefetch, BasicQosOptions::default());
+        within("basic.qos", qos).await.map_err(|e| e.to_string())?;
+        let consume = channel.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let consumer = within("basic.consume", consume)
             .await
             .map_err(|e| e.to_string())?;
         let tag = consumer.tag();

@@ -11,6 +11,7 @@ use super::{PAUSE_DRAIN_TIMEOUT, PauseEnd, PhaseEnd, SessionEnd, Worker};
 use crate::broker::inbound;
 use crate::health::Health;
 use crate::observe::metrics::Intake;
+use crate::observe::metrics::{Stage, StageMark};
 use crate::observe::traces;
 use crate::pipeline::Outcome;
 use crate::shutdown::Shutdown;
@@ -198,24 +199,41 @@ impl Worker {
         let in_flight = metrics.in_flight();
         let settler = session.settler.clone();
         let broken = session.broken.clone();
+        let deadline = self.settings.delivery_deadline;
         tasks.spawn(async move {
             let _permit = permit;
             let _in_flight = in_flight;
             // The event's trace (a disabled span, no work, unless spans are
             // exported), continuing the login event's `traceparent`.
             let span = traces::event_span(delivery.properties.headers().as_ref());
+            let stage = StageMark::default();
             let handle = async {
-                let message = inbound::message(&delivery, settler.publisher());
+                let message = inbound::message(&delivery, settler.publisher(), &stage);
                 let decision = pipeline.decide(&message).await;
+                stage.set(Stage::Settling);
                 let outcome = settler.settle(&delivery, decision).await;
                 tracing::debug!(?outcome, "settled");
                 outcome
             };
-            let handled = AssertUnwindSafe(handle.instrument(span.clone()))
+            // Every wait inside has a deadline of its own; this one bounds
+            // them all together, for whatever was missed.
+            let bounded = tokio::time::timeout(deadline, handle);
+            let handled = AssertUnwindSafe(bounded.instrument(span.clone()))
                 .catch_unwind()
                 .await;
             match handled {
-                Ok(outcome) => {
+                Ok(Err(_overdue)) => {
+                    let stuck = stage.get();
+                    metrics.overdue(stuck);
+                    tracing::warn!(
+                        stage = stuck.as_str(),
+                        deadline = %humantime::format_duration(deadline),
+                        "a delivery was in flight longer than DELIVERY_DEADLINE, stuck {}; it goes back to the queue",
+                        stuck.describe()
+                    );
+                    settler.requeue(&delivery);
+                }
+                Ok(Ok(outcome)) => {
                     span.record("outcome", tracing::field::debug(outcome));
                     metrics.record(outcome);
                     if outcome == Outcome::Abandoned {

@@ -76,6 +76,9 @@ pub struct WorkerSettings {
     pub relay: RelaySettings,
     /// How often a progress line is logged; `None`: never.
     pub progress_every: Option<Duration>,
+    /// `DELIVERY_DEADLINE`: a delivery in flight longer goes back to the
+    /// queue, and a warning names where it was stuck.
+    pub delivery_deadline: Duration,
 }
 
 /// Consumes the work queue until shutdown.

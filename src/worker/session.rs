@@ -193,6 +193,10 @@ impl Worker {
             .await?;
             Ok((consume, publisher))
         };
+        let opened = crate::broker::connection::within(
+            "declaring the topology and opening the session's channels",
+            opened,
+        );
         let (consume, publisher) = match opened.await {
             Ok(opened) => opened,
             Err(error) => {

@@ -698,6 +698,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         relay: RelaySettings::new(Duration::from_secs(1)),
         progress_every: None,
         http_listen: None,
+        delivery_deadline: Duration::from_secs(300),
     }
 }
 
@@ -1071,6 +1072,8 @@ pub struct FreezableProxy {
     pub port: u16,
     frozen: Arc<std::sync::atomic::AtomicBool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// One flag per link: set, that link forwards nothing more, for ever.
+    stalls: Arc<Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
     accept: JoinHandle<()>,
 }
 
@@ -1084,7 +1087,9 @@ impl FreezableProxy {
         let port = listener.local_addr().expect("addr").port();
         let frozen = Arc::new(AtomicBool::new(false));
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
-        let (flag, tasks) = (Arc::clone(&frozen), Arc::clone(&links));
+        let stalls: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::new(Mutex::new(Vec::new()));
+        let (flag, tasks, stall_flags) =
+            (Arc::clone(&frozen), Arc::clone(&links), Arc::clone(&stalls));
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
@@ -1093,17 +1098,24 @@ impl FreezableProxy {
                 let (mut client_read, mut client_write) = client.into_split();
                 let (mut server_read, mut server_write) = server.into_split();
                 let flag = Arc::clone(&flag);
+                let stalled = Arc::new(AtomicBool::new(false));
+                stall_flags
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Arc::clone(&stalled));
                 let up = tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
-                        if flag.load(Ordering::Relaxed) {
+                        if flag.load(Ordering::Relaxed) || stalled.load(Ordering::Relaxed) {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
                         }
                         match client_read.read(&mut buf).await {
                             Ok(0) | Err(_) => return,
                             // Read just as the link froze: held back too.
-                            Ok(_) if flag.load(Ordering::Relaxed) => {}
+                            Ok(_)
+                                if flag.load(Ordering::Relaxed)
+                                    || stalled.load(Ordering::Relaxed) => {}
                             Ok(n) => {
                                 if server_write.write_all(&buf[..n]).await.is_err() {
                                     return;
@@ -1124,6 +1136,7 @@ impl FreezableProxy {
             port,
             frozen,
             links,
+            stalls,
             accept,
         }
     }
@@ -1137,6 +1150,15 @@ impl FreezableProxy {
     pub fn freeze(&self) {
         self.frozen
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every connection open now forwards nothing more, for ever, but stays
+    /// open: a peer that vanished without closing (a half-open TCP
+    /// connection). New connections work.
+    pub fn stall_open_links(&self) {
+        for stall in self.stalls.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            stall.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Drops every connection through the proxy, and what was held back.
