@@ -7,6 +7,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+# Dependencies carried with a fix ([patch.crates-io] in Cargo.toml): without
+# them the build fails, and dropping the patch would bring the bug back.
+COPY patches ./patches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin ticket-worker \

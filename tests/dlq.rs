@@ -1075,3 +1075,40 @@ async fn a_dead_letter_of_another_copy_cannot_clear_the_failure_recorded_for_the
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn an_x_death_a_publisher_wrote_does_not_disguise_the_workers_own_dead_letter() {
+    let h = Harness::new(Knobs::default()).await;
+    let worker = h.worker();
+    consuming(&worker).await;
+    // An event the worker refuses, carrying RabbitMQ's dead-letter record
+    // as a publisher forged it.
+    let mut death = FieldTable::default();
+    death.insert("reason".into(), AMQPValue::LongString("expired".into()));
+    death.insert("time".into(), AMQPValue::Timestamp(1));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+    );
+    headers.insert(
+        "x-first-death-reason".into(),
+        AMQPValue::LongString("expired".into()),
+    );
+    h.broker
+        .publish_raw(
+            b"not json",
+            json_properties()
+                .with_message_id("forged-death-1".into())
+                .with_headers(headers),
+        )
+        .await;
+    dead_letters_settle_at(&h, 1).await;
+    worker.stop().await;
+    let listing = dlq_ok(&dlq_env(&h), &["list", "--json"]).await.json();
+    assert_eq!(
+        counts(&listing),
+        BTreeMap::from([("invalid".into(), 1)]),
+        "the worker's own letter, read as the worker's"
+    );
+}

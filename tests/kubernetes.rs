@@ -1315,3 +1315,42 @@ fn check_placeholders(m: &Manifests) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[test]
+fn the_image_is_built_from_everything_the_build_reads() {
+    // Every path Cargo.toml builds from (the package's own files, and the
+    // patched crates of [patch.crates-io]) must be copied into the build
+    // stage, or the image fails to build (or someone drops the patch).
+    let dockerfile =
+        std::fs::read_to_string(Path::new(CRATE).join("Dockerfile")).expect("the Dockerfile");
+    let copied: BTreeSet<String> = dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[..parts.len().saturating_sub(1)]
+                .iter()
+                .map(|p| p.trim_end_matches('/').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let manifest =
+        std::fs::read_to_string(Path::new(CRATE).join("Cargo.toml")).expect("Cargo.toml");
+    let mut needed: BTreeSet<String> =
+        ["Cargo.toml", "Cargo.lock", "build.rs", "src", "migrations"]
+            .map(str::to_owned)
+            .into();
+    for line in manifest.lines() {
+        if let Some(rest) = line.split("path = \"").nth(1) {
+            let path = rest.split('"').next().unwrap_or_default();
+            let top = path.split('/').next().unwrap_or_default();
+            needed.insert(top.to_owned());
+        }
+    }
+    let missing: Vec<&String> = needed.iter().filter(|n| !copied.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile does not copy {missing:?} (copies {copied:?})"
+    );
+}

@@ -399,8 +399,8 @@ async fn migrating_again_with_another_reader_role_says_what_the_operator_must_do
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains(&format!("READER_ROLE {second} may not read the tickets"))
-            && stderr.contains(&format!("GRANT SELECT ON auth_tickets TO {second}"))
-            && stderr.contains(&format!("REVOKE SELECT ON auth_tickets FROM {first}")),
+            && stderr.contains(&format!("GRANT SELECT ON auth_tickets TO \"{second}\""))
+            && stderr.contains(&format!("REVOKE SELECT ON auth_tickets FROM \"{first}\"")),
         "{stderr}"
     );
     assert_eq!(grants_to(&db.pool, &second).await, Vec::<String>::new());

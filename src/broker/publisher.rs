@@ -131,6 +131,12 @@ impl Publisher {
         self.user.as_ref().map(|u| u.as_str())
     }
 
+    /// Whether RabbitMQ blocks this publisher's connection now (a memory or
+    /// disk alarm): publishes wait until it clears, on purpose.
+    pub fn is_blocked(&self) -> bool {
+        self.status.blocked()
+    }
+
     /// The negotiated `frame_max` of this publisher's connection.
     pub fn frame_max(&self) -> u32 {
         self.frame_max
@@ -455,8 +461,10 @@ struct Copy {
 
 impl Copy {
     /// Starts from the original's headers. The worker's own names
-    /// (`x-ticket-worker-*`, `x-original-*`) mean nothing coming from a
-    /// publisher and are dropped, unless the delivery is the worker's own copy,
+    /// (`x-ticket-worker-*`, `x-original-*`) and RabbitMQ's record of
+    /// dead-lettering (`x-death`, `x-first-death-*`, `x-last-death-*`) mean
+    /// nothing coming from a publisher and are dropped, unless the delivery
+    /// is the worker's own copy,
     /// whose record of the original (exchange, routing key, `user_id`) is kept.
     /// Headers the parser may have cut short are left out, and a header
     /// says how many (see [`header_limits`]).
@@ -471,7 +479,12 @@ impl Copy {
         headers.retain(|name, _| {
             let name = name.as_str();
             let workers = name.starts_with("x-ticket-worker-") || name.starts_with("x-original-");
-            !workers || (own && KEPT_FROM_OWN_COPIES.contains(&name))
+            // RabbitMQ's record of dead-lettering, written by a publisher,
+            // would make the worker's own dead letter read as RabbitMQ's.
+            let brokers = name == "x-death"
+                || name.starts_with("x-first-death-")
+                || name.starts_with("x-last-death-");
+            (!workers && !brokers) || (own && KEPT_FROM_OWN_COPIES.contains(&name))
         });
         let unreadable = header_limits::strip(&mut headers);
         let mut copy = Copy {

@@ -12,9 +12,10 @@
 //!   closes beyond), so a connection holds at most a few KiB;
 //! - a connection lives at most [`Limits::max_age`], whatever it does;
 //! - at most [`Limits::max_connections`] are open at once: one more evicts
-//!   the oldest, so that a flood of idle sockets cannot keep the kubelet's
-//!   probe out (it sends its request the moment it connects) and the file
-//!   descriptors the worker needs for RabbitMQ and Postgres stay free;
+//!   the oldest, closed at once, so that a flood of idle sockets cannot keep
+//!   the kubelet's probe out (it sends its request the moment it connects)
+//!   and the file descriptors the worker needs for RabbitMQ and Postgres
+//!   stay free;
 //! - `accept` failing (no file descriptor left) pauses accepting briefly
 //!   rather than spinning.
 
@@ -102,14 +103,15 @@ pub async fn serve(
             }
             let id = open.next_id;
             open.next_id = open.next_id.wrapping_add(1);
-            let token = stop.child_token();
-            open.connections.push_back((id, token.clone()));
-            (id, token)
+            let evict = CancellationToken::new();
+            open.connections.push_back((id, evict.clone()));
+            (id, evict)
         };
         let app = app.clone();
         let open = Arc::clone(&open);
+        let stop = stop.clone();
         tokio::spawn(async move {
-            serve_connection(stream, app, limits, token).await;
+            serve_connection(stream, app, limits, token, stop).await;
             let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
             open.connections.retain(|(other, _)| *other != id);
         });
@@ -117,11 +119,13 @@ pub async fn serve(
 }
 
 /// One connection, until it ends, outlives `limits.max_age`, or `stop` is
-/// cancelled (shutdown or eviction): then it may finish what it is writing.
+/// cancelled (shutdown): then it may finish what it is writing. Evicted
+/// (`evict`), it is closed at once, its file descriptor with it.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     app: axum::Router,
     limits: Limits,
+    evict: CancellationToken,
     stop: CancellationToken,
 ) {
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -137,6 +141,7 @@ async fn serve_connection(
         ended = &mut connection => Some(ended),
         _ = tokio::time::sleep(limits.max_age) => None,
         _ = stop.cancelled() => None,
+        _ = evict.cancelled() => return,
     };
     if ended.is_none() {
         connection.as_mut().graceful_shutdown();

@@ -428,12 +428,14 @@ impl Unavailable for TicketError {
     }
 
     fn rate_limited(&self) -> bool {
+        // A pause of nothing (`Retry-After: 0`, a date gone by) holds nobody:
+        // counted as the event's own failure, or it could come back for ever.
         matches!(
             self,
             TicketError::Transient {
-                retry_after: Some(_),
+                retry_after: Some(after),
                 ..
-            }
+            } if !after.is_zero()
         )
     }
 }

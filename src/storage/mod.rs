@@ -424,22 +424,32 @@ pub fn reader_role_advice(reader_role: &str, readers: &[String]) -> Option<Strin
     if has_it && others.is_empty() {
         return None;
     }
+    // Role names come from the catalog: quoted as identifiers, escaped for
+    // the terminal, before an operator pastes them.
+    let quoted = |role: &str| {
+        if role == "PUBLIC" {
+            return role.to_owned();
+        }
+        crate::domain::text::printable(&format!("\"{}\"", role.replace('"', "\"\"")), 130)
+    };
+    let reader = quoted(reader_role);
     let mut advice = String::new();
     if !has_it {
         advice.push_str(&format!(
             "READER_ROLE {reader_role} may not read the tickets: the migration that grants the reader role its rights ran before, under another name. As the owner of the tables, run: \
-             GRANT USAGE ON SCHEMA public TO {reader_role}; GRANT SELECT ON auth_tickets TO {reader_role}; \
-             GRANT EXECUTE ON FUNCTION current_auth_ticket(text, text), claim_auth_ticket(text, text) TO {reader_role};"
+             GRANT USAGE ON SCHEMA public TO {reader}; GRANT SELECT ON auth_tickets TO {reader}; \
+             GRANT EXECUTE ON FUNCTION current_auth_ticket(text, text), claim_auth_ticket(text, text) TO {reader};"
         ));
     }
     for other in others {
         if !advice.is_empty() {
             advice.push(' ');
         }
+        let role = quoted(other);
         advice.push_str(&format!(
-            "{other} may still read the tickets, though READER_ROLE is {reader_role}; if it should not, run: \
-             REVOKE SELECT ON auth_tickets FROM {other}; \
-             REVOKE EXECUTE ON FUNCTION current_auth_ticket(text, text), claim_auth_ticket(text, text) FROM {other};"
+            "{role} may still read the tickets, though READER_ROLE is {reader_role}; if it should not, run: \
+             REVOKE SELECT ON auth_tickets FROM {role}; \
+             REVOKE EXECUTE ON FUNCTION current_auth_ticket(text, text), claim_auth_ticket(text, text) FROM {role};"
         ));
     }
     Some(advice)
@@ -514,15 +524,21 @@ mod tests {
             "{moved}"
         );
         assert!(
-            moved.contains("GRANT SELECT ON auth_tickets TO b"),
+            moved.contains("GRANT SELECT ON auth_tickets TO \"b\""),
             "{moved}"
         );
         assert!(
-            moved.contains("REVOKE SELECT ON auth_tickets FROM a"),
+            moved.contains("REVOKE SELECT ON auth_tickets FROM \"a\""),
             "{moved}"
+        );
+        let hostile = super::reader_role_advice("b", &readers(&["x\"; DROP TABLE t;--\u{1b}"]))
+            .unwrap_or_default();
+        assert!(
+            hostile.contains("FROM \"x\"\"; DROP TABLE t;--\\u{1b}\""),
+            "{hostile}"
         );
         let extra = super::reader_role_advice("b", &readers(&["a", "b"])).unwrap_or_default();
         assert!(!extra.contains("GRANT"), "{extra}");
-        assert!(extra.contains("a may still read"), "{extra}");
+        assert!(extra.contains("\"a\" may still read"), "{extra}");
     }
 }

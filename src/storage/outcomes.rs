@@ -330,7 +330,14 @@ impl TicketStore {
                 "refusing to forget every event whose id starts with {prefix:?}: too short"
             )));
         }
-        let counts = bounded!(self, |conn| sqlx::query_as(
+        // A scan of every table, not a lookup: more time than a statement
+        // of the worker's, in a transaction of its own.
+        const FORGET_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
+        let mut conn = self.pool().acquire().await?;
+        sqlx::raw_sql("BEGIN; SET LOCAL statement_timeout = '10min'")
+            .execute(&mut *conn)
+            .await?;
+        let forget = sqlx::query_as(
             "WITH tickets AS (
                  DELETE FROM auth_tickets WHERE starts_with(event_id, $1) RETURNING 1
              ),
@@ -344,7 +351,15 @@ impl TicketStore {
                     (SELECT count(*) FROM announcements)",
         )
         .bind(prefix)
-        .fetch_one(&mut *conn))?;
+        .fetch_one(&mut *conn);
+        let counts = match tokio::time::timeout(FORGET_WITHIN, forget).await {
+            Ok(counts) => counts?,
+            Err(_) => {
+                conn.close_on_drop();
+                return Err(StoreError::no_answer("forgetting a run's events"));
+            }
+        };
+        sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
         Ok(Forgotten::from_counts(counts))
     }
 }

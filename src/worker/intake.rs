@@ -216,8 +216,25 @@ impl Worker {
                 outcome
             };
             // Every wait inside has a deadline of its own; this one bounds
-            // them all together, for whatever was missed.
-            let bounded = tokio::time::timeout(deadline, handle);
+            // them all together, for whatever was missed. Publishing that
+            // RabbitMQ holds back during an alarm waits for the alarm: given
+            // back, the delivery would only come round again, each time
+            // spending one of its deliveries and leaving a publish queued.
+            let bounded = async {
+                tokio::pin!(handle);
+                loop {
+                    match tokio::time::timeout(deadline, &mut handle).await {
+                        Ok(outcome) => return Ok(outcome),
+                        Err(_)
+                            if stage.get() == Stage::Settling
+                                && settler.publisher().is_blocked() =>
+                        {
+                            continue;
+                        }
+                        Err(overdue) => return Err(overdue),
+                    }
+                }
+            };
             let handled = AssertUnwindSafe(bounded.instrument(span.clone()))
                 .catch_unwind()
                 .await;

@@ -409,18 +409,43 @@ fn parse_field_table_within<I: ParsableInput>(
 ) -> ParserResult<I, FieldTable> {
     let (rest, mut content) = complete_within(i.clone(), "parse_field_table", length_prefixed(i))?;
     let mut table = FieldTable::default();
-    while content.input_len() > 0 && budget.take() {
+    while content.input_len() > 0 {
         let (after_key, key) = complete_within(
             content.clone(),
             "parse_field_table_entry",
             parse_short_string(content),
         )?;
+        if table.inner().contains_key(&key) {
+            // A name written twice: the first stands (RabbitMQ reads the
+            // first too), and the repeat is skipped without being decoded,
+            // so that it costs none of the budget and cannot hide, behind
+            // values that were never kept, that the budget ran out.
+            let skipped = skip_value(after_key.clone());
+            let (next, ()) = complete_within(after_key, "parse_field_table_entry", skipped)?;
+            content = next;
+            continue;
+        }
+        if !budget.take() {
+            break;
+        }
         let parsed = parse_value_within(after_key.clone(), level, budget);
         let (next, value) = complete_within(after_key, "parse_field_table_entry", parsed)?;
         table.insert(key, value);
         content = next;
     }
     Ok((rest, table))
+}
+
+/// Skips one value (its type tag first) without keeping it: a table or an
+/// array by its length prefix, without descending into it.
+fn skip_value<I: ParsableInput>(i: I) -> ParserResult<I, ()> {
+    let (i, amqp_type) = parse_type(i)?;
+    match amqp_type {
+        AMQPType::FieldArray | AMQPType::FieldTable => {
+            length_prefixed(i).map(|(rest, _)| (rest, ()))
+        }
+        scalar => parse_scalar(i, scalar).map(|(rest, _)| (rest, ())),
+    }
 }
 
 /// Parse a [ByteArray](../type.ByteArray.html)
@@ -892,5 +917,31 @@ mod test {
         assert!(parse_field_array(&[0, 0, 0, 2, b'?', 0][..]).is_err());
         // A table whose entry runs past its length.
         assert!(parse_field_table(&[0, 0, 0, 3, 1, b'k', b'S'][..]).is_err());
+    }
+
+    #[test]
+    fn a_name_written_twice_keeps_the_first_and_costs_no_budget() {
+        // MAX_VALUES + 10 entries "a": Void, then "b": true. The repeats are
+        // skipped, so "b" still fits the budget, and "a" keeps its first value.
+        let mut entries = vec![1, b'a', b'S', 0, 0, 0, 1, b'1'];
+        for _ in 0..MAX_VALUES + 10 {
+            entries.extend_from_slice(&[1, b'a', b'V']);
+        }
+        // A repeated nested table is skipped whole, however deep.
+        entries.extend_from_slice(&[1, b'a']);
+        let deep = nested_tables(5_000, b"V");
+        entries.push(b'F');
+        entries.extend_from_slice(&deep);
+        entries.extend_from_slice(&[1, b'b', b't', 1]);
+        let mut bytes = (entries.len() as u32).to_be_bytes().to_vec();
+        bytes.extend(entries);
+        let (rest, table) = parse_field_table(&bytes[..]).expect("parses");
+        assert!(rest.is_empty());
+        assert_eq!(table.inner().len(), 2);
+        assert_eq!(
+            table.inner().get("a"),
+            Some(&AMQPValue::LongString("1".into()))
+        );
+        assert_eq!(table.inner().get("b"), Some(&AMQPValue::Boolean(true)));
     }
 }
