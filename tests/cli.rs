@@ -833,7 +833,7 @@ async fn run_waits_for_a_database_that_does_not_exist_yet_instead_of_exiting() {
 
     // The database appears (an operator fixed it): the worker carries on.
     let create = format!("CREATE DATABASE {missing}");
-    let _drop_it_afterwards = DropDatabase(missing.clone());
+    let _drop_it_afterwards = DropDatabase::named(&missing);
     sqlx::query(sqlx::AssertSqlSafe(create))
         .execute(&h.db.pool)
         .await

@@ -1,13 +1,12 @@
-//! Faults of the shared services themselves: RabbitMQ and Postgres restarted
-//! while a worker has events in flight, a RabbitMQ memory alarm during a
-//! burst, and the broker's message size limit.
+//! Faults of the servers themselves: RabbitMQ and Postgres restarted while a
+//! worker has events in flight, a RabbitMQ memory alarm during a burst, and
+//! the broker's message size limit.
 //!
-//! These change services other tests use, so they live in this binary alone
-//! (cargo runs test binaries one after another) and take [`SERIAL`] so they
-//! never overlap each other; a guard restores each service even when the test
-//! fails. `TEST_SKIP_SERVICE_FAULTS` (or the older
-//! `TEST_SKIP_SERVICE_RESTARTS`) skips them, for machines where others use the
-//! same services.
+//! Each test runs its own RabbitMQ node and, where it needs one, its own
+//! Postgres ([`support::private`]), on ports and in data directories of
+//! their own, removed when the test ends (also when it fails): the machine's
+//! own RabbitMQ and Postgres are never stopped or reconfigured, and these
+//! tests run beside every other.
 
 mod support;
 
@@ -16,81 +15,26 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
+use support::private::{PrivatePostgres, PrivateRabbit};
 use support::*;
 use ticket_worker::fake_taptalk::Knobs;
 
-/// One service fault at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Whether this machine's services may be broken on purpose.
-fn skipped() -> bool {
-    let skip = ["TEST_SKIP_SERVICE_FAULTS", "TEST_SKIP_SERVICE_RESTARTS"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
-    if skip {
-        eprintln!("TEST_SKIP_SERVICE_FAULTS is set: not breaking the shared services");
-    }
-    skip
-}
-
-fn postgres_cluster() -> String {
-    std::fs::read_dir("/etc/postgresql")
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .unwrap_or_else(|| "15".into())
-}
-
-fn run(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn services_up() -> bool {
-    run("pg_isready", &["-h", "127.0.0.1", "-q"])
-        && run("rabbitmqctl", &["-q", "await_startup", "--timeout", "5"])
-}
-
-/// Brings RabbitMQ and Postgres back up, whatever happened to the test.
-struct Restore;
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        let started = Instant::now();
-        while !services_up() && started.elapsed() < Duration::from_secs(120) {
-            run("rabbitmqctl", &["-q", "start_app"]);
-            run(
-                "pg_ctlcluster",
-                &[
-                    "--skip-systemctl-redirect",
-                    &postgres_cluster(),
-                    "main",
-                    "start",
-                ],
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-}
-
 #[tokio::test]
 async fn rabbitmq_and_postgres_restarts_are_survived() {
-    if skipped() {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
+    let rabbit = PrivateRabbit::start(1, "");
+    let postgres = PrivatePostgres::start();
     // Slow enough that both restarts land while events are in flight:
     // 8 at a time, about 0.5 s each, 200 events: about 12 s of work.
-    let h = Harness::new(Knobs {
-        latency: Duration::from_millis(400),
-        latency_jitter: Duration::from_millis(200),
-        ..Knobs::default()
-    })
+    let h = Harness::on(
+        &rabbit.amqp_url(0),
+        &postgres.primary.url("postgres"),
+        Knobs {
+            latency: Duration::from_millis(400),
+            latency_jitter: Duration::from_millis(200),
+            ..Knobs::default()
+        },
+    )
     .await;
     // The harness's own tap dies with the broker: keep ticket events in a
     // durable queue instead, read after the restarts.
@@ -112,7 +56,6 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
         .collect();
     h.broker.publish_events(&first).await;
 
-    let _restore = Restore;
     eventually(Duration::from_secs(30), "work under way", || async {
         (h.db.count().await >= 10).then_some(())
     })
@@ -122,9 +65,9 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
         before_broker < 150,
         "the broker restart lands mid-flight ({before_broker} done)"
     );
-    assert!(run("rabbitmqctl", &["-q", "stop_app"]), "stop RabbitMQ");
+    assert!(rabbit.ctl(0, &["stop_app"]), "stop RabbitMQ");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(run("rabbitmqctl", &["-q", "start_app"]), "start RabbitMQ");
+    assert!(rabbit.ctl(0, &["start_app"]), "start RabbitMQ");
     eventually(Duration::from_secs(60), "work resumed", || async {
         (h.db.count().await >= before_broker + 10).then_some(())
     })
@@ -134,21 +77,10 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
         before_postgres < 200,
         "the Postgres restart lands mid-flight ({before_postgres} done)"
     );
-    assert!(
-        run(
-            "pg_ctlcluster",
-            &[
-                "--skip-systemctl-redirect",
-                &postgres_cluster(),
-                "main",
-                "restart"
-            ]
-        ),
-        "restart Postgres"
-    );
+    postgres.restart_primary();
 
     // A second batch, published on a new connection after both restarts.
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+    let connection = Connection::connect(&rabbit.amqp_url(0), ConnectionProperties::default())
         .await
         .expect("reconnect");
     let channel = connection.create_channel().await.expect("channel");
@@ -219,7 +151,7 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
         "the worker reconnected ({sessions} sessions)"
     );
     println!(
-        "scenario restarts: sent {} events; faults: RabbitMQ stop_app/start_app after {before_broker} were stored, \
+        "scenario restarts (a private RabbitMQ node and Postgres): sent {} events; faults: RabbitMQ stop_app/start_app after {before_broker} were stored, \
          a Postgres restart after {before_postgres}, 20 more published after both; outcome: {} rows, {} announced, {sessions} broker sessions",
         ids.len(),
         ids.len(),
@@ -227,64 +159,18 @@ async fn rabbitmq_and_postgres_restarts_are_survived() {
     );
 }
 
-/// `rabbitmqctl eval` and its output, trimmed.
-fn rabbitmq_eval(expression: &str) -> Option<String> {
-    let output = Command::new("rabbitmqctl")
-        .args(["-q", "eval", expression])
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-/// Sets RabbitMQ's `max_message_size` (new channels use it) until dropped,
-/// also when the test fails; then puts the previous value back.
-struct MaxMessageSize {
-    previous: u64,
-}
-
-impl MaxMessageSize {
-    fn set(bytes: u64) -> MaxMessageSize {
-        // `{ok,134217728}`, or `undefined` for RabbitMQ's built-in default.
-        let previous = rabbitmq_eval("application:get_env(rabbit, max_message_size).")
-            .and_then(|v| {
-                v.trim_start_matches("{ok,")
-                    .trim_end_matches('}')
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(134_217_728);
-        let guard = MaxMessageSize { previous };
-        assert!(
-            rabbitmq_eval(&format!(
-                "application:set_env(rabbit, max_message_size, {bytes})."
-            ))
-            .is_some(),
-            "set max_message_size"
-        );
-        guard
-    }
-}
-
-impl Drop for MaxMessageSize {
-    fn drop(&mut self) {
-        let _ = rabbitmq_eval(&format!(
-            "application:set_env(rabbit, max_message_size, {}).",
-            self.previous
-        ));
-    }
-}
-
-/// The `max_message_size` the project ships for RabbitMQ.
-fn shipped_max_message_size() -> u64 {
+/// The RabbitMQ configuration the project ships.
+fn shipped_config() -> String {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/rabbitmq/ticket-worker.conf"
     );
-    let config = std::fs::read_to_string(path).expect("the shipped RabbitMQ configuration");
-    config
+    std::fs::read_to_string(path).expect("the shipped RabbitMQ configuration")
+}
+
+/// The `max_message_size` the project ships for RabbitMQ.
+fn shipped_max_message_size() -> u64 {
+    shipped_config()
         .lines()
         .filter_map(|line| line.split_once('='))
         .find(|(key, _)| key.trim() == "max_message_size")
@@ -294,22 +180,19 @@ fn shipped_max_message_size() -> u64 {
 
 #[tokio::test]
 async fn the_shipped_broker_limit_refuses_bodies_that_would_swell_a_worker() {
-    if skipped() {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
     let limit = shipped_max_message_size();
     let max_event = ticket_worker::events::DEFAULT_MAX_EVENT_BYTES as u64;
     assert!(
         (max_event..=4 * max_event).contains(&limit),
         "the shipped limit ({limit}) lets every acceptable event through and bounds the rest"
     );
-    let _applied = MaxMessageSize::set(limit);
-    let h = Harness::new(Knobs::default()).await;
+    // A node of this test's own, with the shipped configuration as is.
+    let rabbit = PrivateRabbit::start(1, &shipped_config());
+    let h = Harness::on(&rabbit.amqp_url(0), &admin_database_url(), Knobs::default()).await;
     let worker = h.worker();
 
     // 10 MiB bodies, as an attacker would send 40 of them: refused at publish.
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+    let connection = Connection::connect(&rabbit.amqp_url(0), ConnectionProperties::default())
         .await
         .expect("connect");
     let mut refused = 0;
@@ -363,78 +246,25 @@ async fn the_shipped_broker_limit_refuses_bodies_that_would_swell_a_worker() {
     );
     worker.stop().await;
     println!(
-        "scenario message-size: the shipped max_message_size ({limit} bytes) applied to RabbitMQ; outcome: 5 of 5 bodies of 10 MiB refused at publish, a {} KiB event dead-lettered too_large, 20 tickets",
+        "scenario message-size: a private RabbitMQ node with the shipped configuration (max_message_size {limit} bytes); outcome: 5 of 5 bodies of 10 MiB refused at publish, a {} KiB event dead-lettered too_large, 20 tickets",
         too_large.to_string().len() / 1024
     );
 }
 
-/// Sets RabbitMQ's memory high watermark until dropped, also when the test
-/// fails; then puts the previous one back. `0` raises the memory alarm at
-/// once: RabbitMQ blocks every connection that publishes.
-struct MemoryWatermark {
-    previous: Vec<String>,
-}
-
-impl MemoryWatermark {
-    fn set(value: &str) -> MemoryWatermark {
-        // `0.4`, or `{absolute,1073741824}`.
-        let previous = rabbitmq_eval("vm_memory_monitor:get_vm_memory_high_watermark().")
-            .map(|v| {
-                match v
-                    .strip_prefix("{absolute,")
-                    .and_then(|v| v.strip_suffix('}'))
-                {
-                    Some(bytes) => vec!["absolute".to_owned(), bytes.trim().to_owned()],
-                    None => vec![v],
-                }
-            })
-            .unwrap_or_else(|| vec!["0.4".to_owned()]);
-        let guard = MemoryWatermark { previous };
-        assert!(
-            run(
-                "rabbitmqctl",
-                &["-q", "set_vm_memory_high_watermark", value]
-            ),
-            "set the memory watermark"
-        );
-        guard
-    }
-}
-
-impl Drop for MemoryWatermark {
-    fn drop(&mut self) {
-        let mut args = vec!["-q", "set_vm_memory_high_watermark"];
-        args.extend(self.previous.iter().map(String::as_str));
-        // Left in alarm, the broker would block every later test: fall back
-        // to RabbitMQ's default if the old value is refused.
-        if !run("rabbitmqctl", &args) {
-            eprintln!(
-                "could not restore the memory watermark {:?}; setting 0.4",
-                self.previous
-            );
-            run(
-                "rabbitmqctl",
-                &["-q", "set_vm_memory_high_watermark", "0.4"],
-            );
-        }
-    }
-}
-
 /// The state (`running`, `blocking`, `blocked`, …) of the connection whose
-/// client-provided name is `name`.
-fn connection_state(name: &str) -> Option<String> {
-    let output = Command::new("rabbitmqctl")
-        .args([
-            "-q",
+/// client-provided name is `name`, on node 0 of `rabbit`.
+fn connection_state(rabbit: &PrivateRabbit, name: &str) -> Option<String> {
+    let listing = rabbit.ctl_output(
+        0,
+        &[
             "--no-table-headers",
             "list_connections",
             "state",
             "client_properties",
-        ])
-        .output()
-        .ok()?;
+        ],
+    )?;
     let quoted = format!("\"{name}\"");
-    String::from_utf8_lossy(&output.stdout)
+    listing
         .lines()
         .find(|line| line.contains(&quoted))
         .and_then(|line| line.split_whitespace().next())
@@ -443,15 +273,16 @@ fn connection_state(name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn a_memory_alarm_during_a_burst_blocks_publishing_only_and_loses_nothing() {
-    if skipped() {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
+    let rabbit = PrivateRabbit::start(1, "");
     // 8 at a time, 200 ms each: 400 events take about 10 s.
-    let h = Harness::new(Knobs {
-        latency: Duration::from_millis(200),
-        ..Knobs::default()
-    })
+    let h = Harness::on(
+        &rabbit.amqp_url(0),
+        &admin_database_url(),
+        Knobs {
+            latency: Duration::from_millis(200),
+            ..Knobs::default()
+        },
+    )
     .await;
     let name = format!("alarm-{}", unique());
     let mut env = worker_env(&h.db.url, &h.broker, &h.taptalk.base_url(), &name);
@@ -471,7 +302,10 @@ async fn a_memory_alarm_during_a_burst_blocks_publishing_only_and_loses_nothing(
     })
     .await;
 
-    let alarm = MemoryWatermark::set("0");
+    assert!(
+        rabbit.ctl(0, &["set_vm_memory_high_watermark", "0"]),
+        "raise the memory alarm"
+    );
     // Publishing stops: the worker's publishing connection is blocked, its
     // consuming one is not (it only acknowledges), so RabbitMQ keeps the
     // deliveries it has and nothing piles up on the consuming side.
@@ -480,13 +314,13 @@ async fn a_memory_alarm_during_a_burst_blocks_publishing_only_and_loses_nothing(
     let publishing = eventually(
         Duration::from_secs(20),
         "RabbitMQ blocks the worker's publishing connection",
-        || async { connection_state(&publish).filter(|state| state == "blocked") },
+        || async { connection_state(&rabbit, &publish).filter(|state| state == "blocked") },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = h.tap.ready().len();
     // `blocking`: it would be blocked if it published, and it does not.
-    let consuming = connection_state(&consume);
+    let consuming = connection_state(&rabbit, &consume);
     assert!(
         matches!(consuming.as_deref(), Some("running" | "blocking")),
         "the consuming connection is never blocked (publishing: {publishing}, consuming: {consuming:?})"
@@ -502,7 +336,10 @@ async fn a_memory_alarm_during_a_burst_blocks_publishing_only_and_loses_nothing(
         during,
         "nothing is announced while publishing is blocked"
     );
-    drop(alarm);
+    assert!(
+        rabbit.ctl(0, &["set_vm_memory_high_watermark", "0.4"]),
+        "clear the memory alarm"
+    );
 
     let ready = h
         .tap
@@ -535,7 +372,7 @@ async fn a_memory_alarm_during_a_burst_blocks_publishing_only_and_loses_nothing(
         "the block is logged:\n{logs}"
     );
     println!(
-        "scenario memory-alarm: 400 events; faults: memory watermark 0 for ~5 s after {during} were announced; \
+        "scenario memory-alarm (a private RabbitMQ node): 400 events; faults: memory watermark 0 for ~5 s after {during} were announced; \
          outcome: {} rows, {} announced, 0 dead letters",
         h.db.count().await,
         announced.len()

@@ -6,6 +6,7 @@
 //! defaults; `TEST_LOG=1` shows the worker's logs.
 #![allow(dead_code)]
 
+pub mod private;
 pub mod raw_amqp;
 
 use futures_util::StreamExt;
@@ -88,12 +89,20 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    /// The database it was created from (and is dropped through).
+    admin: String,
 }
 
 impl TestDb {
     pub async fn create() -> TestDb {
+        TestDb::create_at(&admin_database_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (a URL to any database
+    /// there: a private server's, say).
+    pub async fn create_at(admin: &str) -> TestDb {
         let name = format!("tw_test_{}", unique());
-        let admin = admin_database_url();
+        let admin = admin.to_owned();
         let mut connection = PgConnection::connect(&admin)
             .await
             .expect("connect to the admin database");
@@ -108,7 +117,12 @@ impl TestDb {
             .connect(&url)
             .await
             .expect("connect to the test database");
-        TestDb { name, url, pool }
+        TestDb {
+            name,
+            url,
+            pool,
+            admin,
+        }
     }
 
     /// A database with the migrations applied.
@@ -145,18 +159,30 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         // The pool belongs to the test's runtime, which may be the one blocked
         // here: leave it alone; DROP ... WITH (FORCE) ends its connections.
-        drop(DropDatabase(self.name.clone()));
+        drop(DropDatabase::at(&self.admin, &self.name));
     }
 }
 
 /// Drops the database of this name when dropped (for databases a test
 /// creates itself, rather than through [`TestDb`]).
-pub struct DropDatabase(pub String);
+pub struct DropDatabase(pub String, Option<String>);
+
+impl DropDatabase {
+    /// The database `name` of the shared server.
+    pub fn named(name: &str) -> DropDatabase {
+        DropDatabase(name.to_owned(), None)
+    }
+
+    /// The database `name` on the server of `admin`.
+    pub fn at(admin: &str, name: &str) -> DropDatabase {
+        DropDatabase(name.to_owned(), Some(admin.to_owned()))
+    }
+}
 
 impl Drop for DropDatabase {
     fn drop(&mut self) {
         let name = self.0.clone();
-        let admin = admin_database_url();
+        let admin = self.1.clone().unwrap_or_else(admin_database_url);
         run_detached(async move {
             if let Ok(mut connection) = PgConnection::connect(&admin).await {
                 let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
@@ -291,6 +317,8 @@ pub fn url_as(url: &str, user: &str, password: &str) -> String {
 
 /// Topology names of this test's own, declared, and deleted on drop.
 pub struct TestBroker {
+    /// The broker it is on (the shared one, unless [`TestBroker::at`]).
+    pub url: String,
     pub topology: Topology,
     pub connection: Connection,
     pub channel: Channel,
@@ -306,6 +334,11 @@ impl TestBroker {
     }
 
     pub async fn with_delivery_limit(delivery_limit: u32) -> TestBroker {
+        TestBroker::at(&amqp_url(), delivery_limit).await
+    }
+
+    /// Names of this test's own on the broker at `url` (a private one, say).
+    pub async fn at(url: &str, delivery_limit: u32) -> TestBroker {
         let id = unique();
         let topology = Topology {
             login_exchange: format!("test.{id}.logins"),
@@ -316,7 +349,7 @@ impl TestBroker {
             delivery_limit,
         };
         let connection = Connection::connect(
-            &amqp_url(),
+            url,
             ConnectionProperties::default()
                 .with_connection_name(format!("test-harness-{id}").into()),
         )
@@ -332,6 +365,7 @@ impl TestBroker {
             .await
             .expect("confirm mode");
         TestBroker {
+            url: url.to_owned(),
             topology,
             connection,
             channel,
@@ -508,11 +542,11 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let topology = self.topology.clone();
+        let url = self.url.clone();
         let extra =
             std::mem::take(&mut *self.extra_queues.lock().unwrap_or_else(|p| p.into_inner()));
         run_detached(async move {
-            if let Ok(connection) =
-                Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            if let Ok(connection) = Connection::connect(&url, ConnectionProperties::default()).await
             {
                 if let Ok(channel) = connection.create_channel().await {
                     for queue in extra {
@@ -657,7 +691,7 @@ pub fn login_event(xc_user_id: &str) -> Value {
 pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Settings {
     Settings {
         broker: BrokerSettings {
-            amqp_url: SecretString::from(amqp_url()),
+            amqp_url: SecretString::from(broker.url.clone()),
             connection_name: format!("tw-test-{}", unique()),
             topology: broker.topology.clone(),
             reconnect: RetryPolicy::forever(Duration::from_millis(100), Duration::from_secs(1)),
@@ -771,8 +805,14 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(knobs: Knobs) -> Harness {
-        let db = TestDb::create().await;
-        let broker = TestBroker::new().await;
+        Harness::on(&amqp_url(), &admin_database_url(), knobs).await
+    }
+
+    /// A harness on the broker at `amqp_url` and the Postgres of `admin_url`
+    /// (private servers, say).
+    pub async fn on(amqp_url: &str, admin_url: &str, knobs: Knobs) -> Harness {
+        let db = TestDb::create_at(admin_url).await;
+        let broker = TestBroker::at(amqp_url, 20).await;
         let taptalk = fake_taptalk(knobs).await;
         let tap = broker.tap().await;
         Harness {
@@ -814,7 +854,7 @@ pub fn worker_env(
 ) -> Vec<(&'static str, String)> {
     let t = &broker.topology;
     vec![
-        ("AMQP_URL", amqp_url()),
+        ("AMQP_URL", broker.url.clone()),
         ("AMQP_CONNECTION_NAME", connection_name.to_owned()),
         ("DATABASE_URL", db_url.to_owned()),
         ("TAPTALK_BASE_URL", taptalk_url.to_string()),
