@@ -2,7 +2,8 @@
 //! declared with at-least-once dead-lettering (`x-dead-letter-strategy` with
 //! `x-overflow: reject-publish`), and a queue an earlier version declared
 //! without them is used as it is, with a warning naming the policy that
-//! gives it the same strategy, which the README's policy command then does.
+//! gives it the same strategy, which the README's policy command then does
+//! (on a RabbitMQ node of the test's own: a policy is broker configuration).
 
 mod support;
 
@@ -10,6 +11,7 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use std::process::Command;
 use std::time::Duration;
+use support::private::PrivateRabbit;
 use support::*;
 use ticket_worker::fake_taptalk::Knobs;
 
@@ -31,15 +33,18 @@ fn queue_column(queue: &str, column: &str) -> String {
         .unwrap_or_else(|| panic!("no queue {queue} in list_queues"))
 }
 
-/// A RabbitMQ policy, removed on drop (also when the test fails).
-struct Policy(String);
-
-impl Drop for Policy {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "clear_policy", &self.0])
-            .status();
-    }
+/// `rabbitmqctl list_queues name <column>` on `rabbit`'s first node.
+fn private_queue_column(rabbit: &PrivateRabbit, queue: &str, column: &str) -> String {
+    rabbit
+        .ctl_output(0, &["--no-table-headers", "list_queues", "name", column])
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.split_once('\t')
+                .filter(|(name, _)| *name == queue)
+                .map(|(_, value)| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no queue {queue} in list_queues"))
 }
 
 #[tokio::test]
@@ -58,7 +63,8 @@ async fn the_work_queue_dead_letters_at_least_once() {
 #[tokio::test]
 async fn a_work_queue_from_an_earlier_version_is_used_with_a_warning_and_the_readme_policy_fixes_it()
  {
-    let h = Harness::new(Knobs::default()).await;
+    let rabbit = PrivateRabbit::start(1, "");
+    let h = Harness::on(&rabbit.amqp_url(0), &admin_database_url(), Knobs::default()).await;
     let t = &h.broker.topology;
     // The work queue as an earlier version declared it.
     let channel = &h.broker.channel;
@@ -127,23 +133,21 @@ async fn a_work_queue_from_an_earlier_version_is_used_with_a_warning_and_the_rea
 
     // The README's policy, scoped to this test's queue.
     let name = format!("test-{}", unique());
-    let _policy = Policy(name.clone());
     let pattern = format!("^{}$", t.work_queue.replace('.', "\\."));
-    let applied = Command::new("rabbitmqctl")
-        .args([
-            "-q",
+    let applied = rabbit.ctl(
+        0,
+        &[
             "set_policy",
             &name,
             &pattern,
             r#"{"dead-letter-strategy":"at-least-once","overflow":"reject-publish"}"#,
             "--apply-to",
             "queues",
-        ])
-        .status()
-        .expect("rabbitmqctl set_policy");
-    assert!(applied.success(), "RabbitMQ accepts the README's policy");
+        ],
+    );
+    assert!(applied, "RabbitMQ accepts the README's policy");
     eventually(WAIT, "the policy applies to the work queue", || async {
-        (queue_column(&t.work_queue, "policy") == name).then_some(())
+        (private_queue_column(&rabbit, &t.work_queue, "policy") == name).then_some(())
     })
     .await;
     // And the worker goes on with it.
