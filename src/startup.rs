@@ -40,6 +40,7 @@ impl Application {
             &database.url,
             database.max_connections,
             &database.reader_role,
+            database.pooling,
             move || counted.database_connection_opened(),
         )
         .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;

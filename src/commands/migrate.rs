@@ -7,6 +7,13 @@ use crate::storage::TicketStore;
 pub async fn run(args: &DatabaseArgs) -> Result<(), CommandError> {
     let database = DatabaseSettings::from_args(args, None)?;
     secrets::register_database(&database);
+    if database.pooling == crate::storage::Pooling::Transaction {
+        return Err(crate::config::ConfigError::new(
+            "DATABASE_POOLER",
+            crate::storage::NEEDS_A_SESSION,
+        )
+        .into());
+    }
     let store = TicketStore::connect_lazy_with_reader_role(&database.url, 1, &database.reader_role)
         .map_err(anyhow::Error::from)?;
     store.migrate().await.map_err(|e| {

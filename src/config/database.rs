@@ -37,6 +37,14 @@ pub struct DatabaseArgs {
         default_value = crate::storage::DEFAULT_READER_ROLE
     )]
     pub reader_role: String,
+    /// `transaction` when DATABASE_URL goes through a connection pooler in transaction mode (PgBouncer pool_mode = transaction); `none` otherwise
+    #[arg(
+        long,
+        env = "DATABASE_POOLER",
+        value_name = "DATABASE_POOLER",
+        default_value = "none"
+    )]
+    pub database_pooler: String,
 }
 
 /// Database settings, validated.
@@ -47,6 +55,9 @@ pub struct DatabaseSettings {
     /// The role the migrations create and grant read access to the tickets
     /// (a plain Postgres identifier, checked).
     pub reader_role: String,
+    /// `DATABASE_POOLER`: straight to Postgres, or through a pooler in
+    /// transaction mode.
+    pub pooling: crate::storage::Pooling,
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -74,12 +85,21 @@ impl DatabaseSettings {
             "must be at least 1",
         );
         let reader_role = problems.take(reader_role(&args.reader_role));
-        match (url, reader_role) {
-            (Some(url), Some(reader_role)) if problems.is_empty() => Ok(DatabaseSettings {
-                url,
-                max_connections: args.database_max_connections,
-                reader_role,
-            }),
+        let pooling = crate::storage::Pooling::parse(&args.database_pooler);
+        problems.require(
+            pooling.is_some(),
+            "DATABASE_POOLER",
+            "must be none or transaction (transaction: DATABASE_URL goes through PgBouncer or another pooler in transaction mode)",
+        );
+        match (url, reader_role, pooling) {
+            (Some(url), Some(reader_role), Some(pooling)) if problems.is_empty() => {
+                Ok(DatabaseSettings {
+                    url,
+                    max_connections: args.database_max_connections,
+                    reader_role,
+                    pooling,
+                })
+            }
             _ => Err(problems.into_errors()),
         }
     }

@@ -14,7 +14,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn new(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    pub fn new(setting: &'static str, problem: impl Into<String>) -> ConfigError {
         ConfigError {
             setting,
             problem: problem.into(),

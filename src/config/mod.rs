@@ -138,6 +138,14 @@ impl Settings {
         ));
         let progress_every = problems.take(duration("PROGRESS_EVERY", &args.progress_every));
         let http_listen = problems.take(http_listen(&args.http_listen));
+        let pooled = database
+            .as_ref()
+            .is_some_and(|d| d.pooling == crate::storage::Pooling::Transaction);
+        problems.require(
+            !pooled || args.skip_migrations,
+            "SKIP_MIGRATIONS",
+            crate::storage::NEEDS_A_SESSION,
+        );
         let delivery_deadline = problems.take(positive_duration(
             "DELIVERY_DEADLINE",
             &args.delivery_deadline,

@@ -69,17 +69,71 @@ pub const MIGRATION_DEADLINE: Duration = Duration::from_secs(600);
 /// See [`STATEMENT_DEADLINE`].
 pub const SERVER_TIMEOUTS: &str = "SET statement_timeout = '10s'; SET lock_timeout = '5s'";
 
+/// How the worker reaches Postgres (`DATABASE_POOLER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooling {
+    /// Straight to Postgres (or a pooler in session mode): a connection is a
+    /// session, statements are prepared once and cached, the statement
+    /// timeouts are set once per connection.
+    #[default]
+    Direct,
+    /// Through a pooler in transaction mode (PgBouncer's `pool_mode =
+    /// transaction`): a server connection is ours for one transaction only,
+    /// so nothing may outlive one. Every statement runs in a transaction of
+    /// its own, as an unnamed prepared statement (a named one would stay on
+    /// a server connection that another client gets next), with its
+    /// timeouts `SET LOCAL`; and no session settings at all.
+    Transaction,
+}
+
+impl Pooling {
+    /// `none` or `transaction`.
+    pub fn parse(raw: &str) -> Option<Pooling> {
+        match raw.trim() {
+            "" | "none" => Some(Pooling::Direct),
+            "transaction" => Some(Pooling::Transaction),
+            _ => None,
+        }
+    }
+}
+
+/// Why migrations cannot run through a pooler in transaction mode, and what
+/// to do.
+pub const NEEDS_A_SESSION: &str = "DATABASE_POOLER=transaction: migrations need a session of their own (they hold an advisory lock across statements, which a pooler in transaction mode does not keep); run `ticket-worker migrate` with a DATABASE_URL straight to Postgres, and the workers with SKIP_MIGRATIONS=true";
+
+/// What a statement's own transaction starts with, through a pooler in
+/// transaction mode (see [`Pooling::Transaction`]).
+pub const POOLED_BEGIN: &str =
+    "BEGIN; SET LOCAL statement_timeout = '10s'; SET LOCAL lock_timeout = '5s'";
+
 /// Runs one statement on a connection of `store`'s pool, within
 /// [`STATEMENT_DEADLINE`]; the connection is closed if the deadline passes.
-/// `$body` uses the connection as `&mut *$conn`.
+/// `$body` uses the connection as `&mut *$conn`, and prepares its statement
+/// with `.persistent($persistent)`: cached on a direct connection, unnamed
+/// and in a transaction of its own through a pooler in transaction mode.
 macro_rules! bounded {
-    ($store:expr, |$conn:ident| $body:expr) => {{
-        let mut $conn = $store
+    ($store:expr, |$conn:ident, $persistent:ident| $body:expr) => {{
+        let store = &$store;
+        let mut $conn = store
             .pool()
             .acquire()
             .await
             .map_err($crate::storage::StoreError::from)?;
-        match ::tokio::time::timeout($crate::storage::STATEMENT_DEADLINE, $body).await {
+        let $persistent = store.pooling() == $crate::storage::Pooling::Direct;
+        let run = async {
+            if !$persistent {
+                ::sqlx::raw_sql($crate::storage::POOLED_BEGIN)
+                    .execute(&mut *$conn)
+                    .await?;
+            }
+            let result = $body.await;
+            if !$persistent {
+                let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                ::sqlx::raw_sql(end).execute(&mut *$conn).await?;
+            }
+            result
+        };
+        match ::tokio::time::timeout($crate::storage::STATEMENT_DEADLINE, run).await {
             Ok(result) => result.map_err($crate::storage::StoreError::from),
             Err(_) => {
                 $conn.close_on_drop();
@@ -264,6 +318,7 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
 #[derive(Debug, Clone)]
 pub struct TicketStore {
     pool: PgPool,
+    pooling: Pooling,
 }
 
 impl TicketStore {
@@ -289,7 +344,13 @@ impl TicketStore {
         max_connections: u32,
         reader_role: &str,
     ) -> Result<TicketStore, sqlx::Error> {
-        TicketStore::connect_lazy_observed(database_url, max_connections, reader_role, || {})
+        TicketStore::connect_lazy_observed(
+            database_url,
+            max_connections,
+            reader_role,
+            Pooling::Direct,
+            || {},
+        )
     }
 
     /// As [`TicketStore::connect_lazy_with_reader_role`], calling `opened`
@@ -298,14 +359,21 @@ impl TicketStore {
         database_url: &SecretString,
         max_connections: u32,
         reader_role: &str,
+        pooling: Pooling,
         opened: impl Fn() + Send + Sync + 'static,
     ) -> Result<TicketStore, sqlx::Error> {
+        // No `extra_float_digits` startup parameter (sqlx's default sends
+        // one, which PgBouncer refuses unless told to ignore it): the worker
+        // reads no floats as text.
         let mut options = PgConnectOptions::from_str(database_url.expose_secret())?
-            .application_name("ticket-worker");
+            .application_name("ticket-worker")
+            .extra_float_digits(None);
         // The default goes without saying (the migrations fall back to it),
         // so that connection poolers that refuse the `options` startup
         // parameter keep working for everybody who does not choose a name.
-        if reader_role != DEFAULT_READER_ROLE {
+        // Through a pooler in transaction mode nothing migrates, and nothing
+        // may be set per session.
+        if reader_role != DEFAULT_READER_ROLE && pooling == Pooling::Direct {
             options = options.options([(READER_ROLE_SETTING, reader_role)]);
         }
         let pool = PgPoolOptions::new()
@@ -318,16 +386,26 @@ impl TicketStore {
             .after_connect(move |connection, _| {
                 opened();
                 Box::pin(async move {
-                    sqlx::raw_sql(SERVER_TIMEOUTS).execute(connection).await?;
+                    if pooling == Pooling::Direct {
+                        sqlx::raw_sql(SERVER_TIMEOUTS).execute(connection).await?;
+                    }
                     Ok(())
                 })
             })
             .connect_lazy_with(options);
-        Ok(TicketStore { pool })
+        Ok(TicketStore { pool, pooling })
     }
 
     pub fn from_pool(pool: PgPool) -> TicketStore {
-        TicketStore { pool }
+        TicketStore {
+            pool,
+            pooling: Pooling::Direct,
+        }
+    }
+
+    /// How this store reaches Postgres.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -338,6 +416,11 @@ impl TicketStore {
     /// serialise on a Postgres advisory lock).
     #[tracing::instrument(name = "storage.migrate", skip_all)]
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        if self.pooling == Pooling::Transaction {
+            return Err(MigrateError::Execute(sqlx::Error::Configuration(
+                NEEDS_A_SESSION.into(),
+            )));
+        }
         // On a connection of its own, without the statement timeouts: a
         // migration may rewrite a table, and waiting for another replica's
         // migration (an advisory lock) is expected. Closed afterwards, so
@@ -365,7 +448,7 @@ impl TicketStore {
     /// name order; `PUBLIC` when everyone may.
     #[tracing::instrument(name = "storage.ticket_readers", skip_all)]
     pub async fn ticket_readers(&self) -> Result<Vec<String>, StoreError> {
-        let readers: Vec<String> = bounded!(self, |conn| sqlx::query_scalar(
+        let readers: Vec<String> = bounded!(self, |conn, persistent| sqlx::query_scalar(
             "SELECT DISTINCT coalesce(r.rolname, 'PUBLIC')
              FROM pg_class c
              CROSS JOIN LATERAL aclexplode(c.relacl) a
@@ -374,6 +457,7 @@ impl TicketStore {
                AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
              ORDER BY 1",
         )
+        .persistent(persistent)
         .fetch_all(&mut *conn))?;
         Ok(readers)
     }
@@ -382,11 +466,12 @@ impl TicketStore {
     /// connection works and the user may read and write them.
     #[tracing::instrument(name = "storage.probe", skip_all)]
     pub async fn probe(&self) -> Result<(), StoreError> {
-        let allowed: bool = bounded!(self, |conn| sqlx::query_scalar(
+        let allowed: bool = bounded!(self, |conn, persistent| sqlx::query_scalar(
             "SELECT has_table_privilege('auth_tickets', 'SELECT, INSERT')
                 AND has_table_privilege('event_outcomes', 'SELECT, INSERT')
                 AND has_table_privilege('ticket_event_outbox', 'SELECT, INSERT, UPDATE, DELETE')",
         )
+        .persistent(persistent)
         .fetch_one(&mut *conn))?;
         if allowed {
             Ok(())

@@ -65,7 +65,7 @@ impl TicketStore {
         older_than: Duration,
         limit: i64,
     ) -> Result<Vec<Announcement>, StoreError> {
-        let rows: Vec<Row> = bounded!(self, |conn| sqlx::query_as(
+        let rows: Vec<Row> = bounded!(self, |conn, persistent| sqlx::query_as(
             "UPDATE ticket_event_outbox o SET attempted_at = now()
              WHERE o.event_id IN (
                  SELECT event_id FROM ticket_event_outbox
@@ -76,6 +76,7 @@ impl TicketStore {
              )
              RETURNING o.event_id, o.routing_key, o.body",
         )
+        .persistent(persistent)
         .bind(older_than.as_secs_f64())
         .bind(limit)
         .fetch_all(&mut *conn))?;
@@ -95,9 +96,10 @@ impl TicketStore {
         if event_ids.is_empty() {
             return Ok(0);
         }
-        let deleted = bounded!(self, |conn| sqlx::query(
+        let deleted = bounded!(self, |conn, persistent| sqlx::query(
             "DELETE FROM ticket_event_outbox WHERE event_id = ANY($1)"
         )
+        .persistent(persistent)
         .bind(event_ids)
         .execute(&mut *conn))?
         .rows_affected();
@@ -106,9 +108,10 @@ impl TicketStore {
 
     /// How many announcements are waiting (tests, progress reports).
     pub async fn pending_announcements(&self) -> Result<i64, StoreError> {
-        Ok(bounded!(self, |conn| sqlx::query_scalar(
+        Ok(bounded!(self, |conn, persistent| sqlx::query_scalar(
             "SELECT count(*) FROM ticket_event_outbox"
         )
+        .persistent(persistent)
         .fetch_one(&mut *conn))?)
     }
 }

@@ -185,7 +185,8 @@ impl TicketStore {
         event_ids: &[EventId],
     ) -> Result<Vec<Result<Known, StoreError>>, StoreError> {
         let ids: Vec<&str> = event_ids.iter().map(EventId::as_str).collect();
-        let rows: Vec<OutcomeRow> = bounded!(self, |conn| sqlx::query_as(KNOWN_MANY)
+        let rows: Vec<OutcomeRow> = bounded!(self, |conn, persistent| sqlx::query_as(KNOWN_MANY)
+            .persistent(persistent)
             .bind(&ids)
             .fetch_all(&mut *conn))?;
         let mut found: HashMap<String, Result<Known, StoreError>> =
@@ -223,7 +224,7 @@ impl TicketStore {
             Some(about) => (Some(&about.xc_user_id), Some(&about.user_device_id)),
             None => (None, None),
         };
-        let recorded: bool = bounded!(self, |conn| sqlx::query_scalar(
+        let recorded: bool = bounded!(self, |conn, persistent| sqlx::query_scalar(
             "WITH recorded AS (
                  INSERT INTO event_outcomes (event_id, outcome, reason, message, field,
                                              xc_user_id, user_device_id, body_sha256)
@@ -238,6 +239,7 @@ impl TicketStore {
              )
              SELECT EXISTS (SELECT 1 FROM recorded)",
         )
+        .persistent(persistent)
         .bind(event_id.as_str())
         .bind(failure.reason.as_str())
         .bind(&failure.message)
@@ -268,7 +270,7 @@ impl TicketStore {
         older_than: Duration,
         batch: i64,
     ) -> Result<Purged, StoreError> {
-        let (events, unannounced): (i64, i64) = bounded!(self, |conn| sqlx::query_as(
+        let (events, unannounced): (i64, i64) = bounded!(self, |conn, persistent| sqlx::query_as(
             "WITH doomed AS (
                  SELECT event_id FROM event_outcomes
                  WHERE decided_at < now() - make_interval(secs => $1) - interval '1 hour'
@@ -287,6 +289,7 @@ impl TicketStore {
              )
              SELECT (SELECT count(*) FROM outcomes), (SELECT count(*) FROM unannounced)",
         )
+        .persistent(persistent)
         .bind(older_than.as_secs_f64())
         .bind(batch)
         .fetch_one(&mut *conn))?;
@@ -302,7 +305,7 @@ impl TicketStore {
     #[tracing::instrument(name = "storage.forget_events", skip_all, fields(events = event_ids.len()))]
     pub async fn forget_events(&self, event_ids: &[EventId]) -> Result<Forgotten, StoreError> {
         let ids: Vec<&str> = event_ids.iter().map(EventId::as_str).collect();
-        let counts = bounded!(self, |conn| sqlx::query_as(
+        let counts = bounded!(self, |conn, persistent| sqlx::query_as(
             "WITH tickets AS (
                  DELETE FROM auth_tickets WHERE event_id = ANY($1) RETURNING 1
              ),
@@ -315,6 +318,7 @@ impl TicketStore {
              SELECT (SELECT count(*) FROM tickets), (SELECT count(*) FROM outcomes),
                     (SELECT count(*) FROM announcements)",
         )
+        .persistent(persistent)
         .bind(ids)
         .fetch_one(&mut *conn))?;
         Ok(Forgotten::from_counts(counts))

@@ -52,12 +52,13 @@ impl TicketStore {
         body_sha256: &[u8],
     ) -> Result<ReplayState, StoreError> {
         let (ticketed, failure, other_copy): (bool, Option<String>, Option<bool>) =
-            bounded!(self, |conn| sqlx::query_as(
+            bounded!(self, |conn, persistent| sqlx::query_as(
                 "SELECT EXISTS (SELECT 1 FROM auth_tickets WHERE event_id = $1), o.reason,
                         o.body_sha256 IS DISTINCT FROM $2 AND o.body_sha256 IS NOT NULL
                  FROM (SELECT 1) one
                  LEFT JOIN event_outcomes o ON o.event_id = $1 AND o.outcome = 'failed'",
             )
+            .persistent(persistent)
             .bind(event_id.as_str())
             .bind(body_sha256)
             .fetch_one(&mut *conn))?;
@@ -88,7 +89,7 @@ impl TicketStore {
             bool,
             Option<String>,
             Option<bool>,
-        ) = bounded!(self, |conn| {
+        ) = bounded!(self, |conn, persistent| {
             sqlx::query_as(
                 "WITH cleared AS (
                      DELETE FROM event_outcomes o
@@ -109,6 +110,7 @@ impl TicketStore {
                         (SELECT body_sha256 IS DISTINCT FROM $3 AND body_sha256 IS NOT NULL
                          FROM event_outcomes WHERE event_id = $1 AND outcome = 'failed')",
             )
+        .persistent(persistent)
             .bind(event_id.as_str())
             .bind(reason.as_str())
             .bind(body_sha256)

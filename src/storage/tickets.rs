@@ -28,11 +28,12 @@ impl TicketStore {
     /// The stored ticket of an event, if it has one.
     #[tracing::instrument(name = "storage.find", level = "debug", skip_all, fields(event_id = %event_id))]
     pub async fn find(&self, event_id: &EventId) -> Result<Option<TicketRecord>, StoreError> {
-        let row: Option<Row> = bounded!(self, |conn| {
+        let row: Option<Row> = bounded!(self, |conn, persistent| {
             sqlx::query_as(
             "SELECT event_id, xc_user_id, user_id, user_device_id, user_platform, ticket, issued_at, expires_at
              FROM auth_tickets WHERE event_id = $1",
         )
+        .persistent(persistent)
         .bind(event_id.as_str())
         .fetch_optional(&mut *conn)
         })?;
@@ -43,11 +44,12 @@ impl TicketStore {
     #[tracing::instrument(name = "storage.find_many", level = "debug", skip_all, fields(events = event_ids.len()))]
     pub async fn find_many(&self, event_ids: &[EventId]) -> Result<Vec<TicketRecord>, StoreError> {
         let ids: Vec<String> = event_ids.iter().map(ToString::to_string).collect();
-        let rows: Vec<Row> = bounded!(self, |conn| {
+        let rows: Vec<Row> = bounded!(self, |conn, persistent| {
             sqlx::query_as(
             "SELECT event_id, xc_user_id, user_id, user_device_id, user_platform, ticket, issued_at, expires_at
              FROM auth_tickets WHERE event_id = ANY($1) ORDER BY issued_at, event_id",
         )
+        .persistent(persistent)
         .bind(ids)
         .fetch_all(&mut *conn)
         })?;
@@ -96,17 +98,19 @@ impl TicketStore {
                 columns.push(record, ready_event);
             }
         }
-        let inserted: Vec<String> = bounded!(self, |conn| sqlx::query_scalar(SAVE_MANY)
-            .bind(&columns.event_id)
-            .bind(&columns.xc_user_id)
-            .bind(&columns.user_id)
-            .bind(&columns.user_device_id)
-            .bind(&columns.user_platform)
-            .bind(&columns.ticket)
-            .bind(&columns.issued_at)
-            .bind(&columns.expires_at)
-            .bind(&columns.ready_event)
-            .fetch_all(&mut *conn))?;
+        let inserted: Vec<String> =
+            bounded!(self, |conn, persistent| sqlx::query_scalar(SAVE_MANY)
+                .persistent(persistent)
+                .bind(&columns.event_id)
+                .bind(&columns.xc_user_id)
+                .bind(&columns.user_id)
+                .bind(&columns.user_device_id)
+                .bind(&columns.user_platform)
+                .bind(&columns.ticket)
+                .bind(&columns.issued_at)
+                .bind(&columns.expires_at)
+                .bind(&columns.ready_event)
+                .fetch_all(&mut *conn))?;
         // Which of the given tickets this statement stored: each stored event
         // once, for its first copy in the batch.
         let mut inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();

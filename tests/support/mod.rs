@@ -700,6 +700,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
             url: SecretString::from(db.url.clone()),
             max_connections: 5,
             reader_role: ticket_worker::storage::DEFAULT_READER_ROLE.to_owned(),
+            pooling: ticket_worker::storage::Pooling::Direct,
         },
         taptalk: TaptalkSettings {
             base_url: taptalk_url,
