@@ -14,7 +14,7 @@
 use crate::broker::connection::within;
 use crate::time::Later;
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -245,14 +245,15 @@ impl Ledger {
         match how {
             Settlement::Ack => self.ack(tag, false).await,
             Settlement::Requeue => {
-                let nack = self.channel.basic_nack(
-                    tag,
-                    BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    },
-                );
-                within("basic.nack", nack).await
+                // basic.reject, not basic.nack: a requeue here spends one of
+                // the message's deliveries on purpose (it is for messages the
+                // worker cannot handle), and from RabbitMQ 4.3 on quorum
+                // queues count basic.reject(requeue) towards the delivery
+                // limit but no longer basic.nack(requeue).
+                let reject = self
+                    .channel
+                    .basic_reject(tag, BasicRejectOptions { requeue: true });
+                within("basic.reject", reject).await
             }
             Settlement::Reject => {
                 let reject = self

@@ -1,7 +1,8 @@
 //! Opening a RabbitMQ connection with a name operators can find it by,
 //! telling why one failed, and the deadline every step with the broker has.
 
-use lapin::{Connection, ConnectionProperties};
+use super::addresses::Addresses;
+use lapin::Connection;
 use secrecy::{ExposeSecret, SecretString};
 use std::future::Future;
 use std::time::Duration;
@@ -38,19 +39,17 @@ pub fn no_answer(step: &str) -> lapin::Error {
     .into()
 }
 
-/// Opens one connection to `amqp_url` (plain `amqp://` or TLS `amqps://`,
+/// Opens one connection to the first node of `amqp_url` (one URL, or a
+/// list: see [`Addresses`]) that answers (plain `amqp://` or TLS `amqps://`,
 /// verified against the system's trust store), named `name` in
 /// `rabbitmqctl list_connections client_properties` and the management UI.
 ///
 /// It does not retry; the worker's session loop does, with backoff.
 #[tracing::instrument(name = "broker.connect", skip(amqp_url))]
 pub async fn connect(amqp_url: &SecretString, name: &str) -> Result<Connection, lapin::Error> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    within(
-        "the connection handshake",
-        Connection::connect(amqp_url.expose_secret(), properties),
-    )
-    .await
+    let addresses = Addresses::parse(amqp_url.expose_secret())
+        .map_err(|e| lapin::Error::from(std::io::Error::other(format!("AMQP_URL: {e}"))))?;
+    addresses.connect_from(0, name).await.map(|(c, _)| c)
 }
 
 /// Whether a connection failed because a frame was larger than `frame_max`

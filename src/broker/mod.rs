@@ -7,6 +7,7 @@
 //! [`tap`].
 
 pub mod acks;
+pub mod addresses;
 pub mod connection;
 pub mod copies;
 pub mod dead_letters;

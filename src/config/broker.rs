@@ -145,20 +145,8 @@ fn amqp_url(args: &BrokerArgs, default_url: Option<&str>) -> Result<SecretString
         args.amqp_url_file.as_ref(),
         default_url,
     )?;
-    let raw = amqp_url.expose_secret();
-    if !(raw.starts_with("amqp://") || raw.starts_with("amqps://")) {
-        return Err(ConfigError::new(
-            "AMQP_URL",
-            "must start with amqp:// or amqps://",
-        ));
-    }
-    if lapin::uri::AMQPUri::from_str(raw).is_err() {
-        // The parser's message repeats the URL, password included: say it our way.
-        return Err(ConfigError::new(
-            "AMQP_URL",
-            "is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost (percent-encode special characters, %2f for the default vhost)",
-        ));
-    }
+    crate::broker::addresses::Addresses::parse(amqp_url.expose_secret())
+        .map_err(|e| ConfigError::new("AMQP_URL", e.to_string()))?;
     Ok(amqp_url)
 }
 
@@ -167,7 +155,9 @@ impl BrokerSettings {
     /// password (not `auth_mechanism=external` or `anonymous`): the `user_id` RabbitMQ lets
     /// the worker put on the messages it publishes.
     pub fn login_user(&self) -> Option<String> {
-        let uri = lapin::uri::AMQPUri::from_str(self.amqp_url.expose_secret()).ok()?;
+        let addresses =
+            crate::broker::addresses::Addresses::parse(self.amqp_url.expose_secret()).ok()?;
+        let uri = lapin::uri::AMQPUri::from_str(addresses.first_url()?.expose_secret()).ok()?;
         use lapin::uri::SASLMechanism;
         let by_password = matches!(
             uri.query.auth_mechanism,

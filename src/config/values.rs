@@ -154,6 +154,15 @@ pub(super) fn positive_duration(setting: &'static str, raw: &str) -> Result<Dura
 /// in the user info and any `password`-like query parameter (Postgres
 /// accepts `?password=` and `?sslpassword=`).
 pub fn redact_url(raw: &str) -> String {
+    // `AMQP_URL` may be a comma-separated list of URLs.
+    let parts = crate::observe::redact::url_list(raw);
+    if parts.len() > 1 {
+        return parts
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Ok(mut url) = Url::parse(raw) else {
         return "[unparseable URL]".to_owned();
     };

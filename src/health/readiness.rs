@@ -37,8 +37,9 @@ impl Readiness {
         }
     }
 
-    /// `Ok` when the worker takes work; otherwise why not.
-    pub async fn check(&self) -> Result<(), String> {
+    /// `Ok` with the RabbitMQ node it consumes from, when the worker takes
+    /// work; otherwise why not.
+    pub async fn check(&self) -> Result<String, String> {
         if !self.metrics.is_running() {
             let state = self.metrics.intake_state();
             let why = match state {
@@ -56,7 +57,11 @@ impl Readiness {
                 "{why}; the log says more (ticket_worker_intake_state{{state=\"{state}\"}})"
             ));
         }
-        self.postgres_answers().await
+        self.postgres_answers().await?;
+        Ok(match self.metrics.rabbitmq_node_now() {
+            Some(node) => format!("consuming from RabbitMQ node {node}"),
+            None => "consuming".to_owned(),
+        })
     }
 
     async fn postgres_answers(&self) -> Result<(), String> {

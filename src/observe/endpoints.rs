@@ -83,7 +83,7 @@ async fn healthz(State(endpoints): State<Endpoints>) -> Response {
 
 async fn readyz(State(endpoints): State<Endpoints>) -> Response {
     match endpoints.readiness.check().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(on) => (StatusCode::OK, format!("ready: {on}\n")).into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),

@@ -223,6 +223,12 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    /// `host:port` of an AMQP_URL entry (configured, so a fixed list).
+    node: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabel {
     stage: &'static str,
 }
@@ -287,6 +293,8 @@ struct Inner {
     relayed: Counter,
     /// By [`Stage`], in its order.
     overdue: [Counter; 6],
+    nodes: Family<NodeLabel, Gauge>,
+    node_now: std::sync::Mutex<Option<String>>,
     /// Broker sessions opened, for the progress line and tests.
     sessions: AtomicU64,
     /// Times intake paused.
@@ -474,6 +482,13 @@ impl Metrics {
             overdue_family,
         );
 
+        let nodes = Family::<NodeLabel, Gauge>::default();
+        registry.register(
+            "rabbitmq_node",
+            "1 for the RabbitMQ node (host:port of AMQP_URL) this replica's session is on now, 0 for others it was on",
+            nodes.clone(),
+        );
+
         let relayed = Counter::default();
         registry.register(
             "outbox_relayed",
@@ -509,6 +524,8 @@ impl Metrics {
             connections,
             relayed,
             overdue,
+            nodes,
+            node_now: std::sync::Mutex::new(None),
             sessions: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
         }));
@@ -629,6 +646,34 @@ impl Metrics {
     pub fn intake_state(&self) -> &'static str {
         let index = usize::from(self.0.intake_now.load(Ordering::Relaxed));
         STATES.get(index).copied().unwrap_or("disconnected")
+    }
+
+    /// The RabbitMQ node (`host:port` of AMQP_URL) the worker's session is
+    /// on now; `None`: none. The gauge is 1 for that node, 0 for the others
+    /// seen before.
+    pub fn rabbitmq_node(&self, node: Option<&str>) {
+        let m = &self.0;
+        let mut current = m.node_now.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = current.take() {
+            m.nodes.get_or_create(&NodeLabel { node: previous }).set(0);
+        }
+        if let Some(node) = node {
+            m.nodes
+                .get_or_create(&NodeLabel {
+                    node: node.to_owned(),
+                })
+                .set(1);
+            *current = Some(node.to_owned());
+        }
+    }
+
+    /// The RabbitMQ node the session is on, if any.
+    pub fn rabbitmq_node_now(&self) -> Option<String> {
+        self.0
+            .node_now
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A broker session was opened.

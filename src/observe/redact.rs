@@ -85,9 +85,38 @@ pub fn register_secret(secret: &str) {
 /// (percent-encoded) and decoded. A string that does not parse as a URL is
 /// registered whole: better an over-eager redaction than a leak.
 pub fn register_url(raw: &str) {
-    for secret in url_secrets(raw) {
-        register_secret(&secret);
+    for part in url_list(raw) {
+        for secret in url_secrets(part) {
+            register_secret(&secret);
+        }
     }
+}
+
+/// The URLs of a comma-separated list of URLs (`AMQP_URL` may be one): split
+/// only at a comma that starts another URL (`…,amqp://…`), so that a single
+/// URL with commas of its own (Postgres' `postgres://h1:5432,h2:5432/db`)
+/// stays whole.
+pub fn url_list(raw: &str) -> Vec<&str> {
+    let starts_url = |rest: &str| {
+        let rest = rest.trim_start();
+        let scheme_end = rest.find("://");
+        scheme_end.is_some_and(|end| {
+            end > 0
+                && rest[..end]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        })
+    };
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (at, _) in raw.match_indices(',') {
+        if starts_url(&raw[at + 1..]) {
+            parts.push(raw[start..at].trim());
+            start = at + 1;
+        }
+    }
+    parts.push(raw[start..].trim());
+    parts
 }
 
 /// `text` with every registered secret replaced by `[REDACTED]`.

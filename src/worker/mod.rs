@@ -44,7 +44,7 @@ use crate::shutdown::Shutdown;
 use crate::storage::{Announced, TicketStore};
 use crate::taptalk::AdaptiveLimit;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +99,8 @@ pub struct Worker {
     /// Sessions lost in a row to a message too large to receive (see
     /// [`Session::quarantined`]).
     landmines: Arc<AtomicU32>,
+    /// Where in AMQP_URL's list of nodes the next session starts.
+    node: Arc<AtomicUsize>,
 }
 
 /// Why a consuming phase ended.
@@ -142,6 +144,7 @@ impl Worker {
             probes,
             limit,
             landmines: Arc::new(AtomicU32::new(0)),
+            node: Arc::new(AtomicUsize::new(rand::random::<u16>().into())),
         }
     }
 
@@ -185,9 +188,13 @@ impl Worker {
                     let end = self.run_session(&session, shutdown).await;
                     self.metrics.intake(Intake::Disconnected);
                     self.metrics.prefetch(0);
+                    self.metrics.rabbitmq_node(None);
                     self.heartbeat.while_waiting(relay.stop()).await;
                     if let SessionEnd::Lost(reason) = &end {
                         tracing::warn!(%reason, "lost the RabbitMQ session; in-flight messages will be redelivered");
+                        // The next session starts at the next node of the
+                        // list (with one node, the same one).
+                        self.node.fetch_add(1, Ordering::Relaxed);
                     }
                     if self
                         .heartbeat

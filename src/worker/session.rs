@@ -9,10 +9,12 @@
 
 use super::{BROKER_STEP_TIMEOUT, Worker};
 use crate::broker::acks::Acks;
+use crate::broker::addresses::Addresses;
 use crate::broker::topology::{Declared, LEGACY_WORK_QUEUE};
-use crate::broker::{Publisher, Settler, connect};
+use crate::broker::{Publisher, Settler};
 use futures_util::StreamExt;
 use lapin::{Channel, Connection};
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Semaphore;
@@ -162,9 +164,21 @@ impl Worker {
     pub(super) async fn open_session(&self) -> Result<Session, lapin::Error> {
         let broker = &self.settings.broker;
         let name = &broker.connection_name;
-        let consuming = connect(&broker.amqp_url, &format!("{name} consume")).await?;
-        let publishing = match connect(&broker.amqp_url, &format!("{name} publish")).await {
-            Ok(publishing) => publishing,
+        let addresses = Addresses::parse(broker.amqp_url.expose_secret())
+            .map_err(|e| lapin::Error::from(std::io::Error::other(format!("AMQP_URL: {e}"))))?;
+        // From the node this replica is at in the list (a random one at
+        // first, so replicas spread), both connections on the same node.
+        let start = self.node.load(Ordering::Relaxed);
+        let (consuming, index) = addresses
+            .connect_from(start, &format!("{name} consume"))
+            .await?;
+        self.node.store(index, Ordering::Relaxed);
+        let node = addresses.nodes().get(index).cloned().unwrap_or_default();
+        let publishing = match addresses
+            .connect_from(index, &format!("{name} publish"))
+            .await
+        {
+            Ok((publishing, _)) => publishing,
             Err(error) => {
                 close(&consuming, "no publishing connection").await;
                 return Err(error);
@@ -207,7 +221,9 @@ impl Worker {
             }
         };
         let acks = Acks::start(consume.clone(), broken.clone());
+        self.metrics.rabbitmq_node(Some(&node));
         tracing::info!(
+            node = %node,
             queue = %broker.topology.work_queue,
             prefetch = %self.settings.prefetch,
             concurrency_limit = self.limit.limit(),

@@ -1,0 +1,280 @@
+//! `AMQP_URL` as a list of brokers: the nodes of a RabbitMQ cluster, tried
+//! in turn, as Spring's `addresses` and Celery's failover list do.
+//!
+//! The list is comma-separated `amqp://` or `amqps://` URLs. The first names
+//! the user, password, virtual host and query; a later one that leaves any of
+//! them out takes the first's (`amqp://u:p@a:5672/%2f,amqp://b:5672,amqp://c`).
+//! A comma inside a password must be percent-encoded (`%2C`).
+//!
+//! Each connection attempt goes through the nodes from a starting one; a
+//! node whose host name resolves to several addresses is tried address by
+//! address (plain `amqp://` only: with TLS the certificate names the host, so
+//! the system resolver picks the address). A node that does not answer is
+//! given up after [`ATTEMPT_WITHIN`], and the next is tried.
+
+use lapin::{Connection, ConnectionProperties};
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+use url::Url;
+
+/// The longest one attempt at one address may take (a black-holed address
+/// would hold a TCP connect for minutes).
+pub const ATTEMPT_WITHIN: Duration = Duration::from_secs(10);
+
+/// One broker of the list.
+#[derive(Clone)]
+pub struct Address {
+    url: SecretString,
+    /// `host:port` as configured, without credentials: for logs, `/readyz`
+    /// and the `node` label of `ticket_worker_rabbitmq_node`.
+    pub node: String,
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+impl std::fmt::Debug for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Address").field("node", &self.node).finish()
+    }
+}
+
+/// Every broker of `AMQP_URL`, in the order given.
+#[derive(Debug, Clone)]
+pub struct Addresses(Vec<Address>);
+
+/// Why `AMQP_URL` is not a list of broker URLs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidAddresses(String);
+
+impl Addresses {
+    /// Reads `AMQP_URL`: one URL, or several separated by commas.
+    pub fn parse(raw: &str) -> Result<Addresses, InvalidAddresses> {
+        let mut first: Option<Url> = None;
+        let mut addresses = Vec::new();
+        let parts = crate::observe::redact::url_list(raw);
+        let several = parts.len() > 1;
+        for (n, part) in parts.into_iter().enumerate() {
+            let place = if several {
+                format!("entry {} of the list", n + 1)
+            } else {
+                "it".to_owned()
+            };
+            if !(part.starts_with("amqp://") || part.starts_with("amqps://")) {
+                return Err(InvalidAddresses(format!(
+                    "{place} must start with amqp:// or amqps://"
+                )));
+            }
+            // The parser's message repeats the URL, password included: not shown.
+            let mut url = Url::parse(part).map_err(|_| {
+                InvalidAddresses(format!(
+                    "{place} is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost (percent-encode special characters, %2f for the default vhost, %2C for a comma)"
+                ))
+            })?;
+            if url.path().contains(',') || url.query().is_some_and(|q| q.contains(',')) {
+                return Err(InvalidAddresses(format!(
+                    "{place} holds a comma after its host: commas separate URLs in AMQP_URL, each starting with amqp:// or amqps:// (percent-encode a comma in a vhost, %2C)"
+                )));
+            }
+            if let Some(first) = &first {
+                inherit(&mut url, first);
+            }
+            let text = url.to_string();
+            if <lapin::uri::AMQPUri as std::str::FromStr>::from_str(&text).is_err() {
+                return Err(InvalidAddresses(format!(
+                    "{place} is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost"
+                )));
+            }
+            let tls = url.scheme() == "amqps";
+            let host = url.host_str().unwrap_or_default().to_owned();
+            if host.is_empty() {
+                return Err(InvalidAddresses(format!("{place} names no host")));
+            }
+            let port = url.port().unwrap_or(if tls { 5671 } else { 5672 });
+            addresses.push(Address {
+                url: SecretString::from(text),
+                node: format!("{host}:{port}"),
+                tls,
+                host,
+                port,
+            });
+            if first.is_none() {
+                first = Some(url);
+            }
+        }
+        Ok(Addresses(addresses))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The nodes, `host:port` each, in the order given.
+    pub fn nodes(&self) -> Vec<String> {
+        self.0.iter().map(|a| a.node.clone()).collect()
+    }
+
+    /// The first URL (its user is the one every node logs in as).
+    pub fn first_url(&self) -> Option<&SecretString> {
+        self.0.first().map(|a| &a.url)
+    }
+
+    /// Connects to the first node that answers, starting at `start` and going
+    /// round the list once; returns the connection and the node's index.
+    pub async fn connect_from(
+        &self,
+        start: usize,
+        name: &str,
+    ) -> Result<(Connection, usize), lapin::Error> {
+        let mut failures = Vec::new();
+        let count = self.0.len().max(1);
+        for step in 0..count {
+            let index = start.wrapping_add(step) % count;
+            let Some(address) = self.0.get(index) else {
+                continue;
+            };
+            match connect_to(address, name).await {
+                Ok(connection) => return Ok((connection, index)),
+                Err(error) => {
+                    if count > 1 {
+                        tracing::info!(node = %address.node, %error, "a RabbitMQ node of AMQP_URL cannot be reached; trying the next");
+                    }
+                    failures.push(format!("{}: {error}", address.node));
+                }
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "AMQP_URL: no RabbitMQ node answered ({})",
+            failures.join("; ")
+        ))
+        .into())
+    }
+}
+
+/// What `url` leaves out, taken from `first`: the user and password, the
+/// virtual host (the path), the query.
+fn inherit(url: &mut Url, first: &Url) {
+    if url.username().is_empty() && url.password().is_none() {
+        let _ = url.set_username(first.username());
+        let _ = url.set_password(first.password());
+    }
+    if url.path().is_empty() {
+        url.set_path(first.path());
+    }
+    if url.query().is_none() {
+        url.set_query(first.query());
+    }
+}
+
+/// One node: address by address of its host, each within [`ATTEMPT_WITHIN`].
+async fn connect_to(address: &Address, name: &str) -> Result<Connection, lapin::Error> {
+    let properties = || ConnectionProperties::default().with_connection_name(name.into());
+    let targets = resolved(address).await;
+    let mut last = None;
+    for target in &targets {
+        let attempt = Connection::connect(target.expose_secret(), properties());
+        match tokio::time::timeout(ATTEMPT_WITHIN, attempt).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(error)) => last = Some(error),
+            Err(_) => {
+                last = Some(super::connection::no_answer(&format!(
+                    "the connection handshake at {}",
+                    address.node
+                )))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| super::connection::no_answer("the connection handshake")))
+}
+
+/// The URLs to try for one node: for `amqp://`, one per address its host
+/// resolves to (in the resolver's order); otherwise the URL as it is.
+async fn resolved(address: &Address) -> Vec<SecretString> {
+    let as_is = || vec![address.url.clone()];
+    if address.tls || address.host.parse::<std::net::IpAddr>().is_ok() {
+        return as_is();
+    }
+    let host = address.host.trim_start_matches('[').trim_end_matches(']');
+    let lookup = tokio::net::lookup_host((host, address.port));
+    let Ok(Ok(found)) = tokio::time::timeout(ATTEMPT_WITHIN, lookup).await else {
+        return as_is();
+    };
+    let mut seen = Vec::new();
+    for socket in found {
+        if !seen.contains(&socket.ip()) {
+            seen.push(socket.ip());
+        }
+    }
+    if seen.len() <= 1 {
+        return as_is();
+    }
+    seen.into_iter()
+        .filter_map(|ip| {
+            let mut url = Url::parse(address.url.expose_secret()).ok()?;
+            url.set_ip_host(ip).ok()?;
+            Some(SecretString::from(url.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_entries_take_what_they_leave_out_from_the_first() {
+        let list = Addresses::parse(
+            "amqp://ops:pw%2C1@a.example:5672/prod?heartbeat=10, amqp://b.example:5673,amqp://c.example, amqp://other:x@d:5672/%2f",
+        )
+        .expect("a list");
+        assert_eq!(
+            list.nodes(),
+            [
+                "a.example:5672",
+                "b.example:5673",
+                "c.example:5672",
+                "d:5672"
+            ]
+        );
+        let urls: Vec<String> = list
+            .0
+            .iter()
+            .map(|a| a.url.expose_secret().to_owned())
+            .collect();
+        assert_eq!(
+            urls[1],
+            "amqp://ops:pw%2C1@b.example:5673/prod?heartbeat=10"
+        );
+        assert_eq!(urls[2], "amqp://ops:pw%2C1@c.example/prod?heartbeat=10");
+        assert_eq!(
+            urls[3], "amqp://other:x@d:5672/%2f?heartbeat=10",
+            "its own user and vhost stay; the query it leaves out is the first's"
+        );
+    }
+
+    #[test]
+    fn one_url_is_a_list_of_one_and_bad_entries_are_named_without_the_password() {
+        let one = Addresses::parse("amqps://u:p@rabbit:5671/%2f").expect("one");
+        assert_eq!(one.nodes(), ["rabbit:5671"]);
+        for (raw, says) in [
+            (
+                "amqp://u:p@a/%2f,http://b",
+                "entry 2 of the list must start with amqp://",
+            ),
+            (
+                "amqp://u:secret-Zz@a/%2f,amqp://[bad",
+                "entry 2 of the list is not a valid AMQP URL",
+            ),
+            ("postgres://x", "it must start with amqp://"),
+        ] {
+            let error = Addresses::parse(raw).expect_err(raw).to_string();
+            assert!(error.contains(says), "{raw}: {error}");
+            assert!(!error.contains("secret-Zz"), "{error}");
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The production topology, on real servers the tests start themselves
+//! (`support::private`): PgBouncer in transaction mode in front of Postgres,
+//! a RabbitMQ cluster that loses the node leading the work queue, a Postgres
+//! primary that dies and a standby promoted in its place, and one TapTalk
+//! quota shared by replicas that come and go.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::HashSet;
+use std::time::Duration;
+use support::private::PgBouncer;
+use support::*;
+use ticket_worker::fake_taptalk::Knobs;
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+fn ids(events: &[Value]) -> HashSet<String> {
+    events
+        .iter()
+        .filter_map(|e| e["eventID"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits until every event in `wanted` has a row, and checks there is one
+/// row each.
+async fn every_event_stored_once(db: &TestDb, wanted: &HashSet<String>, within: Duration) {
+    eventually(within, "every event stored", || async {
+        (db.count().await as usize >= wanted.len()).then_some(())
+    })
+    .await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT event_id FROM auth_tickets")
+        .fetch_all(&db.pool)
+        .await
+        .expect("rows");
+    assert_eq!(stored.len(), wanted.len(), "one row per event");
+    assert_eq!(&stored.into_iter().collect::<HashSet<_>>(), wanted);
+}
+
+#[tokio::test]
+async fn four_replicas_work_through_pgbouncer_in_transaction_mode() {
+    let h = Harness::new(Knobs::default()).await;
+    ticket_worker::storage::MIGRATOR
+        .run(&h.db.pool)
+        .await
+        .expect("migrate straight to Postgres");
+    // Few server connections for many clients: each is shared, statement
+    // after statement, between the replicas.
+    let pooler = PgBouncer::start(5432, 3);
+    let through = pooler.url(&h.db.name);
+
+    // migrate through it refuses, saying what to do instead.
+    let refused = bin()
+        .arg("migrate")
+        .env("DATABASE_URL", &through)
+        .env("DATABASE_POOLER", "transaction")
+        .output()
+        .expect("run migrate");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("DATABASE_POOLER") && stderr.contains("SKIP_MIGRATIONS=true"),
+        "{stderr}"
+    );
+
+    let mut replicas = Vec::new();
+    for n in 0..4 {
+        let mut env = worker_env(
+            &through,
+            &h.broker,
+            &h.taptalk.base_url(),
+            &format!("tw-bouncer-{n}-{}", unique()),
+        );
+        env.extend([
+            ("DATABASE_POOLER", "transaction".to_owned()),
+            ("SKIP_MIGRATIONS", "true".to_owned()),
+            ("DATABASE_MAX_CONNECTIONS", "10".to_owned()),
+        ]);
+        replicas.push(WorkerProcess::spawn(&env));
+    }
+    for replica in &replicas {
+        replica.consuming().await;
+    }
+    let events: Vec<Value> = (0..800)
+        .map(|i| login_event(&format!("cust-{}", i % 97)))
+        .collect();
+    h.broker.publish_events(&events).await;
+    every_event_stored_once(&h.db, &ids(&events), SETTLE).await;
+    let ready: HashSet<String> = h
+        .tap
+        .wait_for("ticket.ready", events.len(), SETTLE)
+        .await
+        .iter()
+        .filter_map(|r| r.body["eventID"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ready, ids(&events));
+    assert!(
+        h.broker.all_dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    for mut replica in replicas {
+        let logs = replica.logs();
+        for symptom in ["prepared statement", "42P05", "26000", "08P01"] {
+            assert!(
+                !logs.contains(symptom),
+                "{symptom} in a replica's log:\n{logs}"
+            );
+        }
+        assert_eq!(replica.terminate().await, Some(0), "{logs}");
+    }
+    assert!(
+        !pooler.log().contains("prepared statement"),
+        "{}",
+        pooler.log()
+    );
+}
+
+// ------------------------------------------------------- a RabbitMQ cluster
+
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+use std::collections::HashMap;
+use std::time::Instant;
+use support::private::{HaProxy, PrivateRabbit};
+
+/// A connection to the first node of `rabbit` that answers.
+async fn any_node(rabbit: &PrivateRabbit) -> Connection {
+    for n in 0..rabbit.nodes.len() {
+        if let Ok(connection) =
+            Connection::connect(&rabbit.amqp_url(n), ConnectionProperties::default()).await
+        {
+            return connection;
+        }
+    }
+    panic!("no node of the private cluster answers");
+}
+
+/// A quorum queue bound to the ticket exchange: unlike a test's ordinary
+/// tap, it survives the loss of any one node.
+async fn replicated_tap(connection: &Connection, exchange: &str, name: &str) {
+    let channel = connection.create_channel().await.expect("channel");
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("declare the tap");
+    channel
+        .queue_bind(
+            name.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the tap");
+}
+
+/// Every ticket event in `queue`, taken: routing key and body.
+async fn drain(connection: &Connection, queue: &str) -> Vec<(String, Value)> {
+    let channel = connection.create_channel().await.expect("channel");
+    let mut taken = Vec::new();
+    while let Some(got) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        let body = serde_json::from_slice(&got.delivery.data).unwrap_or(Value::Null);
+        taken.push((got.delivery.routing_key.to_string(), body));
+    }
+    taken
+}
+
+async fn ready_in(connection: &Connection, queue: &str) -> u32 {
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count()
+}
+
+#[tokio::test]
+async fn a_cluster_losing_the_work_queues_leader_mid_burst_loses_nothing() {
+    let mut rabbit = PrivateRabbit::start(3, "");
+    let db = TestDb::migrated().await;
+    // 2 replicas × 8 at a time × 200 ms: 600 events take about 8 s, so the
+    // kill lands mid-burst.
+    let taptalk = fake_taptalk(Knobs {
+        latency: Duration::from_millis(200),
+        ..Knobs::default()
+    })
+    .await;
+    let broker = TestBroker::at(&rabbit.amqp_url(0), 20).await;
+    let t = broker.topology.clone();
+    let tap = format!("{}.replicated-tap", t.work_queue);
+    replicated_tap(&broker.connection, &t.ticket_exchange, &tap).await;
+    let ports: Vec<u16> = rabbit.nodes.iter().map(|n| n.port).collect();
+    let haproxy = HaProxy::start(&ports);
+    let mut all_ready: HashMap<String, usize> = HashMap::new();
+
+    for (scenario, amqp_url) in [
+        ("the address list", rabbit.amqp_urls()),
+        ("HAProxy in front", haproxy.amqp_url()),
+    ] {
+        let mut replicas = Vec::new();
+        for n in 0..2 {
+            let mut env = worker_env(
+                &db.url,
+                &broker,
+                &taptalk.base_url(),
+                &format!("tw-cluster-{n}-{}", unique()),
+            );
+            env.retain(|(k, _)| *k != "AMQP_URL");
+            env.push(("AMQP_URL", amqp_url.clone()));
+            env.push(("SKIP_MIGRATIONS", "true".into()));
+            env.push(("CONCURRENCY", "8".into()));
+            replicas.push(WorkerProcess::spawn(&env));
+        }
+        for replica in &replicas {
+            replica.consuming().await;
+        }
+        let events: Vec<Value> = (0..600)
+            .map(|i| login_event(&format!("cust-{}", i % 61)))
+            .collect();
+        let before = db.count().await;
+        let publisher = any_node(&rabbit).await;
+        let channel = publisher.create_channel().await.expect("channel");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        for event in &events {
+            channel
+                .basic_publish(
+                    t.login_exchange.as_str().into(),
+                    "login".into(),
+                    Default::default(),
+                    event.to_string().as_bytes(),
+                    json_properties()
+                        .with_message_id(event["eventID"].as_str().unwrap_or_default().into()),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirmed");
+        }
+        let _ = publisher.close(200, "published".into()).await;
+        let started = Instant::now();
+        while db.count().await < before + 60 {
+            assert!(
+                started.elapsed() < SETTLE,
+                "{scenario}: no work under way; a replica's log:\n{}",
+                replicas[0].logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let leader = rabbit
+            .leader_of(&t.work_queue)
+            .expect("the work queue has a leader");
+        let stored_at_kill = db.count().await;
+        assert!(
+            ((stored_at_kill - before) as usize) < events.len(),
+            "{scenario}: the kill lands mid-burst"
+        );
+        rabbit.kill(leader);
+        let killed_at = Instant::now();
+        eventually(SETTLE, "a ticket after the kill", || async {
+            (db.count().await > stored_at_kill).then_some(())
+        })
+        .await;
+        let stall = killed_at.elapsed();
+        assert!(
+            stall < Duration::from_secs(10),
+            "{scenario}: first ticket {stall:?} after the kill"
+        );
+        let wanted: HashSet<String> = ids(&events);
+        let started = Instant::now();
+        while (db.count().await as usize) < before as usize + events.len() {
+            assert!(
+                started.elapsed() < SETTLE,
+                "{scenario}: {} of {} stored; a replica's log ends:\n{}",
+                db.count().await - before,
+                events.len(),
+                replicas[0]
+                    .logs()
+                    .lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The node comes back by itself, and rejoins.
+        rabbit.boot(leader);
+        eventually(
+            Duration::from_secs(60),
+            "the cluster is whole again",
+            || async {
+                let status =
+                    rabbit.ctl_output(leader, &["cluster_status", "--formatter", "json"])?;
+                let status: Value = serde_json::from_str(&status).ok()?;
+                (status["running_nodes"].as_array()?.len() == 3).then_some(())
+            },
+        )
+        .await;
+        for mut replica in replicas {
+            let logs = replica.logs();
+            assert_eq!(replica.terminate().await, Some(0), "{logs}");
+        }
+        let connection = any_node(&rabbit).await;
+        assert_eq!(
+            ready_in(&connection, &t.work_queue).await,
+            0,
+            "{scenario}: the work queue is empty"
+        );
+        assert_eq!(
+            ready_in(&connection, &t.dead_letter_queue).await,
+            0,
+            "{scenario}: nothing dead-lettered"
+        );
+        let events_seen = drain(&connection, &tap).await;
+        assert!(
+            events_seen.iter().all(|(key, _)| key == "ticket.ready"),
+            "{scenario}: nothing answered ticket.failed"
+        );
+        let mut ready: HashMap<String, usize> = HashMap::new();
+        for (_, body) in &events_seen {
+            if let Some(id) = body["eventID"].as_str() {
+                *ready.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+        assert!(
+            wanted.iter().all(|id| ready.contains_key(id)),
+            "{scenario}: every event announced at least once"
+        );
+        let duplicates: usize = ready.values().map(|n| n - 1).sum();
+        println!(
+            "scenario cluster ({scenario}): 600 events, 2 replicas; SIGKILL of the work queue's leader (node {leader}) after {} were stored; first ticket {stall:?} after; 600 rows; ticket.ready {} times ({duplicates} duplicates); 0 failed, 0 dead letters",
+            stored_at_kill - before,
+            events_seen.len()
+        );
+        all_ready.extend(ready);
+    }
+    // One row per event over both scenarios.
+    let rows: i64 = db.count().await;
+    assert_eq!(rows as usize, all_ready.len(), "one row per event");
+}
+
+#[tokio::test]
+async fn a_consumer_cancelled_by_rabbitmq_subscribes_again() {
+    // RabbitMQ cancels a consumer when its queue is deleted (or, for some
+    // queue types, when the queue's leader moves): the worker declares the
+    // queue again and goes on, rather than stall.
+    let h = Harness::new(Knobs::default()).await;
+    let worker = h.worker();
+    let first = login_event("cust-before-cancel");
+    h.broker.publish_event(&first).await;
+    h.tap.wait_for("ticket.ready", 1, SETTLE).await;
+    h.broker
+        .channel
+        .queue_delete(
+            h.broker.topology.work_queue.as_str().into(),
+            Default::default(),
+        )
+        .await
+        .expect("delete the work queue");
+    // Once the worker has declared it again (and bound it), events flow.
+    let queue = h.broker.topology.work_queue.clone();
+    eventually(SETTLE, "the work queue declared again", || async {
+        let channel = h.broker.connection.create_channel().await.ok()?;
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        (declared.consumer_count() > 0).then_some(())
+    })
+    .await;
+    let second = login_event("cust-after-cancel");
+    h.broker.publish_event(&second).await;
+    h.tap.wait_for("ticket.ready", 2, SETTLE).await;
+    assert!(
+        worker.stats().sessions >= 2,
+        "a new session subscribed again"
+    );
+    worker.stop().await;
+}
