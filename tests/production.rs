@@ -412,3 +412,106 @@ async fn a_consumer_cancelled_by_rabbitmq_subscribes_again() {
     );
     worker.stop().await;
 }
+
+// ------------------------------------------------------- Postgres failover
+
+use support::private::PrivatePostgres;
+
+#[tokio::test]
+async fn a_primary_killed_mid_burst_and_its_standby_promoted_lose_and_fail_nothing() {
+    let postgres = PrivatePostgres::with_standby();
+    let standby = postgres.standby.as_ref().expect("a standby");
+    let db = TestDb::create_at(&postgres.primary.url("postgres")).await;
+    ticket_worker::storage::MIGRATOR
+        .run(&db.pool)
+        .await
+        .expect("migrate");
+    let broker = TestBroker::new().await;
+    let tap = broker.tap().await;
+    // 8 at a time, 200 ms each: 300 events take about 8 s.
+    let taptalk = fake_taptalk(Knobs {
+        latency: Duration::from_millis(200),
+        ..Knobs::default()
+    })
+    .await;
+    // The standby first: a writer must pass it by.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{}?target_session_attrs=read-write",
+        standby.port, postgres.primary.port, db.name
+    );
+    let mut env = worker_env(
+        &url,
+        &broker,
+        &taptalk.base_url(),
+        &format!("tw-failover-{}", unique()),
+    );
+    env.push(("SKIP_MIGRATIONS", "true".into()));
+    env.push(("CONCURRENCY", "8".into()));
+    let mut worker = WorkerProcess::spawn(&env);
+    worker.consuming().await;
+    let events: Vec<Value> = (0..300)
+        .map(|i| login_event(&format!("cust-{}", i % 41)))
+        .collect();
+    broker.publish_events(&events).await;
+    eventually(SETTLE, "work under way", || async {
+        (db.count().await >= 40).then_some(())
+    })
+    .await;
+    let stored_at_kill = db.count().await;
+    postgres.kill_primary();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    postgres.promote_standby();
+
+    // Read on the promoted standby from now on.
+    let promoted = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&standby.url(&db.name))
+        .await
+        .expect("connect to the promoted standby");
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM auth_tickets")
+            .fetch_one(&promoted)
+            .await
+            .unwrap_or(0)
+    };
+    eventually(SETTLE, "every event stored on the new primary", || async {
+        (count().await as usize == events.len()).then_some(())
+    })
+    .await;
+    let stored: HashSet<String> = sqlx::query_scalar("SELECT event_id FROM auth_tickets")
+        .fetch_all(&promoted)
+        .await
+        .expect("rows")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        stored,
+        ids(&events),
+        "one row per event, none lost in the failover"
+    );
+    let ready = tap.wait_for("ticket.ready", events.len(), SETTLE).await;
+    let announced: HashSet<String> = ready
+        .iter()
+        .filter_map(|r| r.body["eventID"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(announced, ids(&events));
+    assert!(
+        tap.failed().is_empty(),
+        "nothing answered ticket.failed: {:?}",
+        tap.failed().len()
+    );
+    assert!(
+        broker.all_dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    let logs = worker.logs();
+    assert!(
+        logs.contains("Postgres failover: the worker moves"),
+        "{logs}"
+    );
+    assert_eq!(worker.terminate().await, Some(0), "{logs}");
+    println!(
+        "scenario postgres-failover: 300 events; the primary killed after {stored_at_kill} were stored, its synchronous standby promoted 2 s later; 300 rows on the new primary, {} ticket.ready, 0 failed, 0 dead letters",
+        ready.len()
+    );
+}

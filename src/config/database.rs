@@ -5,7 +5,6 @@ use super::errors::{ConfigError, ConfigErrors, Problems};
 use super::values::{redact_url, secret};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
-use std::str::FromStr;
 
 /// Where to find Postgres.
 #[derive(clap::Args, Clone)]
@@ -124,12 +123,8 @@ fn database_url(
             "must start with postgres:// or postgresql://",
         ));
     }
-    if sqlx::postgres::PgConnectOptions::from_str(raw).is_err() {
-        return Err(ConfigError::new(
-            "DATABASE_URL",
-            "is not a valid Postgres URL; expected postgres://user:password@host:5432/database",
-        ));
-    }
+    crate::storage::hosts::Targets::parse(raw)
+        .map_err(|e| ConfigError::new("DATABASE_URL", e.to_string()))?;
     Ok(url)
 }
 

@@ -438,7 +438,11 @@ fn amqp_url_takes_a_list_of_brokers() {
     let settings = Settings::from_args(&args).expect("a list of three brokers");
     assert_eq!(settings.broker.login_user().as_deref(), Some("ops"));
     args.broker.amqp_url = Some("amqp://ops:pw-list@rabbit-0:5672/%2f,rabbit-1:5672".into());
-    let error = only(Settings::from_args(&args).map(|_| ()).expect_err("not a URL"));
+    let error = only(
+        Settings::from_args(&args)
+            .map(|_| ())
+            .expect_err("not a URL"),
+    );
     assert_eq!(error.setting, "AMQP_URL");
     assert!(!error.problem.contains("pw-list"), "{error}");
 }

@@ -18,6 +18,7 @@
 
 mod batched;
 mod batcher;
+pub mod hosts;
 mod outbox;
 mod outcomes;
 mod replays;
@@ -36,7 +37,7 @@ use sqlx::PgConnection;
 use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions};
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -114,11 +115,10 @@ pub const POOLED_BEGIN: &str =
 macro_rules! bounded {
     ($store:expr, |$conn:ident, $persistent:ident| $body:expr) => {{
         let store = &$store;
-        let mut $conn = store
-            .pool()
-            .acquire()
-            .await
-            .map_err($crate::storage::StoreError::from)?;
+        let mut $conn = store.pool().acquire().await.map_err(|error| {
+            store.suspect(&error);
+            $crate::storage::StoreError::from(error)
+        })?;
         let $persistent = store.pooling() == $crate::storage::Pooling::Direct;
         let run = async {
             if !$persistent {
@@ -134,7 +134,10 @@ macro_rules! bounded {
             result
         };
         match ::tokio::time::timeout($crate::storage::STATEMENT_DEADLINE, run).await {
-            Ok(result) => result.map_err($crate::storage::StoreError::from),
+            Ok(result) => result.map_err(|error| {
+                store.suspect(&error);
+                $crate::storage::StoreError::from(error)
+            }),
             Err(_) => {
                 $conn.close_on_drop();
                 Err($crate::storage::StoreError::no_answer(module_path!()))
@@ -318,6 +321,9 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
 #[derive(Debug, Clone)]
 pub struct TicketStore {
     pool: PgPool,
+    /// With several servers in DATABASE_URL (or a target_session_attrs),
+    /// the pool of the one the worker is on; `pool` is then unused.
+    switch: Option<Arc<hosts::Switch>>,
     pooling: Pooling,
 }
 
@@ -362,43 +368,79 @@ impl TicketStore {
         pooling: Pooling,
         opened: impl Fn() + Send + Sync + 'static,
     ) -> Result<TicketStore, sqlx::Error> {
-        // No `extra_float_digits` startup parameter (sqlx's default sends
-        // one, which PgBouncer refuses unless told to ignore it): the worker
-        // reads no floats as text.
-        let mut options = PgConnectOptions::from_str(database_url.expose_secret())?
-            .application_name("ticket-worker")
-            .extra_float_digits(None);
-        // The default goes without saying (the migrations fall back to it),
-        // so that connection poolers that refuse the `options` startup
-        // parameter keep working for everybody who does not choose a name.
-        // Through a pooler in transaction mode nothing migrates, and nothing
-        // may be set per session.
-        if reader_role != DEFAULT_READER_ROLE && pooling == Pooling::Direct {
-            options = options.options([(READER_ROLE_SETTING, reader_role)]);
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
-            // No ping before every statement: a dead connection fails its
-            // statement instead, which the pipeline retries on another one.
-            .test_before_acquire(false)
-            .after_connect(move |connection, _| {
-                opened();
-                Box::pin(async move {
-                    if pooling == Pooling::Direct {
-                        sqlx::raw_sql(SERVER_TIMEOUTS).execute(connection).await?;
-                    }
-                    Ok(())
+        let targets = hosts::Targets::parse(database_url.expose_secret())
+            .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+        let attrs = targets.attrs;
+        let reader_role = reader_role.to_owned();
+        let opened: Arc<dyn Fn() + Send + Sync> = Arc::new(opened);
+        let make_pool = move |options: PgConnectOptions| {
+            // No `extra_float_digits` startup parameter (sqlx's default sends
+            // one, which PgBouncer refuses unless told to ignore it): the
+            // worker reads no floats as text.
+            let mut options = options
+                .application_name("ticket-worker")
+                .extra_float_digits(None);
+            // The default goes without saying (the migrations fall back to
+            // it), so that connection poolers that refuse the `options`
+            // startup parameter keep working for everybody who does not
+            // choose a name. Through a pooler in transaction mode nothing
+            // migrates, and nothing may be set per session.
+            if reader_role != DEFAULT_READER_ROLE && pooling == Pooling::Direct {
+                options = options.options([(READER_ROLE_SETTING, reader_role.as_str())]);
+            }
+            let opened = Arc::clone(&opened);
+            PgPoolOptions::new()
+                .max_connections(max_connections)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(5))
+                // No ping before every statement: a dead connection fails its
+                // statement instead, which the pipeline retries on another one.
+                .test_before_acquire(false)
+                .after_connect(move |connection, _| {
+                    opened();
+                    Box::pin(async move {
+                        // A server that cannot take the worker's writes (see
+                        // `hosts`) gets no connection into the pool.
+                        hosts::Targets::check(attrs, connection).await?;
+                        if pooling == Pooling::Direct {
+                            sqlx::raw_sql(SERVER_TIMEOUTS).execute(connection).await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect_lazy_with(options);
-        Ok(TicketStore { pool, pooling })
+                .connect_lazy_with(options)
+        };
+        if targets.chooses() {
+            let switch = hosts::Switch::new(targets, make_pool);
+            return Ok(TicketStore {
+                pool: switch.pool(),
+                switch: Some(switch),
+                pooling,
+            });
+        }
+        let first = targets
+            .options
+            .into_iter()
+            .next()
+            .ok_or_else(|| sqlx::Error::Configuration("DATABASE_URL names no server".into()))?;
+        Ok(TicketStore {
+            pool: make_pool(first),
+            switch: None,
+            pooling,
+        })
+    }
+
+    /// Reports a failed statement to the failover switch, if there is one.
+    pub(crate) fn suspect(&self, error: &sqlx::Error) {
+        if let Some(switch) = &self.switch {
+            switch.suspect(error);
+        }
     }
 
     pub fn from_pool(pool: PgPool) -> TicketStore {
         TicketStore {
             pool,
+            switch: None,
             pooling: Pooling::Direct,
         }
     }
@@ -408,8 +450,12 @@ impl TicketStore {
         self.pooling
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The pool of the server the worker is on now (a handle: cheap).
+    pub fn pool(&self) -> PgPool {
+        match &self.switch {
+            Some(switch) => switch.pool(),
+            None => self.pool.clone(),
+        }
     }
 
     /// Applies the embedded migrations (idempotent; replicas starting together
@@ -425,7 +471,14 @@ impl TicketStore {
         // migration may rewrite a table, and waiting for another replica's
         // migration (an advisory lock) is expected. Closed afterwards, so
         // the settings go with it.
-        let mut connection = self.pool.acquire().await?;
+        let mut connection = match self.pool().acquire().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                // Perhaps the first server of DATABASE_URL is a standby.
+                self.suspect(&error);
+                return Err(error.into());
+            }
+        };
         connection.close_on_drop();
         sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
             .execute(&mut *connection)
