@@ -86,6 +86,15 @@ impl Application {
                 limit: limit.clone(),
                 rate: settings.rate_limit.clone(),
                 pause: crate::taptalk::UpstreamPause::new(settings.taptalk.max_retry_after),
+                quota: settings.quota.map(|rate| {
+                    let counted = metrics.clone();
+                    crate::taptalk::quota::SharedQuota::new(
+                        Arc::new(store.clone()),
+                        settings.taptalk.server_key.id(),
+                        rate,
+                        move || counted.quota_take(),
+                    )
+                }),
             },
             breaker,
             policy,

@@ -515,3 +515,155 @@ async fn a_primary_killed_mid_burst_and_its_standby_promoted_lose_and_fail_nothi
         ready.len()
     );
 }
+
+// ------------------------------------------------------- one TapTalk quota
+
+/// An instant TapTalk that notes when each ticket request arrived.
+struct CountingUpstream {
+    url: url::Url,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingUpstream {
+    async fn start() -> CountingUpstream {
+        use axum::Json;
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<Instant>>> = Default::default();
+        let noted = std::sync::Arc::clone(&seen);
+        let app = axum::Router::new().route(
+            ticket_worker::taptalk::api::AUTH_TICKET_PATH,
+            axum::routing::post(move |body: Json<Value>| {
+                let noted = std::sync::Arc::clone(&noted);
+                async move {
+                    let Some(user) = body.get("xcUserID").and_then(Value::as_str) else {
+                        return (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            Json(serde_json::json!({"status": 400, "error": {"code": "ParamValidationFailed", "message": "xcUserID (105) is required", "field": "xcUserID"}, "data": {}})),
+                        );
+                    };
+                    let n = {
+                        let mut seen = noted.lock().unwrap_or_else(|p| p.into_inner());
+                        seen.push(Instant::now());
+                        seen.len()
+                    };
+                    (
+                        axum::http::StatusCode::OK,
+                        Json(serde_json::json!({"status": 200, "error": {"code": "", "message": "", "field": ""}, "data": {"userID": format!("u-{user}"), "ticket": format!("t-{n}")}})),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        CountingUpstream {
+            url: format!("http://{addr}").parse().expect("url"),
+            seen,
+            task,
+        }
+    }
+
+    fn seen(&self) -> Vec<Instant> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for CountingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Where a worker process serves its endpoints, from its log.
+async fn http_address(worker: &WorkerProcess) -> String {
+    eventually(SETTLE, "the worker serves HTTP", || async {
+        worker.logs().lines().find_map(|line| {
+            let rest = line.split("address=").nth(1)?;
+            line.contains("serving /metrics").then(|| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn three_replicas_keep_to_one_quota_while_one_of_them_dies() {
+    let h = Harness::new(Knobs::default()).await;
+    let upstream = CountingUpstream::start().await;
+    let mut replicas = Vec::new();
+    for n in 0..3 {
+        let mut env = worker_env(
+            &h.db.url,
+            &h.broker,
+            &upstream.url,
+            &format!("tw-quota-{n}-{}", unique()),
+        );
+        env.push(("TAPTALK_QUOTA", "200".into()));
+        replicas.push(WorkerProcess::spawn(&env));
+    }
+    for replica in &replicas {
+        replica.consuming().await;
+    }
+    let events: Vec<Value> = (0..2_000)
+        .map(|i| login_event(&format!("cust-{}", i % 103)))
+        .collect();
+    h.broker.publish_events(&events).await;
+    // A third of the way, one replica dies; the others take its share.
+    eventually(SETTLE, "a third done", || async {
+        (h.db.count().await >= 660).then_some(())
+    })
+    .await;
+    replicas[0].signal("KILL");
+    every_event_stored_once(&h.db, &ids(&events), SETTLE).await;
+    let mut addresses = Vec::new();
+    for replica in &replicas[1..] {
+        addresses.push(http_address(replica).await);
+    }
+    let mut takes = 0.0;
+    for address in &addresses {
+        let text = reqwest::get(format!("http://{address}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        takes += text
+            .lines()
+            .find_map(|l| l.strip_prefix("ticket_worker_taptalk_quota_takes_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    let mut seen = upstream.seen();
+    seen.sort();
+    let most = (0..seen.len())
+        .map(|i| {
+            seen[i..]
+                .iter()
+                .take_while(|at| at.duration_since(seen[i]) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    let span = seen[seen.len() - 1].duration_since(seen[0]).as_secs_f64();
+    let per_second = (seen.len() - 1) as f64 / span;
+    println!(
+        "scenario quota: 3 replicas, TAPTALK_QUOTA=200, 2,000 events, one replica SIGKILLed after 660: {} requests over {span:.1} s = {per_second:.0}/s, at most {most} in any 1 s; the survivors took tokens {takes} times",
+        seen.len()
+    );
+    assert!(most <= 210, "{most} requests in one second");
+    assert!(
+        per_second >= 180.0,
+        "{per_second:.0} requests/s with a backlog"
+    );
+    for mut replica in replicas.into_iter().skip(1) {
+        assert_eq!(replica.terminate().await, Some(0));
+    }
+}

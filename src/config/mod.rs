@@ -70,6 +70,8 @@ pub struct Settings {
     pub limit: LimitSettings,
     /// Most TapTalk requests per second; `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// `TAPTALK_QUOTA`: requests per second for the whole deployment.
+    pub quota: Option<f64>,
     pub max_event_bytes: usize,
     /// `None`: events never expire.
     pub max_event_age: Option<Duration>,
@@ -122,6 +124,18 @@ impl Settings {
                     )
                 }),
         );
+        let quota = problems.take(
+            args.taptalk_quota
+                .as_deref()
+                .map(|q| RateLimit::parse(q).map(|r| r.per_second()))
+                .transpose()
+                .map_err(|e| {
+                    ConfigError::new(
+                        "TAPTALK_QUOTA",
+                        format!("{e}; write the deployment's requests per second, e.g. 200"),
+                    )
+                }),
+        );
         problems.require(
             args.max_event_bytes >= 256,
             "MAX_EVENT_BYTES",
@@ -169,6 +183,7 @@ impl Settings {
             Some(prefetch),
             Some(limit),
             Some(rate_limit),
+            Some(quota),
             Some(http_listen),
             Some(delivery_deadline),
         ) = (
@@ -190,6 +205,7 @@ impl Settings {
             prefetch,
             limit,
             rate_limit,
+            quota,
             http_listen,
             delivery_deadline,
         )
@@ -215,6 +231,7 @@ impl Settings {
             prefetch,
             limit,
             rate_limit,
+            quota,
             max_event_bytes: args.max_event_bytes,
             max_event_age: (!max_event_age.is_zero()).then_some(max_event_age),
             max_clock_skew,

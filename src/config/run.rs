@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// Most TapTalk requests per second one worker sends (a TapTalk quota); unset: no limit
     #[arg(long, env = "TAPTALK_RATE_LIMIT", value_name = "TAPTALK_RATE_LIMIT")]
     pub taptalk_rate_limit: Option<String>,
+    /// TapTalk requests per second for the whole deployment, shared by every replica through Postgres (per server key); unset: none
+    #[arg(long, env = "TAPTALK_QUOTA", value_name = "TAPTALK_QUOTA")]
+    pub taptalk_quota: Option<String>,
     /// Largest login event accepted, in bytes
     #[arg(long, env = "MAX_EVENT_BYTES", value_name = "MAX_EVENT_BYTES", default_value_t = crate::events::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,

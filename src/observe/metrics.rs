@@ -294,6 +294,7 @@ struct Inner {
     /// By [`Stage`], in its order.
     overdue: [Counter; 6],
     nodes: Family<NodeLabel, Gauge>,
+    quota_takes: Counter,
     node_now: std::sync::Mutex<Option<String>>,
     /// Broker sessions opened, for the progress line and tests.
     sessions: AtomicU64,
@@ -489,6 +490,13 @@ impl Metrics {
             nodes.clone(),
         );
 
+        let quota_takes = Counter::default();
+        registry.register(
+            "taptalk_quota_takes",
+            "Statements run to take tokens from the shared TapTalk quota (TAPTALK_QUOTA): its cost in Postgres round trips",
+            quota_takes.clone(),
+        );
+
         let relayed = Counter::default();
         registry.register(
             "outbox_relayed",
@@ -525,6 +533,7 @@ impl Metrics {
             relayed,
             overdue,
             nodes,
+            quota_takes,
             node_now: std::sync::Mutex::new(None),
             sessions: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
@@ -646,6 +655,11 @@ impl Metrics {
     pub fn intake_state(&self) -> &'static str {
         let index = usize::from(self.0.intake_now.load(Ordering::Relaxed));
         STATES.get(index).copied().unwrap_or("disconnected")
+    }
+
+    /// Tokens were taken from the shared TapTalk quota (one statement).
+    pub fn quota_take(&self) {
+        self.0.quota_takes.inc();
     }
 
     /// The RabbitMQ node (`host:port` of AMQP_URL) the worker's session is

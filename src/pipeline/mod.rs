@@ -42,6 +42,7 @@ use crate::retry::{Verdict, retry};
 use crate::storage::{
     BatchedStore, FailedFor, Known, Saved, StoreError, StoredFailure, TicketStore, body_digest,
 };
+use crate::taptalk::quota::SharedQuota;
 use crate::taptalk::{AdaptiveLimit, RateLimit, Signal, TaptalkClient, TicketError, UpstreamPause};
 use chrono::Utc;
 use decision::{encoding_failed, failed, invalid_event, ticket_failed};
@@ -59,6 +60,8 @@ pub struct Upstream {
     pub rate: Option<RateLimit>,
     /// The quiet TapTalk asked for with a 429's `Retry-After`.
     pub pause: UpstreamPause,
+    /// The deployment's quota (`TAPTALK_QUOTA`), when set.
+    pub quota: Option<SharedQuota>,
 }
 
 /// The services one event needs, shared by all in-flight messages.
@@ -356,6 +359,9 @@ impl Pipeline {
                 let upstream = &self.upstream;
                 stage.set(Stage::AwaitingTaptalk);
                 upstream.pause.wait().await;
+                if let Some(quota) = &upstream.quota {
+                    quota.wait().await;
+                }
                 if let Some(rate) = &upstream.rate {
                     rate.wait().await;
                 }

@@ -21,6 +21,7 @@ mod batcher;
 pub mod hosts;
 mod outbox;
 mod outcomes;
+mod quota;
 mod replays;
 mod rows;
 mod tickets;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod client;
 pub mod limit;
 pub mod pause;
+pub mod quota;
 pub mod rate;
 
 pub use api::ServerKey;

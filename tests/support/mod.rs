@@ -724,6 +724,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
             std::num::NonZeroUsize::new(16).expect("16 is not zero"),
         ),
         rate_limit: None,
+        quota: None,
         max_event_bytes: ticket_worker::events::DEFAULT_MAX_EVENT_BYTES,
         max_event_age: Some(Duration::from_secs(600)),
         max_clock_skew: Duration::from_secs(60),
