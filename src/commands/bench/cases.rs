@@ -9,6 +9,7 @@
 //! | `capacity` | 100 ms, 100 at once, 200 may wait (1,000/s at most) | burst of 8,000 | 1 | ≥ 90 % of the 1,000/s bound; p99 time inside the upstream < 250 ms |
 //! | `paced` | as `capacity` | 500/s for 8,000 events (16 s) | 1 | p99 login-to-ready < 250 ms |
 //! | `replicas` | 100 ms, 1,000 at once (never the limit); each replica `CONCURRENCY_MAX=64` | burst of 10,000 | 1, then 2 | two replicas ≥ 1.6× one; peak RSS < 64 MiB |
+//! | `quota` | answers at once; every replica `TAPTALK_QUOTA=200` | burst of 4,000 | 3 | 90 % to 105 % of the 200/s quota (the Postgres commits per event show its cost) |
 //!
 //! **What "when the upstream binds" means in `replicas`.** Target 5 asks
 //! that two replicas do at least 1.6 times what one does when the upstream
@@ -49,6 +50,8 @@ pub enum Case {
     Paced,
     /// Target 5: one replica, then two, on a 100 ms upstream
     Replicas,
+    /// One TAPTALK_QUOTA of 200/s shared by three replicas, a burst of 4,000
+    Quota,
 }
 
 impl Case {
@@ -59,6 +62,7 @@ impl Case {
             Case::Capacity => "capacity",
             Case::Paced => "paced",
             Case::Replicas => "replicas",
+            Case::Quota => "quota",
         }
     }
 }
@@ -154,6 +158,12 @@ pub enum Target {
     /// The last phase's throughput (`replicas` of them) over the first's
     /// (one replica): at least 0.8 × `replicas` (1.6 for two).
     ReplicaScaling { replicas: usize, at_least: f64 },
+    /// The main phase's throughput over the shared quota: within bounds.
+    QuotaShare {
+        quota: f64,
+        at_least: f64,
+        at_most: f64,
+    },
 }
 
 /// What a run does: its phases in order, which is the main one (compared
@@ -253,6 +263,25 @@ impl Plan {
                     under: Duration::from_millis(250),
                 }],
             ),
+            Some(Case::Quota) => Plan {
+                phases: vec![Phase {
+                    name: "quota".into(),
+                    upstream: Upstream::INSTANT,
+                    load: Load::Burst { events: 4_000 },
+                    replicas: 3,
+                }],
+                worker_env: vec![("TAPTALK_QUOTA", "200")],
+                ..Plan::single(
+                    "quota",
+                    Upstream::INSTANT,
+                    Load::Burst { events: 4_000 },
+                    vec![Target::QuotaShare {
+                        quota: 200.0,
+                        at_least: 0.9,
+                        at_most: 1.05,
+                    }],
+                )
+            },
             Some(Case::Replicas) => {
                 let upstream = Upstream {
                     latency: MS_100,
@@ -415,6 +444,15 @@ impl Target {
             Target::ReplicaScaling { replicas, at_least } => {
                 format!("{replicas} replicas ≥ {at_least:.1}× one")
             }
+            Target::QuotaShare {
+                quota,
+                at_least,
+                at_most,
+            } => format!(
+                "throughput {:.0} % to {:.0} % of the {quota:.0}/s quota",
+                at_least * 100.0,
+                at_most * 100.0
+            ),
         }
     }
 }

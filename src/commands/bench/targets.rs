@@ -67,6 +67,25 @@ pub fn judge(report: &Report) -> Vec<TargetResult> {
                         _ => (None, Some("the upstream has no bound".into()), None),
                     }
                 }
+                (
+                    Target::QuotaShare {
+                        quota,
+                        at_least,
+                        at_most,
+                    },
+                    Some(main),
+                ) => {
+                    let ratio = main.throughput_per_s / quota;
+                    (
+                        Some(ratio),
+                        Some(format!(
+                            "{:.0}/s = {:.0} % of the quota",
+                            main.throughput_per_s,
+                            ratio * 100.0
+                        )),
+                        Some((at_least..=at_most).contains(&ratio)),
+                    )
+                }
                 (Target::UpstreamP99 { under }, Some(main)) => {
                     let p99 = main.upstream.in_upstream_ms.p99;
                     under_ms(p99, under.as_secs_f64() * 1000.0)
