@@ -10,9 +10,10 @@ COPY migrations ./migrations
 # Dependencies carried with a fix ([patch.crates-io] in Cargo.toml): without
 # them the build fails, and dropping the patch would bring the bug back.
 COPY patches ./patches
+COPY lib ./lib
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin ticket-worker \
+    cargo build --release --locked -p taptalk-ticket-worker --no-default-features --bin ticket-worker \
     && cp target/release/ticket-worker /ticket-worker
 
 # glibc, libgcc and CA certificates (for amqps://, sslmode=require and an

@@ -25,15 +25,15 @@
 //! (deleting long-expired tickets), [`commands`] (the command line: `run`,
 //! `migrate`, `fake-taptalk`, `demo`, `publish`, `bench`, which measures
 //! the worker against a broker-only ceiling, and `dlq` for the dead letters,
-//! with [`broker::dead_letters`]) and [`fake_taptalk`] (the
-//! TapTalk stand-in).
+//! with [`broker::dead_letters`]). `demo`, `fake-taptalk` and `bench` drive
+//! the TapTalk stand-in (the `fake-taptalk` crate) and exist only with the
+//! `stand-in` feature, on by default and off in the container image.
 
 pub mod broker;
 pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod events;
-pub mod fake_taptalk;
 pub mod health;
 pub mod observe;
 pub mod pipeline;

@@ -3,11 +3,11 @@
 
 mod support;
 
+use fake_taptalk::Knobs;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::time::Duration;
 use support::*;
-use ticket_worker::fake_taptalk::Knobs;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -5,6 +5,7 @@
 mod support;
 
 use clap::Parser;
+use fake_taptalk::Knobs;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
@@ -14,7 +15,6 @@ use support::*;
 use ticket_worker::broker::dead_letters::Browser;
 use ticket_worker::commands::dlq::{DlqCommand, Interrupt, ReplayArgs};
 use ticket_worker::commands::{Cli, Command};
-use ticket_worker::fake_taptalk::Knobs;
 
 const WAIT: Duration = Duration::from_secs(60);
 

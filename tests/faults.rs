@@ -13,6 +13,7 @@
 
 mod support;
 
+use fake_taptalk::Knobs;
 use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -22,7 +23,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use support::*;
 use ticket_worker::domain::EventId;
-use ticket_worker::fake_taptalk::Knobs;
 use ticket_worker::storage::TicketStore;
 
 const SETTLE: Duration = Duration::from_secs(120);

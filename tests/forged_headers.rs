@@ -5,6 +5,7 @@
 
 mod support;
 
+use fake_taptalk::Knobs;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use secrecy::SecretString;
@@ -12,7 +13,6 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
 use support::*;
-use ticket_worker::fake_taptalk::Knobs;
 
 const WAIT: Duration = Duration::from_secs(60);
 

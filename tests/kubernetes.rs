@@ -1354,3 +1354,27 @@ fn the_image_is_built_from_everything_the_build_reads() {
         "the Dockerfile does not copy {missing:?} (copies {copied:?})"
     );
 }
+
+#[test]
+fn the_image_carries_no_stand_in() {
+    // The TapTalk stand-in and the commands that drive it (demo, bench,
+    // fake-taptalk) are behind the `stand-in` feature: the production image
+    // builds the product alone, without its default features.
+    let dockerfile =
+        std::fs::read_to_string(Path::new(CRATE).join("Dockerfile")).expect("the Dockerfile");
+    let build = dockerfile
+        .lines()
+        .find(|l| l.contains("cargo build"))
+        .expect("the Dockerfile runs cargo build");
+    assert!(
+        build.contains("--no-default-features") && build.contains("-p taptalk-ticket-worker"),
+        "the image must build the product alone, without the stand-in: {build}"
+    );
+    let manifest =
+        std::fs::read_to_string(Path::new(CRATE).join("Cargo.toml")).expect("Cargo.toml");
+    assert!(
+        manifest.contains("stand-in = [\"dep:fake-taptalk\"]")
+            && manifest.contains("optional = true"),
+        "the stand-in is an optional dependency of the product"
+    );
+}

@@ -6,10 +6,10 @@
 
 mod support;
 
+use fake_taptalk::Knobs;
 use serde_json::json;
 use std::time::Duration;
 use support::*;
-use ticket_worker::fake_taptalk::Knobs;
 
 const WAIT: Duration = Duration::from_secs(30);
 

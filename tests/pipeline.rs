@@ -6,6 +6,7 @@
 mod support;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use fake_taptalk::Knobs;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Map, Value, json};
@@ -13,7 +14,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use support::*;
 use ticket_worker::domain::EventId;
-use ticket_worker::fake_taptalk::Knobs;
 use ticket_worker::storage::{TicketStore, body_digest};
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -6,12 +6,12 @@
 
 mod support;
 
+use fake_taptalk::Knobs;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::time::Duration;
 use support::private::PgBouncer;
 use support::*;
-use ticket_worker::fake_taptalk::Knobs;
 
 const SETTLE: Duration = Duration::from_secs(120);
 

@@ -5,6 +5,7 @@
 
 mod support;
 
+use fake_taptalk::Knobs;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -14,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use support::*;
-use ticket_worker::fake_taptalk::Knobs;
 use ticket_worker::taptalk::{TaptalkClient, TicketError};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;

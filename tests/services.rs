@@ -10,6 +10,7 @@
 
 mod support;
 
+use fake_taptalk::Knobs;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -18,7 +19,6 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use support::private::{PrivatePostgres, PrivateRabbit};
 use support::*;
-use ticket_worker::fake_taptalk::Knobs;
 
 #[tokio::test]
 async fn rabbitmq_and_postgres_restarts_are_survived() {

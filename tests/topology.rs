@@ -7,13 +7,13 @@
 
 mod support;
 
+use fake_taptalk::Knobs;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use std::process::Command;
 use std::time::Duration;
 use support::private::PrivateRabbit;
 use support::*;
-use ticket_worker::fake_taptalk::Knobs;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -12,6 +12,7 @@ mod support;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use fake_taptalk::Knobs;
 use lapin::options::BasicGetOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -24,7 +25,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
-use ticket_worker::fake_taptalk::Knobs;
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -21,12 +21,12 @@ use crate::config::{
     TaptalkArgs,
 };
 use crate::domain::{EventId, TicketRecord};
-use crate::fake_taptalk::{FakeTaptalk, Knobs};
 use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
 use crate::startup::Application;
 use crate::storage::{Forgotten, StoreError, TicketStore};
 use crate::taptalk::ServerKey;
+use fake_taptalk::{FakeTaptalk, Knobs};
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;

@@ -1,10 +1,10 @@
 //! `ticket-worker fake-taptalk`: serves the TapTalk.io stand-in until SIGTERM
-//! or SIGINT (see [`crate::fake_taptalk`]).
+//! or SIGINT (see [`fake_taptalk`]).
 
 use super::CommandError;
 use crate::config::ServerKeyArgs;
-use crate::fake_taptalk::{FakeTaptalk, Knobs};
 use crate::shutdown::Shutdown;
+use fake_taptalk::{FakeTaptalk, Knobs};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -64,7 +64,7 @@ pub struct FakeTaptalkArgs {
 
 pub async fn run(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
     let key = crate::config::server_key(&args.key)?;
-    key.register_with_logs();
+    crate::taptalk::register_with_logs(&key);
     let knobs = Knobs {
         latency: args.latency,
         latency_jitter: args.latency_jitter,

@@ -4,10 +4,13 @@
 //! failures into exit codes (2: configuration, 1: other), the final error line
 //! scrubbed like every log line.
 
+#[cfg(feature = "stand-in")]
 pub mod bench;
+#[cfg(feature = "stand-in")]
 pub mod demo;
 pub mod dlq;
 mod error;
+#[cfg(feature = "stand-in")]
 pub mod fake_taptalk;
 mod migrate;
 pub mod publish;
@@ -16,9 +19,7 @@ mod secrets;
 
 pub use error::CommandError;
 
-use crate::config::{
-    BrokerArgs, BrokerSettings, ConfigErrors, DatabaseArgs, DatabaseSettings, RunArgs, Settings,
-};
+use crate::config::{BrokerSettings, ConfigErrors, DatabaseArgs, RunArgs, Settings};
 use crate::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -40,12 +41,15 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Apply the database migrations, then exit
     Migrate(DatabaseArgs),
+    #[cfg(feature = "stand-in")]
     /// Serve the TapTalk.io stand-in (for local runs, tests and benchmarks)
     FakeTaptalk(fake_taptalk::FakeTaptalkArgs),
+    #[cfg(feature = "stand-in")]
     /// See it work: the stand-in, a worker and a few hundred login events, on the local RabbitMQ and Postgres
     Demo(Box<demo::DemoArgs>),
     /// Publish login events (JSON lines, from a file or stdin) to the login exchange
     Publish(publish::PublishArgs),
+    #[cfg(feature = "stand-in")]
     /// Measure the worker: throughput, latency, CPU and commits per event, against a broker-only ceiling
     Bench(Box<bench::BenchArgs>),
     /// Look at the dead letters, and replay them once what failed them is fixed
@@ -56,9 +60,9 @@ impl Cli {
     /// Runs the chosen command and maps its result to the process exit code.
     pub async fn execute(self) -> ExitCode {
         let filter = match self.command {
-            Command::Demo(_) | Command::Publish(_) | Command::Bench(_) | Command::Dlq(_) => {
-                observe::QUIET_FILTER
-            }
+            Command::Publish(_) | Command::Dlq(_) => observe::QUIET_FILTER,
+            #[cfg(feature = "stand-in")]
+            Command::Demo(_) | Command::Bench(_) => observe::QUIET_FILTER,
             _ => observe::DEFAULT_FILTER,
         };
         // Traces are the worker's: only `run` exports spans. A malformed
@@ -82,9 +86,12 @@ impl Cli {
         let result = match self.command {
             Command::Run(args) => run::run(&args).await,
             Command::Migrate(args) => migrate::run(&args).await,
+            #[cfg(feature = "stand-in")]
             Command::FakeTaptalk(args) => fake_taptalk::run(&args).await,
+            #[cfg(feature = "stand-in")]
             Command::Demo(args) => demo::run(&args).await,
             Command::Publish(args) => publish::run(&args).await,
+            #[cfg(feature = "stand-in")]
             Command::Bench(args) => bench::run(&args).await,
             Command::Dlq(args) => dlq::run(&args).await,
         };
@@ -112,21 +119,27 @@ fn failed(error: &CommandError) -> ExitCode {
 /// command to report.
 fn register_early_secrets(command: &Command) {
     match command {
+        #[cfg(feature = "stand-in")]
         Command::Demo(args) => register_with_local_defaults(&args.broker, &args.database),
         Command::Publish(args) => {
             if let Ok(broker) = BrokerSettings::from_args(&args.broker, None) {
                 secrets::register_broker(&broker);
             }
         }
+        #[cfg(feature = "stand-in")]
         Command::Bench(args) => register_with_local_defaults(&args.broker, &args.database),
         // These register theirs as soon as they have read their settings.
-        Command::Run(_) | Command::Migrate(_) | Command::FakeTaptalk(_) | Command::Dlq(_) => {}
+        Command::Run(_) | Command::Migrate(_) | Command::Dlq(_) => {}
+        #[cfg(feature = "stand-in")]
+        Command::FakeTaptalk(_) => {}
     }
 }
 
 /// For the commands that fall back to the local RabbitMQ and Postgres (the
 /// demo, the bench): registers the URLs they will use.
-fn register_with_local_defaults(broker: &BrokerArgs, database: &DatabaseArgs) {
+#[cfg(feature = "stand-in")]
+fn register_with_local_defaults(broker: &crate::config::BrokerArgs, database: &DatabaseArgs) {
+    use crate::config::DatabaseSettings;
     if let Ok(broker) = BrokerSettings::from_args(broker, Some(demo::LOCAL_AMQP_URL)) {
         secrets::register_broker(&broker);
     }

@@ -10,7 +10,7 @@ pub async fn run(args: &RunArgs) -> Result<(), CommandError> {
     let settings = Settings::from_args(args)?;
     secrets::register_broker(&settings.broker);
     secrets::register_database(&settings.database);
-    settings.taptalk.server_key.register_with_logs();
+    crate::taptalk::register_with_logs(&settings.taptalk.server_key);
     // A proxy or gateway in front of TapTalk may take credentials in the URL.
     crate::observe::register_url(settings.taptalk.base_url.as_str());
     tracing::info!(

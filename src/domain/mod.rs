@@ -6,13 +6,11 @@
 //! printed by accident.
 
 mod event_id;
-mod field;
 pub mod text;
 mod ticket;
-mod ticket_request;
 
 pub use event_id::EventId;
-pub use field::Field;
+pub(crate) use taptalk_api::json_kind;
+/// TapTalk's request fields and their documented rules, from the wire crate.
+pub use taptalk_api::{Field, FieldError, Platform, TicketRequest};
 pub use ticket::{AuthTicket, IssuedTicket, TICKET_LIFETIME, TicketRecord};
-pub(crate) use ticket_request::json_kind;
-pub use ticket_request::{FieldError, Platform, TicketRequest};

@@ -2,39 +2,10 @@
 //! credential that must never be printed.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use secrecy::{ExposeSecret, SecretString};
-use std::fmt;
+pub use taptalk_api::AuthTicket;
 
 /// How long TapTalk honours a ticket after it was requested.
 pub const TICKET_LIFETIME: TimeDelta = TimeDelta::hours(1);
-
-/// An auth ticket. `Debug` and `Display` print `[REDACTED]`; the value is only
-/// reachable through [`AuthTicket::expose`], which the storage layer calls.
-#[derive(Clone)]
-pub struct AuthTicket(SecretString);
-
-impl AuthTicket {
-    pub fn new(value: String) -> AuthTicket {
-        AuthTicket(SecretString::from(value))
-    }
-
-    /// The ticket itself. Call it only to hand the value to its one destination.
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-}
-
-impl fmt::Debug for AuthTicket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuthTicket([REDACTED])")
-    }
-}
-
-impl PartialEq for AuthTicket {
-    fn eq(&self, other: &Self) -> bool {
-        self.expose() == other.expose()
-    }
-}
 
 /// A ticket as TapTalk issued it for one request.
 #[derive(Debug, Clone, PartialEq)]

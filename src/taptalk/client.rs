@@ -74,7 +74,7 @@ impl TaptalkClient {
         let endpoint = endpoint(base_url)?;
         // The commands register the key already; a client built any other
         // way (the demo's, a library user's) is covered too.
-        key.register_with_logs();
+        crate::taptalk::register_with_logs(&key);
         let mut key_header = HeaderValue::from_str(key.header_value().expose_secret())
             .map_err(|_| anyhow::anyhow!("the server key cannot be sent as an HTTP header"))?;
         key_header.set_sensitive(true);

@@ -9,6 +9,7 @@
 pub mod private;
 pub mod raw_amqp;
 
+use fake_taptalk::{FakeTaptalk, Knobs};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -26,7 +27,6 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 use ticket_worker::broker::Topology;
 use ticket_worker::config::{BrokerSettings, DatabaseSettings, Settings, TaptalkSettings};
-use ticket_worker::fake_taptalk::{FakeTaptalk, Knobs};
 use ticket_worker::health::BreakerSettings;
 use ticket_worker::observe::metrics::{Metrics, Snapshot as StatsSnapshot};
 use ticket_worker::relay::RelaySettings;

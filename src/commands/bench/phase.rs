@@ -22,10 +22,10 @@ use super::stats;
 use super::table::thousands;
 use super::vhost::Place;
 use super::watch;
-use crate::fake_taptalk::{FakeTaptalk, Knobs};
 use crate::shutdown::Shutdown;
 use crate::taptalk::ServerKey;
 use crate::time::Later;
+use fake_taptalk::{FakeTaptalk, Knobs};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -106,7 +106,7 @@ pub async fn run(
 
     let secret = SecretString::from(uuid::Uuid::new_v4().simple().to_string());
     let key = ServerKey::new("bench-key", secret.clone());
-    key.register_with_logs();
+    crate::taptalk::register_with_logs(&key);
     let knobs = Knobs {
         latency: phase.upstream.latency,
         latency_jitter: phase.upstream.jitter,

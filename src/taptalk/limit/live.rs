@@ -6,8 +6,8 @@
 
 use super::*;
 use crate::domain::TicketRequest;
-use crate::fake_taptalk::{FakeTaptalk, Knobs};
 use crate::taptalk::{ServerKey, TaptalkClient};
+use fake_taptalk::{FakeTaptalk, Knobs};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 async fn against_the_stand_in(

@@ -1,7 +1,7 @@
 //! `TicketRequest`: the TapTalk request fields of one login, checked against the
 //! documented rules, kept exactly as the login service sent them.
 
-use super::Field;
+use crate::Field;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -154,7 +154,7 @@ fn field_value(object: &Map<String, Value>, field: Field) -> Result<Option<Strin
 }
 
 /// The JSON type of a value, for error messages.
-pub(crate) fn json_kind(value: &Value) -> &'static str {
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -1,5 +1,5 @@
-//! The project's stand-in for TapTalk.io (`ticket-worker fake-taptalk`), since
-//! the real service cannot be reached from development and CI machines.
+//! The project's stand-in for TapTalk.io (served by `ticket-worker fake-taptalk`),
+//! since the real service cannot be reached from development and CI machines.
 //!
 //! It implements `POST /v1/server/auth_ticket/request` as the TapTalk docs
 //! describe it: the `Server-Key` check, the field rules answered with
@@ -10,6 +10,11 @@
 //! [`Knobs::max_queue`]: see `line.rs`) that makes requests wait in line and
 //! sheds them beyond it; [`FakeTaptalk::load`] says how long requests spent
 //! inside.
+
+//!
+//! It builds on [`taptalk_api`] alone: nothing of the worker (no RabbitMQ,
+//! Postgres or configuration) is known here, so the worker's tests meet it as
+//! they would meet TapTalk.
 
 mod answer;
 mod knobs;

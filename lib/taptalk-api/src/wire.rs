@@ -1,6 +1,5 @@
 //! The TapTalk.io server API as it appears on the wire: the endpoint, the
-//! `Server-Key` header and the response envelope. Both the client and the
-//! stand-in server use these definitions, so they cannot drift apart.
+//! `Server-Key` header and the response envelope.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -49,11 +48,10 @@ impl ServerKey {
         SecretString::from(STANDARD.encode(raw))
     }
 
-    /// Registers the secret and the `Server-Key` header value with the log
-    /// redactor: from now on no log line shows them, in any encoding.
-    pub fn register_with_logs(&self) {
-        crate::observe::register_secret(self.secret.expose_secret());
-        crate::observe::register_secret(self.header_value().expose_secret());
+    /// The spellings of the secret that a log redactor must hide: the secret
+    /// itself and the `Server-Key` header value that embeds it.
+    pub fn secret_spellings(&self) -> [SecretString; 2] {
+        [self.secret.clone(), self.header_value()]
     }
 
     /// Replaces any copy of the secret (raw or inside the header value) in a

@@ -3,7 +3,6 @@
 //! it) once hyper has taken the last byte to send.
 
 use super::line::Visit;
-use crate::taptalk::api::ApiEnvelope;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -11,6 +10,7 @@ use http_body::{Frame, SizeHint};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use taptalk_api::wire::ApiEnvelope;
 
 /// What to answer, before it becomes a response.
 pub(super) struct Answer {

@@ -3,13 +3,6 @@
 use super::answer::Answer;
 use super::line::{Line, LoadStats, Slots};
 use super::{Knobs, rules};
-use crate::domain::AuthTicket;
-use crate::taptalk::ServerKey;
-use crate::taptalk::api::{
-    AUTH_TICKET_PATH, ApiEnvelope, HEADER_VALIDATION_FAILED, PARAM_VALIDATION_FAILED,
-    SERVER_KEY_HEADER, TicketData,
-};
-use crate::time::Later;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -26,6 +19,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use taptalk_api::wire::{
+    AUTH_TICKET_PATH, ApiEnvelope, HEADER_VALIDATION_FAILED, PARAM_VALIDATION_FAILED,
+    SERVER_KEY_HEADER, TicketData,
+};
+use taptalk_api::{AuthTicket, ServerKey};
 use tokio::task::JoinHandle;
 
 /// A ticket the stand-in issued, with the request body exactly as received.
@@ -244,11 +242,13 @@ async fn serve(shared: &Shared, knobs: &Knobs, headers: &HeaderMap, body: &[u8])
     let (delay, fate) = {
         let mut rng = rand::rng();
         let jitter = knobs.latency_jitter.as_millis() as u64;
-        let delay = knobs.latency.later_by(Duration::from_millis(if jitter > 0 {
-            rng.random_range(0..=jitter)
-        } else {
-            0
-        }));
+        let delay = knobs
+            .latency
+            .saturating_add(Duration::from_millis(if jitter > 0 {
+                rng.random_range(0..=jitter)
+            } else {
+                0
+            }));
         let roll: f64 = rng.random();
         let fate = if roll < knobs.hang {
             Fate::Hang

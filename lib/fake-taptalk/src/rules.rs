@@ -8,8 +8,8 @@
 //! forwards such values untouched, so an event can pass the worker and still be
 //! refused upstream with `ParamValidationFailed`, as with the real TapTalk.
 
-use crate::domain::{Field, FieldError, TicketRequest};
 use serde_json::{Map, Value};
+use taptalk_api::{Field, FieldError, TicketRequest};
 
 /// Checks a request body, naming the first field that breaks a rule.
 pub fn check(object: &Map<String, Value>) -> Result<(), FieldError> {
