@@ -140,10 +140,6 @@ mod slots;
 mod window;
 
 #[cfg(test)]
-mod live;
-#[cfg(test)]
-mod sim;
-#[cfg(test)]
 mod tests;
 
 pub use control::Phase;

@@ -3,8 +3,7 @@
 //! (RabbitMQ checks it against the publisher's own login) does not break the
 //! copies the worker publishes under its own login.
 
-mod support;
-
+use crate::support::*;
 use fake_taptalk::Knobs;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
@@ -12,7 +11,6 @@ use secrecy::SecretString;
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -209,7 +207,7 @@ async fn a_user_name_rabbitmq_would_refuse_as_user_id_is_not_used() {
 
 // ------------------------------------------------------- unreadable headers
 
-use support::raw_amqp::{RawMessage, RawPublisher, RawValue};
+use crate::support::raw_amqp::{RawMessage, RawPublisher, RawValue};
 
 /// Hostile headers of every shape the issue names, from 1,000 levels up to
 /// what RabbitMQ's frame_max allows, each on a valid login event.

@@ -4,14 +4,12 @@
 //! primary that dies and a standby promoted in its place, and one TapTalk
 //! quota shared by replicas that come and go.
 
-mod support;
-
+use crate::support::private::PgBouncer;
+use crate::support::*;
 use fake_taptalk::Knobs;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::time::Duration;
-use support::private::PgBouncer;
-use support::*;
 
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -117,12 +115,12 @@ async fn four_replicas_work_through_pgbouncer_in_transaction_mode() {
 
 // ------------------------------------------------------- a RabbitMQ cluster
 
+use crate::support::private::{HaProxy, PrivateRabbit};
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use std::collections::HashMap;
 use std::time::Instant;
-use support::private::{HaProxy, PrivateRabbit};
 
 /// A connection to the first node of `rabbit` that answers.
 async fn any_node(rabbit: &PrivateRabbit) -> Connection {
@@ -415,7 +413,7 @@ async fn a_consumer_cancelled_by_rabbitmq_subscribes_again() {
 
 // ------------------------------------------------------- Postgres failover
 
-use support::private::PrivatePostgres;
+use crate::support::private::PrivatePostgres;
 
 #[tokio::test]
 async fn a_primary_killed_mid_burst_and_its_standby_promoted_lose_and_fail_nothing() {

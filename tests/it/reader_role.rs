@@ -7,11 +7,9 @@
 // Test code: times here are the test's own, not input to guard against.
 #![allow(clippy::arithmetic_side_effects)]
 
-mod support;
-
+use crate::support::{TestDb, TestRoles, bin};
 use chrono::{SubsecRound, TimeDelta, Utc};
 use sqlx::{Connection, PgConnection};
-use support::{TestDb, TestRoles, bin};
 use ticket_worker::domain::{AuthTicket, EventId, Platform, TicketRecord};
 use ticket_worker::storage::TicketStore;
 

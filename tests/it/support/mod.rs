@@ -4,7 +4,6 @@
 //!
 //! `TEST_AMQP_URL` and `TEST_DATABASE_URL` point elsewhere than the local
 //! defaults; `TEST_LOG=1` shows the worker's logs.
-#![allow(dead_code)]
 
 pub mod private;
 pub mod raw_amqp;

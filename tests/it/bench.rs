@@ -5,13 +5,11 @@
 //! replicas do not inherit the caller's worker settings. Nothing here
 //! asserts on speed.
 
-mod support;
-
+use crate::support::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use support::*;
 
 /// Runs `bench` with `args`, `PATH` set to `path`; its exit code, stderr
 /// and JSON report.

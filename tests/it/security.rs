@@ -3,8 +3,7 @@
 //! works for `amqps://`, Postgres `sslmode` and an `https://` TapTalk, and the
 //! server key never follows a redirect.
 
-mod support;
-
+use crate::support::*;
 use fake_taptalk::Knobs;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use secrecy::ExposeSecret;
@@ -14,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use support::*;
 use ticket_worker::taptalk::{TaptalkClient, TicketError};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;

@@ -4,8 +4,7 @@
 //! or announced as a ticket. The worker, real RabbitMQ and real Postgres run
 //! against a hostile upstream written here.
 
-mod support;
-
+use crate::support::*;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::*;
 use ticket_worker::taptalk::api::AUTH_TICKET_PATH;
 use tokio::task::JoinHandle;
 

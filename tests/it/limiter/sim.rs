@@ -6,13 +6,17 @@
 //! retry code's first pause (200 ms).
 //!
 //! Each scenario prints its figures:
-//! `cargo test --lib taptalk::limit::sim -- --nocapture --test-threads=1`.
+//! `cargo test --test it limiter::sim -- --nocapture --test-threads=1`.
 
-use super::*;
-use crate::time::Later;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use ticket_worker::taptalk::limit::{AdaptiveLimit, LimitSettings, Permit, Signal};
+use ticket_worker::time::Later;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio::time::sleep;
 
 const MS: Duration = Duration::from_millis(1);

@@ -9,10 +9,9 @@
 //! (An event may be announced `ticket.ready` more than once — the contract lets a
 //! crash repeat it, with the same eventID — but never with another ticket.)
 //! Each scenario prints one `scenario …` line with its counts; run
-//! `cargo test --test faults -- --nocapture 2>&1 | grep ^scenario` to see them.
+//! `cargo test --test it faults:: -- --nocapture 2>&1 | grep ^scenario` to see them.
 
-mod support;
-
+use crate::support::*;
 use fake_taptalk::Knobs;
 use futures_util::StreamExt;
 use lapin::BasicProperties;
@@ -21,7 +20,6 @@ use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-use support::*;
 use ticket_worker::domain::EventId;
 use ticket_worker::storage::TicketStore;
 

@@ -4,11 +4,9 @@
 // Test code: times here are the test's own, not input to guard against.
 #![allow(clippy::arithmetic_side_effects)]
 
-mod support;
-
+use crate::support::TestDb;
 use chrono::{SubsecRound, TimeDelta, Utc};
 use std::time::Duration;
-use support::TestDb;
 use ticket_worker::domain::{AuthTicket, EventId, Platform, TicketRecord};
 use ticket_worker::events::FailureReason;
 use ticket_worker::shutdown::Shutdown;

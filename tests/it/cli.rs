@@ -1,13 +1,11 @@
 //! The `ticket-worker` binary itself: configuration errors, the `run`,
 //! `migrate`, `publish`, `fake-taptalk` and `demo` commands.
 
-mod support;
-
+use crate::support::*;
 use fake_taptalk::Knobs;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::time::Duration;
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -4,12 +4,10 @@
 //! while TapTalk rejects the server key and ready again when it accepts it;
 //! and a port that cannot be bound is an error naming `HTTP_LISTEN`.
 
-mod support;
-
+use crate::support::*;
 use fake_taptalk::Knobs;
 use serde_json::json;
 use std::time::Duration;
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -3,13 +3,13 @@
 //! the broker's message size limit.
 //!
 //! Each test runs its own RabbitMQ node and, where it needs one, its own
-//! Postgres ([`support::private`]), on ports and in data directories of
+//! Postgres ([`crate::support::private`]), on ports and in data directories of
 //! their own, removed when the test ends (also when it fails): the machine's
 //! own RabbitMQ and Postgres are never stopped or reconfigured, and these
 //! tests run beside every other.
 
-mod support;
-
+use crate::support::private::{PrivatePostgres, PrivateRabbit};
+use crate::support::*;
 use fake_taptalk::Knobs;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -17,8 +17,6 @@ use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use support::private::{PrivatePostgres, PrivateRabbit};
-use support::*;
 
 #[tokio::test]
 async fn rabbitmq_and_postgres_restarts_are_survived() {

@@ -3,8 +3,7 @@
 // Test code: times here are the test's own, not input to guard against.
 #![allow(clippy::arithmetic_side_effects)]
 
-mod support;
-
+use crate::support::*;
 use chrono::{DateTime, TimeDelta, Utc};
 use fake_taptalk::Knobs;
 use lapin::BasicProperties;
@@ -12,7 +11,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use support::*;
 use ticket_worker::domain::EventId;
 use ticket_worker::storage::{TicketStore, body_digest};
 

@@ -2,8 +2,7 @@
 //! binary itself, dead letters a worker made (running in-process), and the
 //! TapTalk stand-in over HTTP.
 
-mod support;
-
+use crate::support::*;
 use clap::Parser;
 use fake_taptalk::Knobs;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions};
@@ -11,7 +10,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::*;
 use ticket_worker::broker::dead_letters::Browser;
 use ticket_worker::commands::dlq::{DlqCommand, Interrupt, ReplayArgs};
 use ticket_worker::commands::{Cli, Command};

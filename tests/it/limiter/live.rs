@@ -2,13 +2,17 @@
 //! stand-in over HTTP, in real time: what the simulation cannot show (the
 //! worker's own CPU and the HTTP stack inside the round trip). Ignored by
 //! default: it takes ~12 s and both cores.
-//! `cargo test --release --lib taptalk::limit::live -- --ignored --nocapture`
+//! `cargo test --release --test it limiter::live -- --ignored --nocapture`
 
-use super::*;
-use crate::domain::TicketRequest;
-use crate::taptalk::{ServerKey, TaptalkClient};
 use fake_taptalk::{FakeTaptalk, Knobs};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use ticket_worker::domain::TicketRequest;
+use ticket_worker::taptalk::limit::{AdaptiveLimit, LimitSettings, Signal};
+use ticket_worker::taptalk::{ServerKey, TaptalkClient};
+use tokio::time::Instant;
 
 async fn against_the_stand_in(
     settings: &LimitSettings,

@@ -4,13 +4,11 @@
 //! clients saw. Only lower bounds on time are asserted: a slow machine can
 //! make things later, never earlier.
 
-mod support;
-
+use crate::support::*;
 use fake_taptalk::{FakeTaptalk, Knobs};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use support::*;
 use ticket_worker::taptalk::api::{AUTH_TICKET_PATH, SERVER_KEY_HEADER};
 
 /// One answer as a client saw it: status, envelope, and when it came.

@@ -4,14 +4,12 @@
 //! alone once it has waited, and whatever is unsettled when the channel
 //! closes comes back.
 
-mod support;
-
+use crate::support::{TestBroker, header, json_properties};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::{TestBroker, header, json_properties};
 use ticket_worker::broker::acks::{Acks, HOLD, Settlement};
 use tokio_util::sync::CancellationToken;
 

@@ -7,8 +7,7 @@
 //! without the setting, nothing is exported, no export thread runs, and a
 //! login event's `traceparent` is passed on unchanged.
 
-mod support;
-
+use crate::support::*;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -24,7 +23,6 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::*;
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(60);

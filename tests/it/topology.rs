@@ -5,15 +5,13 @@
 //! gives it the same strategy, which the README's policy command then does
 //! (on a RabbitMQ node of the test's own: a policy is broker configuration).
 
-mod support;
-
+use crate::support::private::PrivateRabbit;
+use crate::support::*;
 use fake_taptalk::Knobs;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use std::process::Command;
 use std::time::Duration;
-use support::private::PrivateRabbit;
-use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
