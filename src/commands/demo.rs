@@ -439,7 +439,7 @@ async fn show(
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot connect to RabbitMQ at {}: {e}",
-                crate::config::redact_url(broker.amqp_url.expose_secret())
+                crate::observe::redact_url(broker.amqp_url.expose_secret())
             )
         })?;
     let declared = topology.declare(&connection).await;

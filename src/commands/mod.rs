@@ -19,7 +19,7 @@ mod secrets;
 
 pub use error::CommandError;
 
-use crate::config::{BrokerSettings, ConfigErrors, DatabaseArgs, RunArgs, Settings};
+use crate::config::{BrokerSettings, ConfigError, ConfigErrors, DatabaseArgs, RunArgs, Settings};
 use crate::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -73,8 +73,8 @@ impl Cli {
                 Err(error) => {
                     observe::init(self.log_format, filter);
                     let errors = match Settings::from_args(args) {
-                        Ok(_) => ConfigErrors::from(error),
-                        Err(errors) => errors.and(error),
+                        Ok(_) => ConfigErrors::from(ConfigError::from(error)),
+                        Err(errors) => errors.and(error.into()),
                     };
                     return failed(&CommandError::Config(errors));
                 }

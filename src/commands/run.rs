@@ -14,8 +14,8 @@ pub async fn run(args: &RunArgs) -> Result<(), CommandError> {
     // A proxy or gateway in front of TapTalk may take credentials in the URL.
     crate::observe::register_url(settings.taptalk.base_url.as_str());
     tracing::info!(
-        amqp = %crate::config::redact_url(settings.broker.amqp_url.expose_secret()),
-        taptalk = %crate::config::redact_url(settings.taptalk.base_url.as_str()),
+        amqp = %crate::observe::redact_url(settings.broker.amqp_url.expose_secret()),
+        taptalk = %crate::observe::redact_url(settings.taptalk.base_url.as_str()),
         server_key_id = settings.taptalk.server_key.id(),
         "starting ticket-worker {}",
         env!("CARGO_PKG_VERSION")

@@ -3,8 +3,9 @@
 
 use super::RECONNECT_PAUSES;
 use super::errors::{ConfigError, ConfigErrors, Problems};
-use super::values::{redact_url, secret};
+use super::values::secret;
 use crate::broker::Topology;
+use crate::observe::redact_url;
 use crate::retry::RetryPolicy;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;

@@ -2,7 +2,8 @@
 //! and the reader role the migrations grant read access to.
 
 use super::errors::{ConfigError, ConfigErrors, Problems};
-use super::values::{redact_url, secret};
+use super::values::secret;
+use crate::observe::redact_url;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 

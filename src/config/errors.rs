@@ -13,6 +13,12 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+impl From<crate::observe::traces::SettingError> for ConfigError {
+    fn from(error: crate::observe::traces::SettingError) -> ConfigError {
+        ConfigError::new(error.setting, error.problem)
+    }
+}
+
 impl ConfigError {
     pub fn new(setting: &'static str, problem: impl Into<String>) -> ConfigError {
         ConfigError {

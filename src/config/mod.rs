@@ -24,7 +24,6 @@ pub use dead_letters::{ReplaySettings, Selection, SelectionArgs};
 pub use errors::{ConfigError, ConfigErrors};
 pub use run::RunArgs;
 pub use taptalk::{ServerKeyArgs, TaptalkArgs, TaptalkSettings, server_key, taptalk_base_url};
-pub use values::redact_url;
 
 use crate::health::BreakerSettings;
 use crate::purge::PurgeSettings;

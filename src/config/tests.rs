@@ -329,20 +329,6 @@ fn secret_files_must_be_small_regular_non_empty_files() {
 }
 
 #[test]
-fn redaction() {
-    assert_eq!(
-        redact_url("amqp://guest:guest@h:5672/%2f"),
-        "amqp://guest:***@h:5672/%2f"
-    );
-    assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-    assert_eq!(redact_url("::"), "[unparseable URL]");
-    assert_eq!(
-        redact_url("postgres://u@h/db?sslmode=require&password=hunter2&sslpassword=x"),
-        "postgres://u@h/db?sslmode=require&password=***&sslpassword=***"
-    );
-}
-
-#[test]
 fn the_reader_role_is_a_plain_postgres_identifier() {
     let longest = "r".repeat(63);
     for good in ["tickets_acme_reader", "_r2", &longest] {

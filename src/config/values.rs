@@ -5,7 +5,6 @@ use super::errors::ConfigError;
 use secrecy::SecretString;
 use std::path::PathBuf;
 use std::time::Duration;
-use url::Url;
 
 /// A secret from its variable or its `_FILE` variant (exactly one of them).
 pub(super) fn secret(
@@ -148,44 +147,4 @@ pub(super) fn positive_duration(setting: &'static str, raw: &str) -> Result<Dura
         return Err(ConfigError::new(setting, "must be longer than 0"));
     }
     Ok(value)
-}
-
-/// A URL with its passwords replaced by `***`, for logs and `Debug`: the one
-/// in the user info and any `password`-like query parameter (Postgres
-/// accepts `?password=` and `?sslpassword=`).
-pub fn redact_url(raw: &str) -> String {
-    // `AMQP_URL` may be a comma-separated list of URLs.
-    let parts = crate::observe::redact::url_list(raw);
-    if parts.len() > 1 {
-        return parts
-            .into_iter()
-            .map(redact_url)
-            .collect::<Vec<_>>()
-            .join(",");
-    }
-    let Ok(mut url) = Url::parse(raw) else {
-        return "[unparseable URL]".to_owned();
-    };
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    let secret_key = |key: &str| {
-        let key = key.to_ascii_lowercase();
-        key.contains("password") || key.contains("secret") || key == "pass"
-    };
-    if url.query_pairs().any(|(key, _)| secret_key(&key)) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let value = if secret_key(&k) {
-                    "***".to_owned()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), value)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
 }

@@ -12,4 +12,4 @@ pub mod redact;
 pub mod traces;
 
 pub use logs::{DEFAULT_FILTER, LogFormat, QUIET_FILTER, init, init_with};
-pub use redact::{register_secret, register_url, scrub};
+pub use redact::{redact_url, register_secret, register_url, scrub};

@@ -81,7 +81,7 @@ pub fn register_secret(secret: &str) {
 
 /// Registers the secrets inside a URL: the password of the user info and the
 /// value of every password-like query parameter (the parameters
-/// `configuration::redact_url` masks), each as written in the URL
+/// [`redact_url`] masks), each as written in the URL
 /// (percent-encoded) and decoded. A string that does not parse as a URL is
 /// registered whole: better an over-eager redaction than a leak.
 pub fn register_url(raw: &str) {
@@ -129,6 +129,50 @@ pub fn scrub(text: &str) -> String {
     }
 }
 
+/// A URL with its passwords replaced by `***`, for logs and `Debug`: the one
+/// in the user info and any `password`-like query parameter (Postgres
+/// accepts `?password=` and `?sslpassword=`).
+pub fn redact_url(raw: &str) -> String {
+    // `AMQP_URL` may be a comma-separated list of URLs.
+    let parts = url_list(raw);
+    if parts.len() > 1 {
+        return parts
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "[unparseable URL]".to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query_pairs().any(|(key, _)| is_secret_parameter(&key)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let value = if is_secret_parameter(&k) {
+                    "***".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+/// Whether a URL's query parameter carries a secret (`password`,
+/// `sslpassword`, `secret`, `pass`, in any case), for [`redact_url`] and
+/// [`register_url`] alike.
+fn is_secret_parameter(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret") || key == "pass"
+}
+
 /// The secrets a URL carries (see [`register_url`]).
 fn url_secrets(raw: &str) -> Vec<String> {
     let Ok(url) = url::Url::parse(raw) else {
@@ -139,19 +183,14 @@ fn url_secrets(raw: &str) -> Vec<String> {
         secrets.push(password.to_owned());
         secrets.push(String::from_utf8_lossy(&percent_decode(password)).into_owned());
     }
-    // Same notion of a secret parameter as configuration::redact_url.
-    let secret_key = |key: &str| {
-        let key = key.to_ascii_lowercase();
-        key.contains("password") || key.contains("secret") || key == "pass"
-    };
     for (key, value) in url.query_pairs() {
-        if secret_key(&key) {
+        if is_secret_parameter(&key) {
             secrets.push(value.into_owned());
         }
     }
     for pair in url.query().unwrap_or_default().split('&') {
         if let Some((key, value)) = pair.split_once('=')
-            && secret_key(&String::from_utf8_lossy(&percent_decode(key)))
+            && is_secret_parameter(&String::from_utf8_lossy(&percent_decode(key)))
         {
             secrets.push(value.to_owned());
         }
@@ -442,6 +481,20 @@ impl<W: Write> Drop for RedactingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_redacted_of_passwords_in_user_info_and_query() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("::"), "[unparseable URL]");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=hunter2&sslpassword=x"),
+            "postgres://u@h/db?sslmode=require&password=***&sslpassword=***"
+        );
+    }
 
     fn scrubbed(redactor: &Redactor, text: &str) -> String {
         let clean = redactor.scrub(text.as_bytes()).expect("a matcher");

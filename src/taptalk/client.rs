@@ -80,7 +80,7 @@ impl TaptalkClient {
         key_header.set_sensitive(true);
         if endpoint.scheme() == "http" && !is_loopback(&endpoint) {
             tracing::warn!(
-                endpoint = %crate::config::redact_url(endpoint.as_str()),
+                endpoint = %crate::observe::redact_url(endpoint.as_str()),
                 "TAPTALK_BASE_URL is plain http: the server key travels unencrypted; use https outside a test setup"
             );
         }
@@ -364,7 +364,7 @@ fn transport_error(stage: &str, error: reqwest::Error, endpoint: &Url) -> Ticket
     if connect {
         detail.push_str(&format!(
             "; check TAPTALK_BASE_URL (the endpoint is {})",
-            crate::config::redact_url(endpoint.as_str())
+            crate::observe::redact_url(endpoint.as_str())
         ));
     }
     TicketError::transient(detail)

@@ -8,7 +8,8 @@
 use super::database::BenchDatabase;
 use super::vhost::{self, Isolation, Place};
 use crate::broker::connect;
-use crate::config::{BrokerSettings, DatabaseSettings, redact_url};
+use crate::config::{BrokerSettings, DatabaseSettings};
+use crate::observe::redact_url;
 use secrecy::ExposeSecret;
 use std::time::Duration;
 

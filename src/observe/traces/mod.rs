@@ -47,7 +47,6 @@
 //! turn traces off. Only `http/protobuf` is built in: the exporter speaks
 //! OTLP/HTTP (a collector's port 4318), not gRPC.
 
-use crate::config::ConfigError;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
@@ -136,7 +135,7 @@ impl Traces {
     /// `OTEL_TRACES_EXPORTER=none` turns traces off). Registers the
     /// endpoint's password and the OTLP header values with the log redactor
     /// first. An error names the setting at fault.
-    pub fn from_env() -> Result<Option<Traces>, ConfigError> {
+    pub fn from_env() -> Result<Option<Traces>, SettingError> {
         let Some((setting, endpoint)) = endpoint_setting()? else {
             return Ok(None);
         };
@@ -236,7 +235,7 @@ impl Traces {
 
 /// The variable that names the traces endpoint, and its value: the
 /// traces-only one wins, as in the SDK. Empty counts as unset.
-fn endpoint_setting() -> Result<Option<(&'static str, String)>, ConfigError> {
+fn endpoint_setting() -> Result<Option<(&'static str, String)>, SettingError> {
     for setting in [
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -287,11 +286,21 @@ fn percent_decoded(value: &str) -> String {
     String::from_utf8_lossy(&super::redact::percent_decode(value)).into_owned()
 }
 
-fn config_error(setting: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
+fn config_error(setting: &'static str, problem: impl Into<String>) -> SettingError {
+    SettingError {
         setting,
         problem: problem.into(),
     }
+}
+
+/// A malformed `OTEL_*` setting: which one, and what is wrong with it. The
+/// configuration lists it with the worker's other settings' problems.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct SettingError {
+    /// The environment variable.
+    pub setting: &'static str,
+    pub problem: String,
 }
 
 /// The resource every span names: `service.name` from `OTEL_SERVICE_NAME`,
