@@ -2,8 +2,8 @@
 //! shutdown. `main` and the integration tests both go through here.
 
 use crate::config::Settings;
+use crate::health::endpoints::{self, Endpoints, LimitReading};
 use crate::health::{Breaker, Probe, Probes, Readiness};
-use crate::observe::endpoints::{self, Endpoints};
 use crate::observe::metrics::Metrics;
 use crate::pipeline::{EventPolicy, Pipeline, Upstream};
 use crate::purge::PurgeSettings;
@@ -119,7 +119,7 @@ impl Application {
         let http = settings.http_listen.map(|listen| {
             let endpoints = Endpoints {
                 metrics: metrics.clone(),
-                limit,
+                limit: LimitReading::new(move || (limit.limit(), limit.in_flight())),
                 heartbeat: worker.heartbeat().clone(),
                 readiness: Readiness::new(metrics, postgres),
             };
@@ -155,9 +155,7 @@ impl Application {
         let _stop_server = stop_server.clone().drop_guard();
         let server = match self.http {
             Some((listen, endpoints)) => {
-                let listener = endpoints::bind(listen)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?;
+                let listener = endpoints::bind(listen).await?;
                 let bound = listener.local_addr().unwrap_or(listen);
                 let _ = self.http_addr.set(bound);
                 tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");

@@ -1,9 +1,9 @@
 //! Observing the worker: logs ([`logs`], with every secret scrubbed by
 //! [`redact`]), OpenTelemetry [`traces`] over OTLP when an endpoint is set,
-//! the Prometheus [`metrics`], the [`progress`] line, and the HTTP
-//! [`endpoints`] that serve the metrics and the health probes.
+//! the Prometheus [`metrics`], the [`progress`] line, and the bounded
+//! [`http_server`] that `health::endpoints` serves the metrics and the probes
+//! on.
 
-pub mod endpoints;
 pub mod http_server;
 pub mod logs;
 pub mod metrics;
