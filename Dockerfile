@@ -11,9 +11,13 @@ COPY migrations ./migrations
 # them the build fails, and dropping the patch would bring the bug back.
 COPY patches ./patches
 COPY lib ./lib
+# The product alone: the TapTalk stand-in (fake-taptalk, demo, bench) is a
+# feature the image leaves out. docker-compose.yml builds its stand-in service
+# with FEATURES=stand-in; production images never set it.
+ARG FEATURES=""
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p taptalk-ticket-worker --no-default-features --bin ticket-worker \
+    cargo build --release --locked -p taptalk-ticket-worker --no-default-features --features "$FEATURES" --bin ticket-worker \
     && cp target/release/ticket-worker /ticket-worker
 
 # glibc, libgcc and CA certificates (for amqps://, sslmode=require and an
