@@ -1,4 +1,4 @@
-//! `ticket-worker`: see `ticket-worker --help` and the README.
+//! `ticket-worker`: see `ticket-worker --help`, the README and docs/.
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -27,7 +27,7 @@ use lapin::{Channel, Connection, ExchangeKind};
 
 /// What the log says when the work queue exists without at-least-once
 /// dead-lettering (declared by an earlier version).
-pub const LEGACY_WORK_QUEUE: &str = "the work queue exists without x-dead-letter-strategy=at-least-once (declared by an earlier version), so messages RabbitMQ dead-letters itself can be lost on the way to the dead-letter queue; give it the strategy with a policy (see the README, 'Queues declared by an earlier version') or delete and redeclare the queue when it is empty";
+pub const LEGACY_WORK_QUEUE: &str = "the work queue exists without x-dead-letter-strategy=at-least-once (declared by an earlier version), so messages RabbitMQ dead-letters itself can be lost on the way to the dead-letter queue; give it the strategy with a policy (see docs/operating.md, 'Queues declared by an earlier version') or delete and redeclare the queue when it is empty";
 
 /// How the work queue was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +124,7 @@ impl Topology {
         // returns count towards nothing and nothing is ever dropped. RabbitMQ
         // 4.x gives every quorum queue a default limit of 20 (4.0 to 4.2 count
         // every return towards it; from 4.3 a basic.nack does not count): there,
-        // lift it with a policy (`delivery-limit: -1`, see the README). Adding
+        // lift it with a policy (`delivery-limit: -1`, see docs/operating.md). Adding
         // the argument here would make RabbitMQ refuse to redeclare queues that
         // exist without it.
         channel

@@ -1,5 +1,5 @@
 //! `ticket-worker publish`: publishes login events, one JSON object per line
-//! from a file or stdin, exactly as a login service would (see the README's
+//! from a file or stdin, exactly as a login service would (see docs/integrating.md's
 //! "Publishing login events"). Lines are sent byte for byte as read.
 //!
 //! By default each line is checked with the worker's own rules first (its

@@ -1,6 +1,6 @@
 //! The wire formats on the bus: the login event the worker consumes and the
 //! ticket events it publishes. Field names here are a contract with other
-//! systems; the README documents them. [`MaskedBody`] shows a login event
+//! systems; docs/integrating.md documents them. [`MaskedBody`] shows a login event
 //! to an operator without its personal data (`dlq list`).
 
 mod login_event;

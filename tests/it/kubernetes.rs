@@ -39,14 +39,14 @@ const CRATE: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Environment variables the worker reads outside its clap definition:
 /// `RUST_LOG` by tracing-subscriber's `EnvFilter`, `SSL_CERT_FILE` by the
-/// system trust store loader (README, Secrets and TLS).
+/// system trust store loader (docs/operating.md, Secrets and TLS).
 const READ_OUTSIDE_CLAP: &[&str] = &["RUST_LOG", "SSL_CERT_FILE"];
 
 /// After `SHUTDOWN_GRACE`, the worker waits at most this long for RabbitMQ to
-/// confirm closing the connection (README, Scaling).
+/// confirm closing the connection (docs/scaling.md).
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
-/// What a replica holds besides the messages: the README's Production notes,
+/// What a replica holds besides the messages: docs/operating.md's Production notes,
 /// "about 30 MiB plus twice PREFETCH x the broker's max_message_size".
 const BASE_MEMORY: u64 = 30 << 20;
 

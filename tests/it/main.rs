@@ -12,9 +12,11 @@
 mod support;
 
 mod acks;
+mod architecture;
 mod bench;
 mod cli;
 mod dlq;
+mod docs;
 
 mod faults;
 mod forged_headers;

@@ -2,7 +2,7 @@
 //! declared with at-least-once dead-lettering (`x-dead-letter-strategy` with
 //! `x-overflow: reject-publish`), and a queue an earlier version declared
 //! without them is used as it is, with a warning naming the policy that
-//! gives it the same strategy, which the README's policy command then does
+//! gives it the same strategy, which docs/operating.md's policy command then does
 //! (on a RabbitMQ node of the test's own: a policy is broker configuration).
 
 use crate::support::private::PrivateRabbit;
@@ -122,14 +122,17 @@ async fn a_work_queue_from_an_earlier_version_is_used_with_a_warning_and_the_rea
         logs.contains("without x-dead-letter-strategy=at-least-once"),
         "the worker says what the old queue lacks:\n{logs}"
     );
-    assert!(logs.contains("README"), "and where the fix is:\n{logs}");
+    assert!(
+        logs.contains("docs/operating.md"),
+        "and where the fix is:\n{logs}"
+    );
     assert_eq!(
         logs.matches("connected to RabbitMQ").count(),
         1,
         "one session, not a reconnect loop:\n{logs}"
     );
 
-    // The README's policy, scoped to this test's queue.
+    // docs/operating.md's policy, scoped to this test's queue.
     let name = format!("test-{}", unique());
     let pattern = format!("^{}$", t.work_queue.replace('.', "\\."));
     let applied = rabbit.ctl(
@@ -143,7 +146,7 @@ async fn a_work_queue_from_an_earlier_version_is_used_with_a_warning_and_the_rea
             "queues",
         ],
     );
-    assert!(applied, "RabbitMQ accepts the README's policy");
+    assert!(applied, "RabbitMQ accepts docs/operating.md's policy");
     eventually(WAIT, "the policy applies to the work queue", || async {
         (private_queue_column(&rabbit, &t.work_queue, "policy") == name).then_some(())
     })

@@ -43,7 +43,7 @@ async fn list(broker: &BrokerSettings, samples: usize) -> Result<Listing, Comman
     let mut listing = Listing::new(queue, samples);
     let now = chrono::Utc::now();
     // Letters are the worker's when its user wrote them: the workers log in
-    // as the user list does (see the README).
+    // as the user list does (see docs/guarantees.md, Security).
     let worker_user = broker.login_user();
     let read = async {
         while let Some(delivery) = browser.next().await? {

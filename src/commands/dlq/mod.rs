@@ -1,5 +1,5 @@
 //! `ticket-worker dlq list | replay`: the operator's tools for the
-//! dead-letter queue (see the README's "Dead letters: list and replay").
+//! dead-letter queue (see docs/operating.md, "Dead letters: list and replay").
 //!
 //! `list` counts the dead letters by reason and shows a few of each with
 //! their personal data masked; `replay` publishes chosen ones to the login

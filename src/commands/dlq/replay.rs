@@ -117,7 +117,7 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
         anyhow::anyhow!("cannot declare the exchanges and queues: {e}{hint}")
     })?;
     // Letters are the worker's when its user wrote them: the workers log in
-    // as the user replay does (see the README).
+    // as the user replay does (see docs/guarantees.md, Security).
     let worker_user = broker.login_user();
     let queue = &topology.dead_letter_queue;
     let mut browser = Browser::open(&connection, queue)

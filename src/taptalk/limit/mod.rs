@@ -38,10 +38,10 @@
 //!   [`LimitSettings::max`], or follow the limit with headroom for the
 //!   Postgres and broker steps); otherwise it stays where it starts.
 //! * The consumer's prefetch can follow [`AdaptiveLimit::watch`] (about
-//!   twice the limit, as the README advises for `CONCURRENCY`). `basic.qos`
+//!   twice the limit, as docs/operating.md advises for `CONCURRENCY`). `basic.qos`
 //!   is a broker round trip: apply it when the value moved by a quarter or
 //!   so, not on every change. A prefetch of 2,048 also raises the worst-case
-//!   memory bound the README computes from `PREFETCH` × the broker's
+//!   memory bound docs/operating.md computes from `PREFETCH` × the broker's
 //!   `max_message_size`.
 //! * [`AdaptiveLimit::snapshot`] gives the limit, the in-flight count, the
 //!   phase, the baseline and the smoothed round trip, and counts of raises
