@@ -14,7 +14,7 @@
 //! honoured as by the worker; the demo then leaves those exchanges and
 //! queues alone, since they may be somebody's real ones.
 
-use super::CommandError;
+use super::{CommandError, LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
 use crate::broker::{Topology, connect};
 use crate::config::{
     BrokerArgs, BrokerSettings, DatabaseArgs, DatabaseSettings, RunArgs, ServerKeyArgs, Settings,
@@ -32,7 +32,6 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use rand::Rng;
-use rand::seq::IndexedRandom;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -41,10 +40,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-
-/// Where the demo looks when AMQP_URL / DATABASE_URL are not set.
-pub const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// How long each clean-up step (RabbitMQ, Postgres) may take.
 const CLEAN_UP_WITHIN: Duration = Duration::from_secs(15);
@@ -917,7 +912,8 @@ fn login_events(run: &DemoRun, count: usize) -> Vec<Value> {
     (0..count)
         .map(|i| {
             let user = rng.random_range(0..users);
-            let mut event = realistic_login_event(&mut rng, user, &run.event_id(), &now);
+            let mut event =
+                fake_taptalk::logins::realistic_login_event(&mut rng, user, &run.event_id(), &now);
             match i % 50 {
                 17 => event["userPlatform"] = json!("windows-phone"),
                 42 => {
@@ -930,48 +926,6 @@ fn login_events(run: &DemoRun, count: usize) -> Vec<Value> {
             event
         })
         .collect()
-}
-
-/// One valid login event of user number `user` (the same number gives the
-/// same person), on a random platform and device: what `demo` and `bench`
-/// publish.
-pub(crate) fn realistic_login_event(
-    rng: &mut impl Rng,
-    user: usize,
-    event_id: &str,
-    occurred_at: &str,
-) -> Value {
-    const FIRST: [&str; 12] = [
-        "Ana", "Budi", "Citra", "Dewi", "Eko", "Fajar", "Gita", "Hadi", "Intan", "Joko", "Kartika",
-        "Lukas",
-    ];
-    const LAST: [&str; 10] = [
-        "Lima", "Santoso", "Wijaya", "Pratama", "Nguyen", "Tan", "Silva", "Kusuma", "Halim",
-        "Saputra",
-    ];
-    const AGENTS: [(&str, &str); 3] = [
-        ("ios", "TapTalkDemo/3.2 (iPhone15,2; iOS 18.1)"),
-        ("android", "TapTalkDemo/3.2 (Linux; Android 15; Pixel 9)"),
-        (
-            "web",
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
-        ),
-    ];
-    let first = FIRST[user % FIRST.len()];
-    let last = LAST[(user / FIRST.len()) % LAST.len()];
-    let (platform, agent) = *AGENTS.choose(rng).unwrap_or(&AGENTS[0]);
-    json!({
-        "eventID": event_id,
-        "occurredAt": occurred_at,
-        "userIPAddress": format!("203.0.113.{}", rng.random_range(1..255)),
-        "userAgent": agent,
-        "userPlatform": platform,
-        "userDeviceID": format!("{platform}-{:08x}", rng.random::<u32>()),
-        "xcUserID": format!("cust-{user}"),
-        "fullName": format!("{first} {last}"),
-        "email": format!("{}.{}{user}@example.com", first.to_lowercase(), last.to_lowercase()),
-        "phone": format!("+628{:09}", rng.random_range(0..1_000_000_000u64)),
-    })
 }
 
 fn say(line: &str) {

@@ -24,6 +24,13 @@ use crate::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// Where the demo and the benchmark look when AMQP_URL / DATABASE_URL are not
+/// set: the local RabbitMQ and Postgres of the README's Quick start.
+#[cfg(feature = "stand-in")]
+pub const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+#[cfg(feature = "stand-in")]
+pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 /// Turns login events on RabbitMQ into TapTalk.io auth tickets stored in Postgres.
 #[derive(Parser)]
 #[command(name = "ticket-worker", version, about, propagate_version = true)]
@@ -140,10 +147,10 @@ fn register_early_secrets(command: &Command) {
 #[cfg(feature = "stand-in")]
 fn register_with_local_defaults(broker: &crate::config::BrokerArgs, database: &DatabaseArgs) {
     use crate::config::DatabaseSettings;
-    if let Ok(broker) = BrokerSettings::from_args(broker, Some(demo::LOCAL_AMQP_URL)) {
+    if let Ok(broker) = BrokerSettings::from_args(broker, Some(LOCAL_AMQP_URL)) {
         secrets::register_broker(&broker);
     }
-    if let Ok(database) = DatabaseSettings::from_args(database, Some(demo::LOCAL_DATABASE_URL)) {
+    if let Ok(database) = DatabaseSettings::from_args(database, Some(LOCAL_DATABASE_URL)) {
         secrets::register_database(&database);
     }
 }

@@ -19,6 +19,7 @@
 mod answer;
 mod knobs;
 mod line;
+pub mod logins;
 mod rules;
 mod server;
 

@@ -44,7 +44,7 @@ pub fn login_events(count: usize) -> (Vec<EventBody>, HashMap<String, usize>) {
     for i in 0..count {
         let id = uuid::Uuid::new_v4().to_string();
         let user = rng.random_range(0..users);
-        let event = crate::commands::demo::realistic_login_event(&mut rng, user, &id, PLACEHOLDER);
+        let event = fake_taptalk::logins::realistic_login_event(&mut rng, user, &id, PLACEHOLDER);
         let bytes = event.to_string().into_bytes();
         let needle = format!("\"occurredAt\":\"{PLACEHOLDER}\"");
         let stamp_at = find(&bytes, needle.as_bytes())

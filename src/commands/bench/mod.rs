@@ -45,7 +45,7 @@ pub use cases::Case;
 
 use crate::broker::connect;
 use crate::commands::CommandError;
-use crate::commands::demo::{LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
+use crate::commands::{LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
 use crate::config::{BrokerSettings, ConfigError, DatabaseSettings};
 use crate::events::TicketReady;
 use crate::shutdown::Shutdown;
