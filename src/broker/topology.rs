@@ -66,6 +66,21 @@ impl Default for Topology {
 }
 
 impl Topology {
+    /// The default names with `taptalk.` replaced by `taptalk.<scope>.`: a
+    /// topology of its own for a demo or benchmark run, told apart from the
+    /// real one by its names alone.
+    pub fn scoped(scope: &str, delivery_limit: u32) -> Topology {
+        let name = |rest: &str| format!("taptalk.{scope}.{rest}");
+        Topology {
+            login_exchange: name("logins"),
+            work_queue: name("logins.ticket-worker"),
+            dead_letter_exchange: name("logins.dlx"),
+            dead_letter_queue: name("logins.dead"),
+            ticket_exchange: name("tickets"),
+            delivery_limit,
+        }
+    }
+
     /// Declares everything on channels of its own on `connection`. Safe to
     /// repeat; fails if a queue exists with other arguments, for example
     /// another delivery limit, except that a work queue declared by an earlier
