@@ -22,6 +22,7 @@ mod faults;
 mod forged_headers;
 mod kubernetes;
 mod limiter;
+mod monitoring;
 mod operate;
 mod parser;
 mod pipeline;
