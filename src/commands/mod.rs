@@ -16,6 +16,7 @@ mod migrate;
 pub mod publish;
 mod run;
 mod secrets;
+pub mod tail;
 
 pub use error::CommandError;
 
@@ -61,13 +62,15 @@ pub enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Look at the dead letters, and replay them once what failed them is fixed
     Dlq(dlq::DlqArgs),
+    /// Follow ticket.ready and ticket.failed live, one line each (user, outcome, reason, login-to-ready)
+    Tail(Box<tail::TailArgs>),
 }
 
 impl Cli {
     /// Runs the chosen command and maps its result to the process exit code.
     pub async fn execute(self) -> ExitCode {
         let filter = match self.command {
-            Command::Publish(_) | Command::Dlq(_) => observe::QUIET_FILTER,
+            Command::Publish(_) | Command::Dlq(_) | Command::Tail(_) => observe::QUIET_FILTER,
             #[cfg(feature = "stand-in")]
             Command::Demo(_) | Command::Bench(_) => observe::QUIET_FILTER,
             _ => observe::DEFAULT_FILTER,
@@ -101,6 +104,7 @@ impl Cli {
             #[cfg(feature = "stand-in")]
             Command::Bench(args) => bench::run(&args).await,
             Command::Dlq(args) => dlq::run(&args).await,
+            Command::Tail(args) => tail::run(&args).await,
         };
         // Explicitly, once the command has stopped: the spans still queued
         // go out before the process exits.
@@ -112,6 +116,20 @@ impl Cli {
             Err(error) => failed(&error),
         }
     }
+}
+
+/// A RabbitMQ connection named after the command (`ticket-worker tail`), or
+/// an error that says where to look.
+pub(crate) async fn broker_connection(
+    broker: &BrokerSettings,
+    command: &str,
+) -> Result<lapin::Connection, CommandError> {
+    crate::broker::connect(
+        &broker.amqp_url,
+        &format!("{} {command}", broker.connection_name),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ (check AMQP_URL): {e}").into())
 }
 
 /// Prints the final error line, scrubbed, and returns its exit code.
@@ -136,7 +154,7 @@ fn register_early_secrets(command: &Command) {
         #[cfg(feature = "stand-in")]
         Command::Bench(args) => register_with_local_defaults(&args.broker, &args.database),
         // These register theirs as soon as they have read their settings.
-        Command::Run(_) | Command::Migrate(_) | Command::Dlq(_) => {}
+        Command::Run(_) | Command::Migrate(_) | Command::Dlq(_) | Command::Tail(_) => {}
         #[cfg(feature = "stand-in")]
         Command::FakeTaptalk(_) => {}
     }

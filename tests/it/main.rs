@@ -32,6 +32,7 @@ mod security;
 mod services;
 mod stand_in;
 mod storage;
+mod tail;
 mod topology;
 mod traces;
 mod upstream_envelope;

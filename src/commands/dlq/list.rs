@@ -1,9 +1,10 @@
 //! `ticket-worker dlq list`: reads the whole dead-letter queue without
 //! consuming it and reports it ([`Listing`]), as text or `--json`.
 
-use super::{CommandError, Listing, cannot_open, connection};
+use super::{Listing, cannot_open};
 use crate::broker::dead_letters::{Browser, DeadLetter};
 use crate::commands::secrets;
+use crate::commands::{CommandError, broker_connection};
 use crate::config::{BrokerArgs, BrokerSettings};
 use crate::domain::text::json_printable;
 
@@ -36,7 +37,7 @@ pub async fn run(args: &ListArgs) -> Result<(), CommandError> {
 /// Reads every dead letter the queue holds now and gives each back.
 async fn list(broker: &BrokerSettings, samples: usize) -> Result<Listing, CommandError> {
     let queue = &broker.topology.dead_letter_queue;
-    let connection = connection(broker, "dlq list").await?;
+    let connection = broker_connection(broker, "dlq list").await?;
     let mut browser = Browser::open(&connection, queue)
         .await
         .map_err(|e| cannot_open(queue, &e))?;

@@ -18,9 +18,7 @@ pub use replay::{Interrupt, ReplayArgs};
 pub use report::ReplayReport;
 
 use super::CommandError;
-use crate::broker::connect;
 use crate::broker::dead_letters::BrowseError;
-use crate::config::BrokerSettings;
 
 /// `ticket-worker dlq`.
 #[derive(clap::Args)]
@@ -42,19 +40,6 @@ pub async fn run(args: &DlqArgs) -> Result<(), CommandError> {
         DlqCommand::List(args) => list::run(args).await,
         DlqCommand::Replay(args) => replay::run(args).await,
     }
-}
-
-/// A connection named after the command, or an error that says where to look.
-async fn connection(
-    broker: &BrokerSettings,
-    command: &str,
-) -> Result<lapin::Connection, CommandError> {
-    connect(
-        &broker.amqp_url,
-        &format!("{} {command}", broker.connection_name),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ (check AMQP_URL): {e}").into())
 }
 
 /// Why the dead-letter queue could not be opened, with what to do.

@@ -26,10 +26,11 @@
 //! is one event twice, which the worker answers once (first outcome wins).
 //! Dead letters not chosen are given back in their order.
 
-use super::{CommandError, ReplayReport, cannot_open, connection};
+use super::{ReplayReport, cannot_open};
 use crate::broker::dead_letters::{Browser, DeadLetter, Reason, ReplayCopy};
 use crate::broker::{PublishError, Publisher};
 use crate::commands::secrets;
+use crate::commands::{CommandError, broker_connection};
 use crate::config::{BrokerArgs, DatabaseArgs, ReplaySettings, SelectionArgs};
 use crate::storage::{Cleared, ReplayState, StoreError, TicketStore, body_digest};
 use lapin::message::Delivery;
@@ -101,7 +102,7 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
 
     let broker = &settings.broker;
     let topology = &broker.topology;
-    let connection = connection(broker, "dlq replay").await?;
+    let connection = broker_connection(broker, "dlq replay").await?;
     let setup = async {
         topology.declare(&connection).await?;
         let user = broker.login_user();
