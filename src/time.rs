@@ -37,6 +37,20 @@ impl Later for Duration {
     }
 }
 
+/// A duration as a person reads a wait: `132ms`, `4.2s`, `3m 5s`, never
+/// below the millisecond (a jittered pause is `1s 3ms 2us 298ns` to
+/// humantime).
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}m {}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +66,14 @@ mod tests {
         let tokio_now = tokio::time::Instant::now();
         assert!(tokio_now.later_by(Duration::MAX) > tokio_now);
         assert_eq!(Duration::MAX.later_by(Duration::MAX), Duration::MAX);
+    }
+
+    #[test]
+    fn waits_read_as_people_read_them() {
+        assert_eq!(human(Duration::from_nanos(289_831_599)), "289ms");
+        assert_eq!(human(Duration::from_nanos(1_003_002_298)), "1.0s");
+        assert_eq!(human(Duration::from_millis(4_240)), "4.2s");
+        assert_eq!(human(Duration::from_secs(185)), "3m 5s");
+        assert!(!human(Duration::MAX).is_empty());
     }
 }

@@ -130,7 +130,7 @@ impl Addresses {
         &self,
         start: usize,
         name: &str,
-    ) -> Result<(Connection, usize), lapin::Error> {
+    ) -> Result<(Connection, usize), ConnectError> {
         let mut failures = Vec::new();
         let count = self.0.len().max(1);
         for step in 0..count {
@@ -141,18 +141,89 @@ impl Addresses {
             match connect_to(address, name).await {
                 Ok(connection) => return Ok((connection, index)),
                 Err(error) => {
+                    let cause = cause(&error);
                     if count > 1 {
-                        tracing::info!(node = %address.node, %error, "a RabbitMQ node of AMQP_URL cannot be reached; trying the next");
+                        tracing::info!(node = %address.node, %cause, "a RabbitMQ node of AMQP_URL cannot be reached; trying the next");
                     }
-                    failures.push(format!("{}: {error}", address.node));
+                    failures.push(NodeFailure {
+                        node: address.node.clone(),
+                        cause,
+                    });
                 }
             }
         }
-        Err(std::io::Error::other(format!(
-            "AMQP_URL: no RabbitMQ node answered ({})",
-            failures.join("; ")
-        ))
-        .into())
+        Err(ConnectError::Unreachable(failures))
+    }
+}
+
+/// Why no connection to RabbitMQ could be opened, in the words every
+/// command uses: the setting, the address tried, and what went wrong there
+/// (`AMQP_URL → 127.0.0.1:5673: connection refused`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// `AMQP_URL` does not parse.
+    Setting(String),
+    /// Every node was tried, and each failed.
+    Unreachable(Vec<NodeFailure>),
+}
+
+/// One node that did not take a connection, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFailure {
+    pub node: String,
+    pub cause: String,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Setting(problem) => write!(f, "AMQP_URL: {problem}"),
+            ConnectError::Unreachable(failures) => match failures.as_slice() {
+                [] => f.write_str("AMQP_URL names no RabbitMQ node"),
+                [one] => write!(f, "AMQP_URL → {}: {}", one.node, one.cause),
+                several => {
+                    f.write_str("AMQP_URL → no node answered: ")?;
+                    for (i, failure) in several.iter().enumerate() {
+                        let sep = if i == 0 { "" } else { "; " };
+                        write!(f, "{sep}{}: {}", failure.node, failure.cause)?;
+                    }
+                    Ok(())
+                }
+            },
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl From<ConnectError> for lapin::Error {
+    fn from(error: ConnectError) -> lapin::Error {
+        std::io::Error::other(error).into()
+    }
+}
+
+/// What went wrong at one node, in an operator's words: the cause, not
+/// lapin's wrapping of it, with what to check where the broker says.
+pub fn cause(error: &lapin::Error) -> String {
+    match error.kind() {
+        lapin::ErrorKind::IOError(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+            std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
+            _ => match io.get_ref() {
+                // Ours (a deadline), already in words.
+                Some(inner) => inner.to_string(),
+                None => io.to_string(),
+            },
+        },
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            let what = amqp.get_message().as_str();
+            match amqp.get_id() {
+                403 => format!("{what}: check the user and password in AMQP_URL"),
+                530 => format!("{what}: check the virtual host in AMQP_URL"),
+                _ => what.to_owned(),
+            }
+        }
+        _ => error.to_string(),
     }
 }
 
@@ -181,15 +252,22 @@ async fn connect_to(address: &Address, name: &str) -> Result<Connection, lapin::
         match tokio::time::timeout(ATTEMPT_WITHIN, attempt).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) => last = Some(error),
-            Err(_) => {
-                last = Some(super::connection::no_answer(&format!(
-                    "the connection handshake at {}",
-                    address.node
-                )))
-            }
+            Err(_) => last = Some(no_handshake()),
         }
     }
-    Err(last.unwrap_or_else(|| super::connection::no_answer("the connection handshake")))
+    Err(last.unwrap_or_else(no_handshake))
+}
+
+/// A node that took no connection within [`ATTEMPT_WITHIN`].
+fn no_handshake() -> lapin::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "no answer within {}s (a firewall, or the wrong host?)",
+            ATTEMPT_WITHIN.as_secs()
+        ),
+    )
+    .into()
 }
 
 /// The URLs to try for one node: for `amqp://`, one per address its host
@@ -225,6 +303,45 @@ async fn resolved(address: &Address) -> Vec<SecretString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_connection_names_the_setting_the_address_and_the_cause() {
+        let refused: lapin::Error =
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
+        assert_eq!(cause(&refused), "connection refused");
+        assert_eq!(
+            cause(&no_handshake()),
+            "no answer within 10s (a firewall, or the wrong host?)"
+        );
+        let one = ConnectError::Unreachable(vec![NodeFailure {
+            node: "127.0.0.1:5673".into(),
+            cause: cause(&refused),
+        }]);
+        assert_eq!(
+            one.to_string(),
+            "AMQP_URL → 127.0.0.1:5673: connection refused"
+        );
+        let two = ConnectError::Unreachable(vec![
+            NodeFailure {
+                node: "a:5672".into(),
+                cause: "connection refused".into(),
+            },
+            NodeFailure {
+                node: "b:5672".into(),
+                cause: "connection reset".into(),
+            },
+        ]);
+        assert_eq!(
+            two.to_string(),
+            "AMQP_URL → no node answered: a:5672: connection refused; b:5672: connection reset"
+        );
+        // Through lapin and back, in the same words.
+        let wrapped = lapin::Error::from(one.clone());
+        assert_eq!(
+            super::super::connection::describe(&wrapped),
+            one.to_string()
+        );
+    }
 
     #[test]
     fn later_entries_take_what_they_leave_out_from_the_first() {

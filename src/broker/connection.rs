@@ -1,7 +1,7 @@
 //! Opening a RabbitMQ connection with a name operators can find it by,
 //! telling why one failed, and the deadline every step with the broker has.
 
-use super::addresses::Addresses;
+use super::addresses::{Addresses, ConnectError};
 use lapin::Connection;
 use secrecy::{ExposeSecret, SecretString};
 use std::future::Future;
@@ -46,10 +46,22 @@ pub fn no_answer(step: &str) -> lapin::Error {
 ///
 /// It does not retry; the worker's session loop does, with backoff.
 #[tracing::instrument(name = "broker.connect", skip(amqp_url))]
-pub async fn connect(amqp_url: &SecretString, name: &str) -> Result<Connection, lapin::Error> {
+pub async fn connect(amqp_url: &SecretString, name: &str) -> Result<Connection, ConnectError> {
     let addresses = Addresses::parse(amqp_url.expose_secret())
-        .map_err(|e| lapin::Error::from(std::io::Error::other(format!("AMQP_URL: {e}"))))?;
+        .map_err(|e| ConnectError::Setting(e.to_string()))?;
     addresses.connect_from(0, name).await.map(|(c, _)| c)
+}
+
+/// A failed session start or broker step in words: a [`ConnectError`]
+/// as it says itself (not behind lapin's "IO error"), anything else as
+/// lapin says it.
+pub fn describe(error: &lapin::Error) -> String {
+    if let lapin::ErrorKind::IOError(io) = error.kind()
+        && let Some(connect) = io.get_ref().and_then(|e| e.downcast_ref::<ConnectError>())
+    {
+        return connect.to_string();
+    }
+    error.to_string()
 }
 
 /// Whether a connection failed because a frame was larger than `frame_max`

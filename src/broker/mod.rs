@@ -18,6 +18,7 @@ pub mod settle;
 pub mod tap;
 pub mod topology;
 
+pub use addresses::ConnectError;
 pub use connection::connect;
 pub use publisher::{PublishError, Publisher};
 pub use settle::Settler;

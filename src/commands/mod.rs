@@ -129,7 +129,7 @@ pub(crate) async fn broker_connection(
         &format!("{} {command}", broker.connection_name),
     )
     .await
-    .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ (check AMQP_URL): {e}").into())
+    .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}").into())
 }
 
 /// Prints the final error line, scrubbed, and returns its exit code.

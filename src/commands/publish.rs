@@ -14,7 +14,7 @@
 //! `message_id` copied from either would be a guess.
 
 use super::CommandError;
-use crate::broker::{Topology, connect};
+use crate::broker::Topology;
 use crate::config::{BrokerArgs, BrokerSettings};
 use crate::events::{
     BodyEventId, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_EVENT_BYTES, Envelope, InvalidEvent,
@@ -57,12 +57,7 @@ const WINDOW: usize = 512;
 
 pub async fn run(args: &PublishArgs) -> Result<(), CommandError> {
     let broker = BrokerSettings::from_args(&args.broker, None)?;
-    let connection = connect(
-        &broker.amqp_url,
-        &format!("{} publish", broker.connection_name),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))?;
+    let connection = super::broker_connection(&broker, "publish").await?;
     broker
         .topology
         .declare(&connection)

@@ -53,14 +53,18 @@ pub enum LogFormat {
 }
 
 /// The filter used when `RUST_LOG` is not set: our own events at `info`, the
-/// chatty libraries at `warn`. lapin's own note on returned messages is off: it
-/// prints whole message bodies, and the publisher reports unroutable events
-/// itself.
-pub const DEFAULT_FILTER: &str =
-    "info,lapin=warn,lapin::returned_messages=off,sqlx=warn,hyper=warn,reqwest=warn";
+/// chatty libraries at `warn`, and lapin off. lapin logs at ERROR what the
+/// worker recovers from (a refused login, an unknown vhost, a lost
+/// connection, "Exponential backoff attempts exhausted, aborting recovery"
+/// although the worker reconnects): every such failure reaches the worker as
+/// an error, which it logs itself, once, in words that name the setting
+/// (`AMQP_URL → host:port: …`). lapin's note on returned messages would print
+/// whole message bodies. `RUST_LOG=info,lapin=debug` shows lapin again.
+pub const DEFAULT_FILTER: &str = "info,lapin=off,sqlx=warn,hyper=warn,reqwest=warn";
 
-/// The demo's filter: only problems, so the progress line stays readable.
-pub const QUIET_FILTER: &str = "warn,lapin::returned_messages=off";
+/// The filter of the operator's commands and the demo: only problems, so
+/// their own output stays readable.
+pub const QUIET_FILTER: &str = "warn,lapin=off";
 
 /// Installs the global subscriber, with `default_filter` unless `RUST_LOG` is
 /// set. Call once, at the start of a command; a second call is a no-op.

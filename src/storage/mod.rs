@@ -208,8 +208,11 @@ impl From<sqlx::Error> for StoreError {
 /// message, SQLSTATE code, hint and (where it holds no row data) detail,
 /// without the server's source line; for anything else, sqlx's own message.
 pub fn describe(error: &sqlx::Error) -> String {
-    let sqlx::Error::Database(database) = error else {
-        return error.to_string();
+    let database = match error {
+        sqlx::Error::Database(database) => database,
+        // Ours are in words already (`DATABASE_URL → …`, a deadline).
+        sqlx::Error::Io(io) if io.get_ref().is_some() => return io.to_string(),
+        _ => return error.to_string(),
     };
     match database.try_downcast_ref::<PgDatabaseError>() {
         Some(postgres) => describe_postgres(
@@ -224,6 +227,22 @@ pub fn describe(error: &sqlx::Error) -> String {
             None,
             None,
         ),
+    }
+}
+
+/// How long [`TicketStore::why_unreachable`] asks the server.
+const ASK_WITHIN: Duration = Duration::from_secs(3);
+
+/// Why one connection attempt failed, in an operator's words.
+fn connect_cause(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+            std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
+            _ => io.to_string(),
+        },
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        other => describe(other),
     }
 }
 
@@ -459,6 +478,38 @@ impl TicketStore {
         }
     }
 
+    /// The server this store connects to now, `host:port` (or the socket),
+    /// without credentials: for messages.
+    pub fn server(&self) -> String {
+        let options = self.pool().connect_options();
+        match options.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        }
+    }
+
+    /// Why Postgres gives no connection, in the words every command uses
+    /// (`DATABASE_URL → 127.0.0.1:5433: connection refused`). The pool only
+    /// says that it timed out (sqlx retries a refused connection until its
+    /// deadline and drops the cause), so one direct attempt, within
+    /// [`ASK_WITHIN`], asks the server itself.
+    pub async fn why_unreachable(&self) -> String {
+        use sqlx::ConnectOptions;
+        let options = self.pool().connect_options();
+        let cause = match tokio::time::timeout(ASK_WITHIN, options.connect()).await {
+            Err(_) => format!(
+                "no answer within {}s (a firewall, or the wrong host?)",
+                ASK_WITHIN.as_secs()
+            ),
+            Ok(Ok(connection)) => {
+                let _ = sqlx::Connection::close(connection).await;
+                "it answers now, but gave the pool no connection in time".to_owned()
+            }
+            Ok(Err(error)) => connect_cause(&error),
+        };
+        format!("DATABASE_URL → {}: {cause}", self.server())
+    }
+
     /// Applies the embedded migrations (idempotent; replicas starting together
     /// serialise on a Postgres advisory lock).
     #[tracing::instrument(name = "storage.migrate", skip_all)]
@@ -477,6 +528,11 @@ impl TicketStore {
             Err(error) => {
                 // Perhaps the first server of DATABASE_URL is a standby.
                 self.suspect(&error);
+                if matches!(error, sqlx::Error::PoolTimedOut) {
+                    let why = self.why_unreachable().await;
+                    let error = std::io::Error::new(std::io::ErrorKind::NotConnected, why);
+                    return Err(MigrateError::Execute(sqlx::Error::Io(error)));
+                }
                 return Err(error.into());
             }
         };

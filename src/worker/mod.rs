@@ -210,7 +210,10 @@ impl Worker {
                         reconnect = self.settings.broker.reconnect.schedule();
                     }
                 }
-                Err(error) => tracing::warn!(%error, "cannot start a RabbitMQ session"),
+                Err(error) => tracing::warn!(
+                    error = %crate::broker::connection::describe(&error),
+                    "cannot start a RabbitMQ session"
+                ),
             }
             let pause = if quarantine {
                 QUARANTINE_PAUSE
@@ -219,7 +222,7 @@ impl Worker {
                     .next_pause(None)
                     .unwrap_or(self.settings.broker.reconnect.max_pause)
             };
-            tracing::info!(pause = %humantime::format_duration(pause), "reconnecting to RabbitMQ after a pause");
+            tracing::info!(pause = %crate::time::human(pause), "reconnecting to RabbitMQ after a pause");
             tokio::select! {
                 _ = self.heartbeat.while_waiting(tokio::time::sleep(pause)) => {}
                 _ = shutdown.triggered() => break,

@@ -9,7 +9,7 @@
 
 use super::{BROKER_STEP_TIMEOUT, Worker};
 use crate::broker::acks::Acks;
-use crate::broker::addresses::Addresses;
+use crate::broker::addresses::{Addresses, ConnectError};
 use crate::broker::topology::{Declared, LEGACY_WORK_QUEUE};
 use crate::broker::{Publisher, Settler};
 use futures_util::StreamExt;
@@ -165,7 +165,7 @@ impl Worker {
         let broker = &self.settings.broker;
         let name = &broker.connection_name;
         let addresses = Addresses::parse(broker.amqp_url.expose_secret())
-            .map_err(|e| lapin::Error::from(std::io::Error::other(format!("AMQP_URL: {e}"))))?;
+            .map_err(|e| lapin::Error::from(ConnectError::Setting(e.to_string())))?;
         // From the node this replica is at in the list (a random one at
         // first, so replicas spread), both connections on the same node.
         let start = self.node.load(Ordering::Relaxed);
@@ -181,7 +181,7 @@ impl Worker {
             Ok((publishing, _)) => publishing,
             Err(error) => {
                 close(&consuming, "no publishing connection").await;
-                return Err(error);
+                return Err(error.into());
             }
         };
         let broken = CancellationToken::new();

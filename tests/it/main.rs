@@ -15,6 +15,7 @@ mod acks;
 mod architecture;
 mod bench;
 mod cli;
+mod connect_errors;
 mod dlq;
 mod docs;
 

@@ -19,7 +19,7 @@ const CLEAN_UP_WITHIN: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub(super) enum CleanUpError {
     #[error("cannot connect: {0}")]
-    Connect(#[source] lapin::Error),
+    Connect(#[source] crate::broker::ConnectError),
     #[error("{0}")]
     Broker(#[from] lapin::Error),
     #[error("{0}")]

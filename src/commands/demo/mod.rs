@@ -278,12 +278,7 @@ async fn show(
 
     let connection = connect(&broker.amqp_url, "ticket-worker demo")
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to RabbitMQ at {}: {e}",
-                crate::observe::redact_url(broker.amqp_url.expose_secret())
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))?;
     let declared = topology.declare(&connection).await;
     let channel = connection
         .create_channel()
