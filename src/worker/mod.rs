@@ -165,14 +165,14 @@ impl Worker {
             _ = shutdown.triggered() => return,
         }
         let progress = CancellationToken::new();
-        if let Some(every) = self.settings.progress_every {
+        let reporter = self.settings.progress_every.map(|every| {
             tokio::spawn(crate::observe::progress::report(
                 self.metrics.clone(),
                 every,
                 progress.clone(),
-            ));
-        }
-        let _stop_progress = progress.drop_guard();
+            ))
+        });
+        let _stop_progress = progress.clone().drop_guard();
         let mut reconnect = self.settings.broker.reconnect.schedule();
         while !shutdown.is_triggered() {
             let opened = tokio::select! {
@@ -227,6 +227,11 @@ impl Worker {
                 _ = self.heartbeat.while_waiting(tokio::time::sleep(pause)) => {}
                 _ = shutdown.triggered() => break,
             }
+        }
+        // The last window's line, before the process can exit.
+        progress.cancel();
+        if let Some(reporter) = reporter {
+            let _ = tokio::time::timeout(Duration::from_secs(1), reporter).await;
         }
         tracing::info!("worker stopped");
     }

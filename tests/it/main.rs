@@ -18,6 +18,7 @@ mod cli;
 mod connect_errors;
 mod dlq;
 mod docs;
+mod event_logs;
 
 mod faults;
 mod forged_headers;
