@@ -16,7 +16,6 @@
 use crate::events::FailureReason;
 use crate::health::Dependency;
 use crate::pipeline::Outcome;
-use crate::taptalk::TicketError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -140,18 +139,15 @@ pub enum RequestResult {
 }
 
 impl RequestResult {
-    /// How a request's result counts. Only a 429 carries a `Retry-After`
-    /// (see the TapTalk client), so that tells rate limiting apart.
-    pub fn of<T>(result: &Result<T, TicketError>) -> RequestResult {
+    /// How a request's result counts: `Ok`, or what its error maps to
+    /// (the TapTalk client says how its errors count).
+    pub fn of<T, E>(result: &Result<T, E>) -> RequestResult
+    where
+        for<'e> RequestResult: From<&'e E>,
+    {
         match result {
             Ok(_) => RequestResult::Ok,
-            Err(TicketError::Rejected { .. }) => RequestResult::Rejected,
-            Err(TicketError::Misconfigured(_)) => RequestResult::Misconfigured,
-            Err(TicketError::Transient {
-                retry_after: Some(_),
-                ..
-            }) => RequestResult::RateLimited,
-            Err(TicketError::Transient { .. }) => RequestResult::Transient,
+            Err(error) => RequestResult::from(error),
         }
     }
 

@@ -40,7 +40,6 @@ const DEBTS: &[(&str, &str)] = &[
     ("observe", "broker"),
     ("observe", "health"),
     ("observe", "pipeline"),
-    ("observe", "taptalk"),
     ("worker", "config"),
 ];
 
