@@ -14,7 +14,6 @@
 //! in `_total` and durations in `_seconds` (histograms with buckets).
 
 use crate::events::FailureReason;
-use crate::health::Dependency;
 use crate::pipeline::Outcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -183,6 +182,14 @@ pub enum Retry {
     Postgres,
 }
 
+/// A dependency intake pauses for, as the `state` label names it (the
+/// breaker's `health::Dependency` maps into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DependencyKind {
+    Taptalk,
+    Postgres,
+}
+
 /// Where intake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intake {
@@ -191,7 +198,7 @@ pub enum Intake {
     /// Not consuming: a dependency is down (`misconfigured`: refuses the
     /// configuration, rather than failing for a while).
     Paused {
-        dependency: Dependency,
+        dependency: DependencyKind,
         misconfigured: bool,
     },
     /// No RabbitMQ session (starting, or reconnecting).
@@ -625,10 +632,10 @@ impl Metrics {
                 dependency,
                 misconfigured,
             } => match (dependency, misconfigured) {
-                (Dependency::Taptalk, false) => "paused_taptalk_outage",
-                (Dependency::Taptalk, true) => "paused_taptalk_misconfigured",
-                (Dependency::Postgres, false) => "paused_postgres_outage",
-                (Dependency::Postgres, true) => "paused_postgres_misconfigured",
+                (DependencyKind::Taptalk, false) => "paused_taptalk_outage",
+                (DependencyKind::Taptalk, true) => "paused_taptalk_misconfigured",
+                (DependencyKind::Postgres, false) => "paused_postgres_outage",
+                (DependencyKind::Postgres, true) => "paused_postgres_misconfigured",
             },
             Intake::Disconnected => "disconnected",
         };
@@ -791,7 +798,7 @@ mod tests {
         metrics.record(Outcome::Expired);
         metrics.taptalk_request(RequestResult::RateLimited, Duration::from_millis(3));
         metrics.intake(Intake::Paused {
-            dependency: Dependency::Taptalk,
+            dependency: DependencyKind::Taptalk,
             misconfigured: true,
         });
         let text = metrics.render();

@@ -326,7 +326,7 @@ impl Worker {
         } = self.pipeline.breaker().health()
         {
             self.metrics.intake(Intake::Paused {
-                dependency,
+                dependency: dependency.into(),
                 misconfigured,
             });
             tracing::error!(

@@ -38,7 +38,6 @@ const LAYERS: &[&[&str]] = &[
 const DEBTS: &[(&str, &str)] = &[
     ("broker", "pipeline"),
     ("observe", "broker"),
-    ("observe", "health"),
     ("observe", "pipeline"),
     ("worker", "config"),
 ];
