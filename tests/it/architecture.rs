@@ -37,7 +37,6 @@ const LAYERS: &[&[&str]] = &[
 /// docs/ARCHITECTURE.md lists under "Known debts".
 const DEBTS: &[(&str, &str)] = &[
     ("broker", "pipeline"),
-    ("observe", "broker"),
     ("observe", "pipeline"),
     ("worker", "config"),
 ];
