@@ -1,5 +1,6 @@
-//! RabbitMQ: the connection ([`connection`]), the exchanges and queues the
-//! worker declares ([`topology`]), confirmed publishing of everything the
+//! RabbitMQ: where to find it ([`settings`]), the connection
+//! ([`connection`]), the exchanges and queues the worker declares
+//! ([`topology`]), confirmed publishing of everything the
 //! worker sends ([`publisher`]), and keeping the copies it sends within
 //! RabbitMQ's frame size ([`copies`]). Consuming lives in the worker. The
 //! operator's view of the dead-letter queue, for `dlq list` and `dlq replay`,
@@ -14,12 +15,14 @@ pub mod dead_letters;
 pub mod header_limits;
 pub mod inbound;
 pub mod publisher;
+pub mod settings;
 pub mod settle;
 pub mod tap;
 pub mod topology;
 
 pub use connection::connect;
 pub use publisher::{PublishError, Publisher};
+pub use settings::BrokerSettings;
 pub use settle::Settler;
 pub use topology::{Declared, Topology};
 
