@@ -5,8 +5,8 @@
 //!
 //! 1. [`worker`] takes a delivery from the work queue (sessions, reconnects,
 //!    pauses during outages, graceful shutdown), and [`broker::inbound`]
-//!    reads it into a [`pipeline::Message`];
-//! 2. [`pipeline`] decides what becomes of it ([`pipeline::Decision`]):
+//!    reads it into a [`delivery::Message`];
+//! 2. [`pipeline`] decides what becomes of it (a [`delivery::Decision`]):
 //!    [`events::LoginEvent`] parses and checks it into [`domain`] values;
 //!    [`storage`] looks for an outcome already recorded for its `eventID`;
 //!    [`taptalk::TaptalkClient`] requests the ticket, retried by [`retry`];
@@ -32,6 +32,7 @@
 pub mod broker;
 pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod events;
 pub mod health;

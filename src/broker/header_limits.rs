@@ -15,7 +15,7 @@
 //! Levels count as the parser counts them: a header's own value is at level
 //! 1, the entries of a table or array it holds at level 2, and so on.
 
-use crate::pipeline::UnreadableHeaders;
+use crate::delivery::UnreadableHeaders;
 use lapin::types::parsing::{MAX_NESTING_DEPTH, MAX_VALUES};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use std::collections::BTreeMap;
@@ -59,6 +59,23 @@ fn shape(value: &AMQPValue) -> Shape {
         }
     }
     shape
+}
+
+/// What a refused message's `ticket.failed` and dead letter say: worded
+/// here, with the limits the parser reads to.
+impl std::fmt::Display for UnreadableHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnreadableHeaders::TooDeep { header, levels } => write!(
+                f,
+                "header {header:?} nests tables or arrays {levels} levels deep; the worker reads at most {DEEPEST_READ}: send headers that nest less"
+            ),
+            UnreadableHeaders::TooMany { values } => write!(
+                f,
+                "the headers hold {values} values or more; the worker reads at most {MOST_VALUES_READ}: send fewer"
+            ),
+        }
+    }
 }
 
 /// Whether the parser may have cut any of these headers short.

@@ -5,9 +5,8 @@
 //! [`header_limits`](super::header_limits)).
 
 use super::{Publisher, copies};
+use crate::delivery::{HeaderFrame, Message, StageMark};
 use crate::events::Envelope;
-use crate::observe::metrics::StageMark;
-use crate::pipeline::{HeaderFrame, Message};
 use lapin::message::Delivery;
 
 /// The pipeline's view of `delivery`, as received on `publisher`'s connection.

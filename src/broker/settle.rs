@@ -6,9 +6,9 @@
 
 use super::acks::{Acks, Settlement};
 use super::{PublishError, Publisher};
+use crate::delivery::{Decision, Outcome};
 use crate::events::TicketReady;
 use crate::observe::metrics::Metrics;
-use crate::pipeline::{Decision, Outcome};
 use crate::storage::Announced;
 use chrono::Utc;
 use lapin::message::Delivery;

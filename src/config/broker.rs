@@ -1,15 +1,13 @@
 //! RabbitMQ settings: `AMQP_URL` (or `AMQP_URL_FILE`), the connection name,
-//! and the names of the exchanges and queues the worker declares.
+//! and the names of the exchanges and queues the worker declares, checked
+//! into the broker's [`BrokerSettings`] and [`Topology`].
 
 use super::RECONNECT_PAUSES;
 use super::errors::{ConfigError, ConfigErrors, Problems};
 use super::values::secret;
-use crate::broker::Topology;
-use crate::observe::redact_url;
-use crate::retry::RetryPolicy;
+use crate::broker::{BrokerSettings, Topology};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
-use std::str::FromStr;
 
 /// Where to find RabbitMQ, and the names of everything the worker declares.
 #[derive(clap::Args, Clone)]
@@ -90,26 +88,6 @@ pub struct TopologyArgs {
     pub delivery_limit: u32,
 }
 
-/// Broker settings, validated.
-#[derive(Clone)]
-pub struct BrokerSettings {
-    pub amqp_url: SecretString,
-    pub connection_name: String,
-    pub topology: Topology,
-    /// Pauses between reconnect attempts.
-    pub reconnect: RetryPolicy,
-}
-
-impl std::fmt::Debug for BrokerSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerSettings")
-            .field("amqp_url", &redact_url(self.amqp_url.expose_secret()))
-            .field("connection_name", &self.connection_name)
-            .field("topology", &self.topology)
-            .finish()
-    }
-}
-
 impl BrokerSettings {
     /// `default_url` stands in for a missing AMQP_URL (the demo's local broker).
     /// Reports every problem of AMQP_URL, AMQP_CONNECTION_NAME and the topology.
@@ -149,23 +127,6 @@ fn amqp_url(args: &BrokerArgs, default_url: Option<&str>) -> Result<SecretString
     crate::broker::addresses::Addresses::parse(amqp_url.expose_secret())
         .map_err(|e| ConfigError::new("AMQP_URL", e.to_string()))?;
     Ok(amqp_url)
-}
-
-impl BrokerSettings {
-    /// The RabbitMQ user the worker logs in as, when it uses a user name and
-    /// password (not `auth_mechanism=external` or `anonymous`): the `user_id` RabbitMQ lets
-    /// the worker put on the messages it publishes.
-    pub fn login_user(&self) -> Option<String> {
-        let addresses =
-            crate::broker::addresses::Addresses::parse(self.amqp_url.expose_secret()).ok()?;
-        let uri = lapin::uri::AMQPUri::from_str(addresses.first_url()?.expose_secret()).ok()?;
-        use lapin::uri::SASLMechanism;
-        let by_password = matches!(
-            uri.query.auth_mechanism,
-            None | Some(SASLMechanism::Plain | SASLMechanism::AMQPlain)
-        );
-        by_password.then_some(uri.authority.userinfo.username)
-    }
 }
 
 impl Topology {

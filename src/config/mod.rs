@@ -18,7 +18,10 @@ mod run;
 mod taptalk;
 mod values;
 
-pub use broker::{BrokerArgs, BrokerSettings, TopologyArgs};
+pub use broker::{BrokerArgs, TopologyArgs};
+// Checked here, held by the broker; the path stays for the commands and the
+// tests.
+pub use crate::broker::BrokerSettings;
 pub use database::{DatabaseArgs, DatabaseSettings};
 pub use dead_letters::{ReplaySettings, Selection, SelectionArgs};
 pub use errors::{ConfigError, ConfigErrors};

@@ -10,6 +10,7 @@
 //! failing alone is that event's problem, not an outage). It closes only when
 //! the worker's probe says the dependency answers again.
 
+use crate::observe::metrics::DependencyKind;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +29,16 @@ impl fmt::Display for Dependency {
             Dependency::Taptalk => "TapTalk",
             Dependency::Postgres => "Postgres",
         })
+    }
+}
+
+/// The dependency as the metrics name it.
+impl From<Dependency> for DependencyKind {
+    fn from(dependency: Dependency) -> DependencyKind {
+        match dependency {
+            Dependency::Taptalk => DependencyKind::Taptalk,
+            Dependency::Postgres => DependencyKind::Postgres,
+        }
     }
 }
 

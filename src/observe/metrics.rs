@@ -13,10 +13,8 @@
 //! its own registry; the names are prefixed `ticket_worker_`, counters end
 //! in `_total` and durations in `_seconds` (histograms with buckets).
 
+use crate::delivery::{Outcome, Stage};
 use crate::events::FailureReason;
-use crate::health::Dependency;
-use crate::pipeline::Outcome;
-use crate::taptalk::TicketError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,80 +25,6 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
-
-/// Where a delivery's handling is: the `stage` of
-/// `ticket_worker_deliveries_overdue_total`, and what the warning about an
-/// overdue delivery names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Stage {
-    /// Reading and checking the event.
-    Checking = 0,
-    /// Asking Postgres for an outcome already recorded.
-    LookingUp = 1,
-    /// Waiting to send the TapTalk request (a pause, the rate limit, a slot).
-    AwaitingTaptalk = 2,
-    /// A TapTalk request in flight, or its retries.
-    RequestingTicket = 3,
-    /// Saving the ticket or the failure in Postgres.
-    Storing = 4,
-    /// Publishing what was decided, and acknowledging.
-    Settling = 5,
-}
-
-impl Stage {
-    const ALL: [Stage; 6] = [
-        Stage::Checking,
-        Stage::LookingUp,
-        Stage::AwaitingTaptalk,
-        Stage::RequestingTicket,
-        Stage::Storing,
-        Stage::Settling,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Checking => "checking",
-            Stage::LookingUp => "postgres_lookup",
-            Stage::AwaitingTaptalk => "taptalk_wait",
-            Stage::RequestingTicket => "taptalk_request",
-            Stage::Storing => "postgres_store",
-            Stage::Settling => "rabbitmq_settle",
-        }
-    }
-
-    /// In words, for a log line.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Stage::Checking => "checking the event",
-            Stage::LookingUp => "looking up the event's outcome in Postgres",
-            Stage::AwaitingTaptalk => {
-                "waiting to send its TapTalk request (a Retry-After pause, the rate limit or a free slot)"
-            }
-            Stage::RequestingTicket => "requesting its ticket from TapTalk",
-            Stage::Storing => "storing its outcome in Postgres",
-            Stage::Settling => "publishing to RabbitMQ and acknowledging",
-        }
-    }
-}
-
-/// The stage one delivery is at, set as it goes; read when it is overdue.
-#[derive(Debug, Default)]
-pub struct StageMark(AtomicU8);
-
-impl StageMark {
-    pub fn set(&self, stage: Stage) {
-        self.0.store(stage as u8, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> Stage {
-        let raw = self.0.load(Ordering::Relaxed);
-        Stage::ALL
-            .into_iter()
-            .find(|s| *s as u8 == raw)
-            .unwrap_or(Stage::Checking)
-    }
-}
 
 /// How a delivery ended, as the `outcome` label says it.
 const OUTCOMES: [&str; 10] = [
@@ -140,18 +64,15 @@ pub enum RequestResult {
 }
 
 impl RequestResult {
-    /// How a request's result counts. Only a 429 carries a `Retry-After`
-    /// (see the TapTalk client), so that tells rate limiting apart.
-    pub fn of<T>(result: &Result<T, TicketError>) -> RequestResult {
+    /// How a request's result counts: `Ok`, or what its error maps to
+    /// (the TapTalk client says how its errors count).
+    pub fn of<T, E>(result: &Result<T, E>) -> RequestResult
+    where
+        for<'e> RequestResult: From<&'e E>,
+    {
         match result {
             Ok(_) => RequestResult::Ok,
-            Err(TicketError::Rejected { .. }) => RequestResult::Rejected,
-            Err(TicketError::Misconfigured(_)) => RequestResult::Misconfigured,
-            Err(TicketError::Transient {
-                retry_after: Some(_),
-                ..
-            }) => RequestResult::RateLimited,
-            Err(TicketError::Transient { .. }) => RequestResult::Transient,
+            Err(error) => RequestResult::from(error),
         }
     }
 
@@ -187,6 +108,14 @@ pub enum Retry {
     Postgres,
 }
 
+/// A dependency intake pauses for, as the `state` label names it (the
+/// breaker's `health::Dependency` maps into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DependencyKind {
+    Taptalk,
+    Postgres,
+}
+
 /// Where intake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intake {
@@ -195,7 +124,7 @@ pub enum Intake {
     /// Not consuming: a dependency is down (`misconfigured`: refuses the
     /// configuration, rather than failing for a while).
     Paused {
-        dependency: Dependency,
+        dependency: DependencyKind,
         misconfigured: bool,
     },
     /// No RabbitMQ session (starting, or reconnecting).
@@ -629,10 +558,10 @@ impl Metrics {
                 dependency,
                 misconfigured,
             } => match (dependency, misconfigured) {
-                (Dependency::Taptalk, false) => "paused_taptalk_outage",
-                (Dependency::Taptalk, true) => "paused_taptalk_misconfigured",
-                (Dependency::Postgres, false) => "paused_postgres_outage",
-                (Dependency::Postgres, true) => "paused_postgres_misconfigured",
+                (DependencyKind::Taptalk, false) => "paused_taptalk_outage",
+                (DependencyKind::Taptalk, true) => "paused_taptalk_misconfigured",
+                (DependencyKind::Postgres, false) => "paused_postgres_outage",
+                (DependencyKind::Postgres, true) => "paused_postgres_misconfigured",
             },
             Intake::Disconnected => "disconnected",
         };
@@ -795,7 +724,7 @@ mod tests {
         metrics.record(Outcome::Expired);
         metrics.taptalk_request(RequestResult::RateLimited, Duration::from_millis(3));
         metrics.intake(Intake::Paused {
-            dependency: Dependency::Taptalk,
+            dependency: DependencyKind::Taptalk,
             misconfigured: true,
         });
         let text = metrics.render();

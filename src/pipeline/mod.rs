@@ -27,17 +27,15 @@
 //! them fails for everybody.
 
 mod decision;
-mod message;
 mod policy;
 
-pub use decision::{DeadLetterNote, Decision, Outcome};
-pub use message::{HeaderFrame, Message, UnreadableHeaders};
 pub use policy::EventPolicy;
 
+use crate::delivery::{Decision, Message, Outcome, Stage, StageMark};
 use crate::domain::{IssuedTicket, TicketRecord};
 use crate::events::{FailureReason, LoginEvent, Problem, TicketReady};
 use crate::health::{Breaker, Dependency};
-use crate::observe::metrics::{Metrics, RequestResult, Retry, Stage, StageMark};
+use crate::observe::metrics::{Metrics, RequestResult, Retry};
 use crate::retry::{Verdict, retry};
 use crate::storage::{
     BatchedStore, FailedFor, Known, Saved, StoreError, StoredFailure, TicketStore, body_digest,

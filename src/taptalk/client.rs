@@ -8,6 +8,7 @@ use super::api::{
 };
 use crate::domain::{AuthTicket, Field, IssuedTicket, TicketRequest};
 use crate::health::Failure;
+use crate::observe::metrics::RequestResult;
 use chrono::{SubsecRound, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
@@ -54,6 +55,23 @@ impl TicketError {
         TicketError::Transient {
             detail,
             retry_after: None,
+        }
+    }
+}
+
+/// How a failed request counts in the metrics. Only a 429 carries a
+/// `Retry-After` (see [`TaptalkClient::request_ticket`]), so that tells rate
+/// limiting apart.
+impl From<&TicketError> for RequestResult {
+    fn from(error: &TicketError) -> RequestResult {
+        match error {
+            TicketError::Rejected { .. } => RequestResult::Rejected,
+            TicketError::Misconfigured(_) => RequestResult::Misconfigured,
+            TicketError::Transient {
+                retry_after: Some(_),
+                ..
+            } => RequestResult::RateLimited,
+            TicketError::Transient { .. } => RequestResult::Transient,
         }
     }
 }

@@ -9,11 +9,10 @@ use super::prefetch::{Prefetch, SETTLE};
 use super::session::Session;
 use super::{PAUSE_DRAIN_TIMEOUT, PauseEnd, PhaseEnd, SessionEnd, Worker};
 use crate::broker::inbound;
+use crate::delivery::{Outcome, Stage, StageMark};
 use crate::health::Health;
 use crate::observe::metrics::Intake;
-use crate::observe::metrics::{Stage, StageMark};
 use crate::observe::traces;
-use crate::pipeline::Outcome;
 use crate::shutdown::Shutdown;
 use crate::time::Later;
 use futures_util::FutureExt;
@@ -326,7 +325,7 @@ impl Worker {
         } = self.pipeline.breaker().health()
         {
             self.metrics.intake(Intake::Paused {
-                dependency,
+                dependency: dependency.into(),
                 misconfigured,
             });
             tracing::error!(

@@ -34,7 +34,7 @@ mod session;
 
 pub use prefetch::Prefetch;
 
-use crate::config::BrokerSettings;
+use crate::broker::BrokerSettings;
 use crate::health::Heartbeat;
 use crate::health::Probes;
 use crate::observe::metrics::{Intake, Metrics};

@@ -16,9 +16,9 @@ use crate::broker::header_limits;
 use crate::broker::publisher::{
     DEAD_LETTERED_AT_HEADER, ERROR_HEADER, FIELD_HEADER, PROBLEM_HEADER, REASON_HEADER,
 };
+use crate::delivery::UnreadableHeaders;
 use crate::domain::EventId;
 use crate::events::{BodyEventId, FailureReason, LoginEvent};
-use crate::pipeline::UnreadableHeaders;
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::message::Delivery;

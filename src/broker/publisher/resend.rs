@@ -9,7 +9,7 @@ use super::headers::{
     RETRIES_HEADER, long, now_seconds, retries_value,
 };
 use super::{PublishError, Publisher};
-use crate::pipeline::DeadLetterNote;
+use crate::delivery::DeadLetterNote;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 

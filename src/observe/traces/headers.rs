@@ -1,11 +1,11 @@
 //! The W3C trace context in AMQP headers: reading a login event's
 //! `traceparent` and `tracestate` (hostile input: anything not well-formed
 //! is ignored), opening the event's span as their child, and writing them
-//! into the ticket events that answer it.
+//! into the ticket events that answer it. Also [`short`]: text cut to an
+//! AMQP short string, as a header name must be (the broker re-exports it).
 
 use super::{EVENT_SPAN, exporting};
-use crate::broker::short;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt as _;
@@ -173,6 +173,16 @@ impl Extractor for Incoming<'_> {
     }
 }
 
+/// An AMQP short string from any text, cut at 255 bytes on a character
+/// boundary (converting longer text directly would panic).
+pub fn short(value: &str) -> ShortString {
+    let mut end = value.len().min(255);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].into()
+}
+
 /// Headers of a ticket event, for the propagator to write.
 struct Outgoing(FieldTable);
 
@@ -192,6 +202,15 @@ mod tests {
     use proptest::prelude::*;
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn short_strings_are_cut_on_a_character_boundary() {
+        assert_eq!(short("abc").as_str(), "abc");
+        let long = "é".repeat(200);
+        let cut = short(&long);
+        assert!(cut.as_str().len() <= 255);
+        assert_eq!(cut.as_str().chars().count(), 127);
+    }
 
     fn with(name: &str, value: AMQPValue) -> FieldTable {
         let mut headers = FieldTable::default();

@@ -70,7 +70,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 mod headers;
 
-pub use headers::{TRACEPARENT, TRACESTATE, carried_on, event_span, extract, inject};
+pub use headers::{TRACEPARENT, TRACESTATE, carried_on, event_span, extract, inject, short};
 
 /// The span around one login event's delivery, from deciding what becomes of
 /// it to settling it: the root of the event's trace in the worker.

@@ -3,8 +3,8 @@
 //! its headers fill the frame). No broker types, so decisions can be tested
 //! and taken without a broker.
 
+use super::StageMark;
 use crate::events::Envelope;
-use crate::observe::metrics::StageMark;
 
 /// One message to decide on.
 #[derive(Debug, Clone)]
@@ -25,29 +25,15 @@ pub struct Message<'a> {
     pub stage: &'a StageMark,
 }
 
-/// Why a message's headers cannot be read in full.
+/// Why a message's headers cannot be read in full. The broker's
+/// [`header_limits`](crate::broker::header_limits), which knows how far the
+/// AMQP parser reads, finds these and words them (`Display`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnreadableHeaders {
     /// `header` nests tables or arrays down to `levels` (its own value: 1).
     TooDeep { header: String, levels: usize },
     /// The headers hold this many values, nested ones included.
     TooMany { values: usize },
-}
-
-impl std::fmt::Display for UnreadableHeaders {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::broker::header_limits::{DEEPEST_READ, MOST_VALUES_READ};
-        match self {
-            UnreadableHeaders::TooDeep { header, levels } => write!(
-                f,
-                "header {header:?} nests tables or arrays {levels} levels deep; the worker reads at most {DEEPEST_READ}: send headers that nest less"
-            ),
-            UnreadableHeaders::TooMany { values } => write!(
-                f,
-                "the headers hold {values} values or more; the worker reads at most {MOST_VALUES_READ}: send fewer"
-            ),
-        }
-    }
 }
 
 /// The size of a message's header frame, against the connection's limit.
