@@ -3,7 +3,7 @@
 //! the broker carried that out ([`Outcome`]).
 
 use crate::domain::TicketRecord;
-use crate::events::{FailureReason, TicketFailed};
+use crate::events::{FailureReason, TicketFailed, TicketReady};
 use chrono::{DateTime, Utc};
 
 /// How one delivery ended. Every variant but `Abandoned` has been settled
@@ -64,12 +64,15 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// Announce a ticket stored before (by another copy of the event).
-    pub fn announce(record: TicketRecord) -> Decision {
+    /// Announce a ticket stored before (by another copy of the event), with
+    /// the login's time as this copy says it: the same `ticket.ready` as the
+    /// first announcement. (Not counted again in login-to-ready.)
+    pub fn announce(record: TicketRecord, login_at: Option<DateTime<Utc>>) -> Decision {
+        let ready = TicketReady::for_record(&record).with_login_at(login_at);
         Decision::Ready {
+            encoded: serde_json::to_string(&ready).ok(),
             record,
             outcome: Outcome::AlreadyIssued,
-            encoded: None,
             occurred_at: None,
         }
     }

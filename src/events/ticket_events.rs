@@ -23,6 +23,14 @@ pub struct TicketReady {
     pub issued_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339")]
     pub expires_at: DateTime<Utc>,
+    /// When the user logged in (the login event's `occurredAt`), when it
+    /// said: subscribers (and `ticket-worker tail`) see login-to-ready.
+    #[serde(
+        rename = "loginOccurredAt",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339_or_none"
+    )]
+    pub login_occurred_at: Option<DateTime<Utc>>,
 }
 
 impl TicketReady {
@@ -37,7 +45,14 @@ impl TicketReady {
             user_platform: record.platform.as_str(),
             issued_at: record.issued_at,
             expires_at: record.expires_at,
+            login_occurred_at: None,
         }
+    }
+
+    /// With the login's time (its `occurredAt`), when there is one.
+    pub fn with_login_at(mut self, at: Option<DateTime<Utc>>) -> TicketReady {
+        self.login_occurred_at = at;
+        self
     }
 }
 
@@ -127,6 +142,16 @@ fn rfc3339<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S:
     serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
+fn rfc3339_or_none<S: Serializer>(
+    at: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => rfc3339(at, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +183,11 @@ mod tests {
             })
         );
         assert!(!value.to_string().contains("SECRET-TICKET"));
+        let login = at - chrono::Duration::milliseconds(120);
+        let value =
+            serde_json::to_value(TicketReady::for_record(&record).with_login_at(Some(login)))
+                .expect("json");
+        assert_eq!(value["loginOccurredAt"], "2026-11-24T06:31:57.380Z");
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl Pipeline {
             .store_call(&event, || self.store.known(&event.event_id))
             .await
         {
-            Ok(Known::Issued(record)) => return Decision::announce(record),
+            Ok(Known::Issued(record)) => return Decision::announce(record, event.occurred_at),
             Ok(Known::Failed(failure)) => return failed(&event, &failure),
             Ok(Known::Nothing) => {}
             Err(error) => return Box::pin(self.unavailable(message, &event, &error)).await,
@@ -165,7 +165,8 @@ impl Pipeline {
 
         message.stage.set(Stage::Storing);
         let record = TicketRecord::new(event.event_id.clone(), &event.request, issued);
-        let ready = match serde_json::to_string(&TicketReady::for_record(&record)) {
+        let ready = TicketReady::for_record(&record).with_login_at(event.occurred_at);
+        let ready = match serde_json::to_string(&ready) {
             Ok(ready) => ready,
             Err(error) => return encoding_failed(&error),
         };
@@ -179,7 +180,7 @@ impl Pipeline {
                 encoded: Some(ready),
                 occurred_at: event.occurred_at,
             },
-            Ok(Saved::Existing(record)) => Decision::announce(record),
+            Ok(Saved::Existing(record)) => Decision::announce(record, event.occurred_at),
             Ok(Saved::Failed(failure)) => failed(&event, &failure),
             Err(error) => Box::pin(self.unavailable(message, &event, &error)).await,
         }
@@ -231,7 +232,7 @@ impl Pipeline {
             .await
         {
             Ok(Known::Failed(stored)) => failed(event, &stored),
-            Ok(Known::Issued(record)) => Decision::announce(record),
+            Ok(Known::Issued(record)) => Decision::announce(record, event.occurred_at),
             Ok(Known::Nothing) => Decision::RetryLater { count: false },
             Err(error) if error.retryable() => {
                 tracing::warn!(%error, "cannot record the failure; the event goes back to the queue");

@@ -119,7 +119,8 @@ async fn tail_shows_each_ticket_event_filtered_and_escaped() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(
-        lines[0].contains(&format!("ready   {good_user}  device dev-")),
+        lines[0].contains(&format!("ready   {good_user}  device dev-"))
+            && lines[0].contains("login-to-ready "),
         "{}",
         lines[0]
     );

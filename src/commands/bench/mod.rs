@@ -255,6 +255,7 @@ fn ceiling_reply() -> Vec<u8> {
         expires_at: now
             .checked_add_signed(chrono::Duration::hours(1))
             .unwrap_or(now),
+        login_occurred_at: Some(now),
     };
     serde_json::to_vec(&ready).unwrap_or_default()
 }
