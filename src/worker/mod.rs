@@ -32,7 +32,7 @@ mod intake;
 mod prefetch;
 mod session;
 
-pub use prefetch::Prefetch;
+pub use prefetch::{Prefetch, PrefetchError};
 
 use crate::config::BrokerSettings;
 use crate::health::Heartbeat;
