@@ -66,6 +66,23 @@ pub enum InvalidAddresses {
     NoHost(Entry),
 }
 
+/// Connecting with an `AMQP_URL` that is not a list of broker URLs fails as
+/// lapin's I/O error, `AMQP_URL: …`, which holds the [`InvalidAddresses`]
+/// itself (its `get_ref` downcasts to [`InAmqpUrl`]).
+impl From<InvalidAddresses> for lapin::Error {
+    fn from(error: InvalidAddresses) -> lapin::Error {
+        std::io::Error::other(InAmqpUrl(error)).into()
+    }
+}
+
+/// An [`InvalidAddresses`], said as a problem of the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("AMQP_URL: {0}")]
+pub struct InAmqpUrl(
+    /// Said in the message itself, so not a `source` (it would be said twice).
+    pub InvalidAddresses,
+);
+
 /// Which URL of `AMQP_URL` an [`InvalidAddresses`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
@@ -302,6 +319,25 @@ mod tests {
             assert!(error.contains(says), "{raw}: {error}");
             assert!(!error.contains("secret-Zz"), "{error}");
         }
+    }
+
+    #[test]
+    fn connecting_with_a_bad_list_names_the_setting_and_keeps_the_reason() {
+        let error = lapin::Error::from(InvalidAddresses::NoHost(Entry::Only));
+        assert!(
+            error.to_string().contains("AMQP_URL: it names no host"),
+            "{error}"
+        );
+        let lapin::ErrorKind::IOError(io) = error.kind() else {
+            panic!("an I/O error: {error:?}");
+        };
+        let kept = io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<InAmqpUrl>());
+        assert_eq!(
+            kept,
+            Some(&InAmqpUrl(InvalidAddresses::NoHost(Entry::Only)))
+        );
     }
 
     #[test]

@@ -47,8 +47,7 @@ pub fn no_answer(step: &str) -> lapin::Error {
 /// It does not retry; the worker's session loop does, with backoff.
 #[tracing::instrument(name = "broker.connect", skip(amqp_url))]
 pub async fn connect(amqp_url: &SecretString, name: &str) -> Result<Connection, lapin::Error> {
-    let addresses = Addresses::parse(amqp_url.expose_secret())
-        .map_err(|e| lapin::Error::from(std::io::Error::other(format!("AMQP_URL: {e}"))))?;
+    let addresses = Addresses::parse(amqp_url.expose_secret())?;
     addresses.connect_from(0, name).await.map(|(c, _)| c)
 }
 
