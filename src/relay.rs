@@ -150,13 +150,10 @@ async fn relay(
     store: &TicketStore,
     publisher: &Publisher,
     after: Duration,
-) -> Result<usize, String> {
+) -> Result<usize, StoreError> {
     let mut relayed = 0;
     loop {
-        let due = store
-            .take_due_announcements(after, BATCH)
-            .await
-            .map_err(|e| e.to_string())?;
+        let due = store.take_due_announcements(after, BATCH).await?;
         let full = due.len() as i64 == BATCH;
         let published = futures_util::future::join_all(due.iter().map(|a| publish(publisher, a)))
             .await
@@ -164,10 +161,7 @@ async fn relay(
             .flatten()
             .collect::<Vec<String>>();
         relayed += published.len();
-        store
-            .delete_announced(&published)
-            .await
-            .map_err(|e| e.to_string())?;
+        store.delete_announced(&published).await?;
         if !full || published.is_empty() {
             return Ok(relayed);
         }

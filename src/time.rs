@@ -44,8 +44,10 @@ pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1_000 {
         format!("{ms}ms")
-    } else if ms < 60_000 {
+    } else if ms < 60_000 && ms % 1_000 != 0 {
         format!("{:.1}s", d.as_secs_f64())
+    } else if ms < 60_000 {
+        format!("{}s", d.as_secs())
     } else {
         format!("{}m {}s", d.as_secs() / 60, d.as_secs() % 60)
     }
@@ -73,6 +75,7 @@ mod tests {
         assert_eq!(human(Duration::from_nanos(289_831_599)), "289ms");
         assert_eq!(human(Duration::from_nanos(1_003_002_298)), "1.0s");
         assert_eq!(human(Duration::from_millis(4_240)), "4.2s");
+        assert_eq!(human(Duration::from_secs(30)), "30s");
         assert_eq!(human(Duration::from_secs(185)), "3m 5s");
         assert!(!human(Duration::MAX).is_empty());
     }

@@ -43,10 +43,63 @@ impl std::fmt::Debug for Address {
 #[derive(Debug, Clone)]
 pub struct Addresses(Vec<Address>);
 
-/// Why `AMQP_URL` is not a list of broker URLs.
+/// Why `AMQP_URL` is not a list of broker URLs: which entry, what is wrong
+/// with it and how to write it. It never quotes the URL (its password).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidAddresses(String);
+pub enum InvalidAddresses {
+    #[error("{0} must start with amqp:// or amqps://")]
+    Scheme(Entry),
+    /// Not a URL at all (the parser's own message repeats the URL, password
+    /// included, so it is not kept).
+    #[error(
+        "{0} is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost (percent-encode special characters, %2f for the default vhost, %2C for a comma)"
+    )]
+    NotAUrl(Entry),
+    #[error(
+        "{0} holds a comma after its host: commas separate URLs in AMQP_URL, each starting with amqp:// or amqps:// (percent-encode a comma in a vhost, %2C)"
+    )]
+    CommaAfterHost(Entry),
+    /// A URL, but not one lapin can connect to.
+    #[error("{0} is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost")]
+    NotAmqp(Entry),
+    #[error("{0} names no host")]
+    NoHost(Entry),
+}
+
+/// Connecting with an `AMQP_URL` that is not a list of broker URLs fails as
+/// lapin's I/O error, `AMQP_URL: …`, which holds the [`InvalidAddresses`]
+/// itself (its `get_ref` downcasts to [`InAmqpUrl`]).
+impl From<InvalidAddresses> for lapin::Error {
+    fn from(error: InvalidAddresses) -> lapin::Error {
+        std::io::Error::other(InAmqpUrl(error)).into()
+    }
+}
+
+/// An [`InvalidAddresses`], said as a problem of the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("AMQP_URL: {0}")]
+pub struct InAmqpUrl(
+    /// Said in the message itself, so not a `source` (it would be said twice).
+    pub InvalidAddresses,
+);
+
+/// Which URL of `AMQP_URL` an [`InvalidAddresses`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// `AMQP_URL` is one URL: "it".
+    Only,
+    /// The n-th of a list, from 1.
+    Nth(usize),
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Only => f.write_str("it"),
+            Entry::Nth(n) => write!(f, "entry {n} of the list"),
+        }
+    }
+}
 
 impl Addresses {
     /// Reads `AMQP_URL`: one URL, or several separated by commas.
@@ -57,39 +110,29 @@ impl Addresses {
         let several = parts.len() > 1;
         for (n, part) in parts.into_iter().enumerate() {
             let place = if several {
-                format!("entry {} of the list", n + 1)
+                Entry::Nth(n.saturating_add(1))
             } else {
-                "it".to_owned()
+                Entry::Only
             };
             if !(part.starts_with("amqp://") || part.starts_with("amqps://")) {
-                return Err(InvalidAddresses(format!(
-                    "{place} must start with amqp:// or amqps://"
-                )));
+                return Err(InvalidAddresses::Scheme(place));
             }
             // The parser's message repeats the URL, password included: not shown.
-            let mut url = Url::parse(part).map_err(|_| {
-                InvalidAddresses(format!(
-                    "{place} is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost (percent-encode special characters, %2f for the default vhost, %2C for a comma)"
-                ))
-            })?;
+            let mut url = Url::parse(part).map_err(|_| InvalidAddresses::NotAUrl(place))?;
             if url.path().contains(',') || url.query().is_some_and(|q| q.contains(',')) {
-                return Err(InvalidAddresses(format!(
-                    "{place} holds a comma after its host: commas separate URLs in AMQP_URL, each starting with amqp:// or amqps:// (percent-encode a comma in a vhost, %2C)"
-                )));
+                return Err(InvalidAddresses::CommaAfterHost(place));
             }
             if let Some(first) = &first {
                 inherit(&mut url, first);
             }
             let text = url.to_string();
             if <lapin::uri::AMQPUri as std::str::FromStr>::from_str(&text).is_err() {
-                return Err(InvalidAddresses(format!(
-                    "{place} is not a valid AMQP URL; expected amqp://user:password@host:5672/vhost"
-                )));
+                return Err(InvalidAddresses::NotAmqp(place));
             }
             let tls = url.scheme() == "amqps";
             let host = url.host_str().unwrap_or_default().to_owned();
             if host.is_empty() {
-                return Err(InvalidAddresses(format!("{place} names no host")));
+                return Err(InvalidAddresses::NoHost(place));
             }
             let port = url.port().unwrap_or(if tls { 5671 } else { 5672 });
             addresses.push(Address {
@@ -162,7 +205,7 @@ impl Addresses {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectError {
     /// `AMQP_URL` does not parse.
-    Setting(String),
+    Setting(InvalidAddresses),
     /// Every node was tried, and each failed.
     Unreachable(Vec<NodeFailure>),
 }
@@ -393,5 +436,40 @@ mod tests {
             assert!(error.contains(says), "{raw}: {error}");
             assert!(!error.contains("secret-Zz"), "{error}");
         }
+    }
+
+    #[test]
+    fn connecting_with_a_bad_list_names_the_setting_and_keeps_the_reason() {
+        let error = lapin::Error::from(InvalidAddresses::NoHost(Entry::Only));
+        assert!(
+            error.to_string().contains("AMQP_URL: it names no host"),
+            "{error}"
+        );
+        let lapin::ErrorKind::IOError(io) = error.kind() else {
+            panic!("an I/O error: {error:?}");
+        };
+        let kept = io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<InAmqpUrl>());
+        assert_eq!(
+            kept,
+            Some(&InAmqpUrl(InvalidAddresses::NoHost(Entry::Only)))
+        );
+    }
+
+    #[test]
+    fn each_refusal_names_its_entry() {
+        assert_eq!(
+            InvalidAddresses::NoHost(Entry::Only).to_string(),
+            "it names no host"
+        );
+        assert_eq!(
+            InvalidAddresses::Scheme(Entry::Nth(3)).to_string(),
+            "entry 3 of the list must start with amqp:// or amqps://"
+        );
+        assert_eq!(
+            Addresses::parse("amqp://a/%2f,amqp://b/x,y").map(|_| ()),
+            Err(InvalidAddresses::CommaAfterHost(Entry::Nth(2)))
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Opening a RabbitMQ connection with a name operators can find it by,
 //! telling why one failed, and the deadline every step with the broker has.
 
-use super::addresses::{Addresses, ConnectError};
+use super::addresses::{Addresses, ConnectError, InAmqpUrl};
 use lapin::Connection;
 use secrecy::{ExposeSecret, SecretString};
 use std::future::Future;
@@ -47,8 +47,7 @@ pub fn no_answer(step: &str) -> lapin::Error {
 /// It does not retry; the worker's session loop does, with backoff.
 #[tracing::instrument(name = "broker.connect", skip(amqp_url))]
 pub async fn connect(amqp_url: &SecretString, name: &str) -> Result<Connection, ConnectError> {
-    let addresses = Addresses::parse(amqp_url.expose_secret())
-        .map_err(|e| ConnectError::Setting(e.to_string()))?;
+    let addresses = Addresses::parse(amqp_url.expose_secret()).map_err(ConnectError::Setting)?;
     addresses.connect_from(0, name).await.map(|(c, _)| c)
 }
 
@@ -57,9 +56,14 @@ pub async fn connect(amqp_url: &SecretString, name: &str) -> Result<Connection, 
 /// lapin says it.
 pub fn describe(error: &lapin::Error) -> String {
     if let lapin::ErrorKind::IOError(io) = error.kind()
-        && let Some(connect) = io.get_ref().and_then(|e| e.downcast_ref::<ConnectError>())
+        && let Some(inner) = io.get_ref()
     {
-        return connect.to_string();
+        if let Some(connect) = inner.downcast_ref::<ConnectError>() {
+            return connect.to_string();
+        }
+        if let Some(setting) = inner.downcast_ref::<InAmqpUrl>() {
+            return setting.to_string();
+        }
     }
     error.to_string()
 }

@@ -96,13 +96,54 @@ pub async fn run(args: &FakeTaptalkArgs) -> Result<(), CommandError> {
     Ok(())
 }
 
-fn duration(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw).map_err(|e| format!("{e}; write e.g. 25ms, 2s"))
+/// A stand-in setting that takes a duration but was given something else;
+/// clap names the setting and the value before this.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; write e.g. 25ms, 2s")]
+struct DurationError(
+    /// Said in the message itself, so not a `source` (it would be said twice).
+    humantime::DurationError,
+);
+
+/// A stand-in setting that takes a share of requests (0 to 1) but was given
+/// something else; clap names the setting and the value before this.
+#[derive(Debug, thiserror::Error)]
+#[error("must be a number between 0 and 1")]
+struct ShareError;
+
+fn duration(raw: &str) -> Result<Duration, DurationError> {
+    humantime::parse_duration(raw).map_err(DurationError)
 }
 
-fn share(raw: &str) -> Result<f64, String> {
+fn share(raw: &str) -> Result<f64, ShareError> {
     match raw.parse::<f64>() {
         Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
-        _ => Err("must be a number between 0 and 1".into()),
+        _ => Err(ShareError),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_duration_says_how_to_write_one() {
+        assert_eq!(duration("25ms").ok(), Some(Duration::from_millis(25)));
+        let error = duration("soon").expect_err("not a duration");
+        assert!(
+            error.to_string().ends_with("; write e.g. 25ms, 2s"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_share_lies_between_0_and_1() {
+        assert_eq!(share("0.25").ok(), Some(0.25));
+        for bad in ["1.5", "-0.1", "half"] {
+            assert_eq!(
+                share(bad).map_err(|e| e.to_string()),
+                Err("must be a number between 0 and 1".to_owned()),
+            );
+        }
     }
 }

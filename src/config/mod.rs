@@ -111,7 +111,7 @@ impl Settings {
         let prefetch = problems.take(
             args.prefetch
                 .parse::<Prefetch>()
-                .map_err(|e| ConfigError::new("PREFETCH", e)),
+                .map_err(|e| ConfigError::new("PREFETCH", e.to_string())),
         );
         let limit = problems.take(limit_settings(args));
         let rate_limit = problems.take(

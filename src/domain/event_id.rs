@@ -15,15 +15,15 @@ impl EventId {
     pub const MAX_BYTES: usize = 255;
 
     /// Parses an id, saying what is wrong with it otherwise.
-    pub fn parse(raw: &str) -> Result<EventId, String> {
+    pub fn parse(raw: &str) -> Result<EventId, EventIdError> {
         if raw.trim().is_empty() {
-            return Err("must not be empty".into());
+            return Err(EventIdError::Empty);
         }
         if raw.len() > Self::MAX_BYTES {
-            return Err(format!("must be at most {} bytes", Self::MAX_BYTES));
+            return Err(EventIdError::TooLong);
         }
         if raw.chars().any(char::is_control) {
-            return Err("must not contain control characters".into());
+            return Err(EventIdError::ControlCharacter);
         }
         Ok(EventId(raw.to_owned()))
     }
@@ -31,6 +31,21 @@ impl EventId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Why a text is not an [`EventId`]. Worded as the end of a sentence that
+/// starts with the id's name (`eventID must not be empty`); it never quotes
+/// the id, which may be anything a publisher sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EventIdError {
+    /// Empty, or only whitespace.
+    #[error("must not be empty")]
+    Empty,
+    /// Longer than [`EventId::MAX_BYTES`] bytes of UTF-8.
+    #[error("must be at most {} bytes", EventId::MAX_BYTES)]
+    TooLong,
+    #[error("must not contain control characters")]
+    ControlCharacter,
 }
 
 impl fmt::Display for EventId {
@@ -61,10 +76,26 @@ mod tests {
 
     #[test]
     fn rejects_empty_long_and_control_characters() {
-        assert!(EventId::parse("").is_err());
-        assert!(EventId::parse("   ").is_err());
-        assert!(EventId::parse(&"x".repeat(EventId::MAX_BYTES + 1)).is_err());
-        assert!(EventId::parse("a\0b").is_err());
-        assert!(EventId::parse("a\nb").is_err());
+        assert_eq!(EventId::parse(""), Err(EventIdError::Empty));
+        assert_eq!(EventId::parse("   "), Err(EventIdError::Empty));
+        assert_eq!(
+            EventId::parse(&"x".repeat(EventId::MAX_BYTES + 1)),
+            Err(EventIdError::TooLong)
+        );
+        assert_eq!(EventId::parse("a\0b"), Err(EventIdError::ControlCharacter));
+        assert_eq!(EventId::parse("a\nb"), Err(EventIdError::ControlCharacter));
+    }
+
+    #[test]
+    fn each_refusal_reads_after_the_ids_name() {
+        assert_eq!(EventIdError::Empty.to_string(), "must not be empty");
+        assert_eq!(
+            EventIdError::TooLong.to_string(),
+            "must be at most 255 bytes"
+        );
+        assert_eq!(
+            EventIdError::ControlCharacter.to_string(),
+            "must not contain control characters"
+        );
     }
 }

@@ -9,7 +9,7 @@ mod event_id;
 pub mod text;
 mod ticket;
 
-pub use event_id::EventId;
+pub use event_id::{EventId, EventIdError};
 pub(crate) use taptalk_api::json_kind;
 /// TapTalk's request fields and their documented rules, from the wire crate.
 pub use taptalk_api::{Field, FieldError, Platform, TicketRequest};

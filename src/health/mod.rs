@@ -13,4 +13,4 @@ pub mod readiness;
 pub use breaker::{Breaker, BreakerSettings, Dependency, Failure, Health};
 pub use liveness::Heartbeat;
 pub use probes::{Probe, Probes};
-pub use readiness::Readiness;
+pub use readiness::{NotReady, Readiness};

@@ -4,7 +4,7 @@
 //! what was asked.
 
 use super::{StoreError, TicketStore, bounded};
-use crate::taptalk::quota::{Granted, QuotaSource};
+use crate::taptalk::quota::{Granted, QuotaError, QuotaSource};
 
 const TAKE: &str = "WITH bucket AS (
          SELECT key_id,
@@ -70,12 +70,12 @@ impl QuotaSource for TicketStore {
         rate: f64,
         burst: f64,
         want: u32,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Granted, String>> + Send + 'a>>
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Granted, QuotaError>> + Send + 'a>>
     {
         Box::pin(async move {
             self.take_quota(key_id, rate, burst, want)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(QuotaError::new)
         })
     }
 }

@@ -76,6 +76,22 @@ impl From<&TicketError> for RequestResult {
     }
 }
 
+/// Why a [`TaptalkClient`] cannot be built: the settings it was given cannot
+/// work, so the worker does not start. None of them quotes the server key.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `TAPTALK_BASE_URL` and the endpoint path do not make a URL. Said in
+    /// the message itself, so not a `source` (it would be said twice).
+    #[error("TAPTALK_BASE_URL does not form a valid endpoint URL: {0}")]
+    Endpoint(url::ParseError),
+    #[error("the server key cannot be sent as an HTTP header")]
+    KeyHeader,
+    /// The TLS backend or the system's settings refuse the HTTP client; the
+    /// message says why, with every cause.
+    #[error("cannot build the HTTP client: {}", chain(.0))]
+    Http(reqwest::Error),
+}
+
 /// A client for TapTalk's auth-ticket endpoint, with the server key attached.
 #[derive(Debug, Clone)]
 pub struct TaptalkClient {
@@ -88,13 +104,17 @@ pub struct TaptalkClient {
 impl TaptalkClient {
     /// A client for the TapTalk server at `base_url` (for example
     /// `https://taptalk.io`); `timeout` bounds each request.
-    pub fn new(base_url: &Url, key: ServerKey, timeout: Duration) -> anyhow::Result<TaptalkClient> {
+    pub fn new(
+        base_url: &Url,
+        key: ServerKey,
+        timeout: Duration,
+    ) -> Result<TaptalkClient, ClientError> {
         let endpoint = endpoint(base_url)?;
         // The commands register the key already; a client built any other
         // way (the demo's, a library user's) is covered too.
         crate::taptalk::register_with_logs(&key);
         let mut key_header = HeaderValue::from_str(key.header_value().expose_secret())
-            .map_err(|_| anyhow::anyhow!("the server key cannot be sent as an HTTP header"))?;
+            .map_err(|_| ClientError::KeyHeader)?;
         key_header.set_sensitive(true);
         if endpoint.scheme() == "http" && !is_loopback(&endpoint) {
             tracing::warn!(
@@ -109,7 +129,7 @@ impl TaptalkClient {
             // A redirect would carry the Server-Key header to another URL.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {}", chain(&e)))?;
+            .map_err(ClientError::Http)?;
         Ok(TaptalkClient {
             http,
             endpoint,
@@ -190,10 +210,9 @@ impl TaptalkClient {
 }
 
 /// `base_url` + the endpoint path, keeping any path prefix of the base.
-fn endpoint(base_url: &Url) -> anyhow::Result<Url> {
+fn endpoint(base_url: &Url) -> Result<Url, ClientError> {
     let base = base_url.as_str().trim_end_matches('/');
-    Url::parse(&format!("{base}{AUTH_TICKET_PATH}"))
-        .map_err(|e| anyhow::anyhow!("TAPTALK_BASE_URL does not form a valid endpoint URL: {e}"))
+    Url::parse(&format!("{base}{AUTH_TICKET_PATH}")).map_err(ClientError::Endpoint)
 }
 
 /// Sorts one HTTP answer. Only a clean success is a ticket: HTTP 2xx, an
@@ -676,6 +695,18 @@ mod tests {
         assert_eq!(
             endpoint(&base).map(|u| u.to_string()).ok(),
             Some("https://gw.example.com/taptalk/v1/server/auth_ticket/request".into())
+        );
+    }
+
+    #[test]
+    fn a_client_that_cannot_be_built_names_the_setting() {
+        assert_eq!(
+            ClientError::Endpoint(url::ParseError::EmptyHost).to_string(),
+            "TAPTALK_BASE_URL does not form a valid endpoint URL: empty host"
+        );
+        assert_eq!(
+            ClientError::KeyHeader.to_string(),
+            "the server key cannot be sent as an HTTP header"
         );
     }
 

@@ -9,7 +9,7 @@ pub mod pause;
 pub mod quota;
 pub mod rate;
 
-pub use client::{TaptalkClient, TicketError};
+pub use client::{ClientError, TaptalkClient, TicketError};
 pub use limit::{AdaptiveLimit, LimitSettings, Permit, Signal};
 pub use pause::UpstreamPause;
 pub use rate::RateLimit;

@@ -41,7 +41,26 @@ pub trait QuotaSource: Send + Sync {
         rate: f64,
         burst: f64,
         want: u32,
-    ) -> Pin<Box<dyn Future<Output = Result<Granted, String>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Granted, QuotaError>> + Send + 'a>>;
+}
+
+/// The bucket could not be asked; no TapTalk request goes out until it can.
+/// It carries the source's own error, whatever its type (a `StoreError`, in
+/// the worker), and reads as that error does: the quota does not need to
+/// know where the bucket lives to say why it failed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct QuotaError(Box<dyn std::error::Error + Send + Sync>);
+
+impl QuotaError {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> QuotaError {
+        QuotaError(Box::new(error))
+    }
+
+    /// The source's error, to be told apart by its type.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
 }
 
 /// The deployment's quota, as one replica sees it. Cheap to clone.
@@ -172,7 +191,7 @@ mod tests {
             rate: f64,
             burst: f64,
             want: u32,
-        ) -> Pin<Box<dyn Future<Output = Result<Granted, String>> + Send + 'a>> {
+        ) -> Pin<Box<dyn Future<Output = Result<Granted, QuotaError>> + Send + 'a>> {
             Box::pin(async move {
                 let mut bucket = self.0.lock().unwrap_or_else(|p| p.into_inner());
                 let available = (bucket.0 + bucket.1.elapsed().as_secs_f64() * rate).min(burst);
@@ -228,5 +247,12 @@ mod tests {
         assert!(most <= 210, "{most} requests in one second");
         let per_second = sent.len() as f64 / 10.0;
         assert!(per_second >= 180.0, "{per_second}/s with a backlog");
+    }
+
+    #[test]
+    fn a_quota_error_reads_as_its_source_and_keeps_it() {
+        let error = QuotaError::new(std::io::Error::other("the bucket is away"));
+        assert_eq!(error.to_string(), "the bucket is away");
+        assert!(error.inner().downcast_ref::<std::io::Error>().is_some());
     }
 }

@@ -44,23 +44,28 @@ struct Inner {
     gate: Mutex<()>,
 }
 
-/// A value that is not a rate.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidRate(pub String);
+/// A value that is not a rate. The setting's name is said by the caller.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidRate {
+    /// Not a number; holds the start of the text (at most 40 characters).
+    #[error("{0:?} is not a number of requests per second")]
+    NotANumber(String),
+    #[error("{0} is not a rate between 0 and {MAX_RATE} requests per second")]
+    OutOfRange(f64),
+    /// So fast that the time between two requests rounds down to zero.
+    #[error("{0} per second is too fast")]
+    TooFast(f64),
+}
 
 impl RateLimit {
     /// At most `per_second` requests per second (fractions allowed: `0.5` is
     /// one every two seconds).
     pub fn new(per_second: f64) -> Result<RateLimit, InvalidRate> {
         if !(per_second.is_finite() && per_second > 0.0 && per_second <= MAX_RATE) {
-            return Err(InvalidRate(format!(
-                "{per_second} is not a rate between 0 and {MAX_RATE} requests per second"
-            )));
+            return Err(InvalidRate::OutOfRange(per_second));
         }
         let period = Duration::from_secs_f64(1.0 / per_second);
-        let quota = Quota::with_period(period)
-            .ok_or_else(|| InvalidRate(format!("{per_second} per second is too fast")))?;
+        let quota = Quota::with_period(period).ok_or(InvalidRate::TooFast(per_second))?;
         let clock = TokioClock::new();
         Ok(RateLimit {
             inner: Arc::new(Inner {
@@ -77,12 +82,9 @@ impl RateLimit {
     pub fn parse(text: &str) -> Result<RateLimit, InvalidRate> {
         let trimmed = text.trim();
         let number = trimmed.strip_suffix("/s").unwrap_or(trimmed).trim();
-        let per_second = number.parse::<f64>().map_err(|_| {
-            InvalidRate(format!(
-                "{:?} is not a number of requests per second",
-                trimmed.chars().take(40).collect::<String>()
-            ))
-        })?;
+        let per_second = number
+            .parse::<f64>()
+            .map_err(|_| InvalidRate::NotANumber(trimmed.chars().take(40).collect()))?;
         RateLimit::new(per_second)
     }
 
@@ -148,6 +150,31 @@ mod tests {
         for bad in ["", "0", "-3", "fast", "NaN", "inf", "2000000"] {
             assert!(RateLimit::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_refused_rate_says_what_a_rate_is() {
+        assert_eq!(
+            RateLimit::parse("lots").map(|_| ()),
+            Err(InvalidRate::NotANumber("lots".into()))
+        );
+        assert_eq!(
+            InvalidRate::NotANumber("lots".into()).to_string(),
+            "\"lots\" is not a number of requests per second"
+        );
+        assert_eq!(
+            RateLimit::parse("-2/s").map(|_| ()),
+            Err(InvalidRate::OutOfRange(-2.0))
+        );
+        assert!(
+            InvalidRate::OutOfRange(-2.0)
+                .to_string()
+                .starts_with("-2 is not a rate between 0 and "),
+        );
+        assert_eq!(
+            InvalidRate::TooFast(1e12).to_string(),
+            "1000000000000 per second is too fast"
+        );
     }
 
     #[tokio::test(start_paused = true)]

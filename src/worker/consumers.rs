@@ -18,6 +18,18 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use tokio::time::Instant;
 
+/// Starting or cancelling a consumer failed: the session is lost (its
+/// channel cannot be trusted), and what it held is redelivered.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConsumerError {
+    /// RabbitMQ refused `basic.qos`, `basic.consume` or `basic.cancel`, or
+    /// did not answer it in time (lapin's words name the step).
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("RabbitMQ did not confirm the consumer's cancellation")]
+    CancelUnconfirmed,
+}
+
 pub(super) struct Consumers {
     streams: SelectAll<Consumer>,
     /// The consumer new deliveries go to; the others are cancelled.
@@ -54,18 +66,16 @@ impl Consumers {
         channel: &Channel,
         queue: &str,
         prefetch: u16,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConsumerError> {
         let qos = channel.basic_qos(prefetch, BasicQosOptions::default());
-        within("basic.qos", qos).await.map_err(|e| e.to_string())?;
+        within("basic.qos", qos).await?;
         let consume = channel.basic_consume(
             queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         );
-        let consumer = within("basic.consume", consume)
-            .await
-            .map_err(|e| e.to_string())?;
+        let consumer = within("basic.consume", consume).await?;
         let tag = consumer.tag();
         self.streams.push(consumer);
         let previous = self.active.replace(tag);
@@ -79,7 +89,7 @@ impl Consumers {
 
     /// Cancels the active consumer: `next` yields what is in transit, then
     /// `None`.
-    pub(super) async fn stop(&mut self, channel: &Channel) -> Result<(), String> {
+    pub(super) async fn stop(&mut self, channel: &Channel) -> Result<(), ConsumerError> {
         self.prefetch = 0;
         match self.active.take() {
             Some(tag) => cancel(channel, tag).await,
@@ -94,10 +104,10 @@ impl Consumers {
     }
 }
 
-async fn cancel(channel: &Channel, tag: ShortString) -> Result<(), String> {
+async fn cancel(channel: &Channel, tag: ShortString) -> Result<(), ConsumerError> {
     let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
     match tokio::time::timeout(BROKER_STEP_TIMEOUT, cancel).await {
-        Ok(cancelled) => cancelled.map_err(|e| e.to_string()),
-        Err(_) => Err("RabbitMQ did not confirm the consumer's cancellation".into()),
+        Ok(cancelled) => Ok(cancelled?),
+        Err(_) => Err(ConsumerError::CancelUnconfirmed),
     }
 }

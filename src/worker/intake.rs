@@ -7,7 +7,7 @@
 use super::consumers::Consumers;
 use super::prefetch::{Prefetch, SETTLE};
 use super::session::Session;
-use super::{PAUSE_DRAIN_TIMEOUT, PauseEnd, PhaseEnd, SessionEnd, Worker};
+use super::{PAUSE_DRAIN_TIMEOUT, PauseEnd, PhaseEnd, SessionEnd, SessionLost, Worker};
 use crate::broker::inbound;
 use crate::delivery::{Outcome, Stage, StageMark};
 use crate::health::Health;
@@ -57,7 +57,7 @@ impl Worker {
                 let recovered = tokio::select! {
                     recovered = probing => recovered,
                     _ = session.broken.cancelled() => {
-                        return self.lose(&mut tasks, "a RabbitMQ connection failed while intake was paused".into()).await;
+                        return self.lose(&mut tasks, SessionLost::FailedWhilePaused).await;
                     }
                 };
                 if !recovered {
@@ -67,7 +67,7 @@ impl Worker {
             let prefetch = self.prefetch_now(session);
             let queue = self.settings.broker.topology.work_queue.as_str();
             if let Err(error) = consumers.start(&session.consume, queue, prefetch).await {
-                return self.lose(&mut tasks, error).await;
+                return self.lose(&mut tasks, error.into()).await;
             }
             self.metrics.prefetch(prefetch);
             self.metrics.intake(Intake::Running);
@@ -141,7 +141,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = shutdown.triggered() => return PhaseEnd::Shutdown,
-                _ = session.broken.cancelled() => return PhaseEnd::Lost("a RabbitMQ connection or channel failed (see the warning before this line)".into()),
+                _ = session.broken.cancelled() => return PhaseEnd::Lost(SessionLost::ChannelFailed),
                 _ = breaker.opened() => return PhaseEnd::Paused,
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => report(joined),
                 changed = limit.changed(), if follows && resize_at.is_none() => {
@@ -161,7 +161,7 @@ impl Worker {
                     if Prefetch::worth_changing(consumers.prefetch(), wanted) {
                         let queue = self.settings.broker.topology.work_queue.as_str();
                         if let Err(error) = consumers.start(&session.consume, queue, wanted).await {
-                            return PhaseEnd::Lost(error);
+                            return PhaseEnd::Lost(error.into());
                         }
                         self.metrics.prefetch(wanted);
                         tracing::debug!(prefetch = wanted, limit = self.limit.limit(), "the prefetch follows the TapTalk concurrency limit");
@@ -176,8 +176,8 @@ impl Worker {
                             return PhaseEnd::QuarantineOver;
                         }
                     }
-                    Some(Err(error)) => return PhaseEnd::Lost(error.to_string()),
-                    None => return PhaseEnd::Lost("RabbitMQ cancelled the consumer (was the queue deleted?)".into()),
+                    Some(Err(error)) => return PhaseEnd::Lost(SessionLost::Delivery(error)),
+                    None => return PhaseEnd::Lost(SessionLost::ConsumerCancelled),
                 },
             }
         }
@@ -277,7 +277,7 @@ impl Worker {
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
         shutdown: &Shutdown,
-    ) -> Result<PauseEnd, String> {
+    ) -> Result<PauseEnd, SessionLost> {
         self.announce_pause();
         self.heartbeat
             .while_waiting(consumers.stop(&session.consume))
@@ -288,7 +288,7 @@ impl Worker {
                 let (permit, next) = next_delivery(permits, consumers).await;
                 match next {
                     Some(Ok(delivery)) => self.spawn(session, tasks, delivery, permit),
-                    Some(Err(error)) => return Err(error.to_string()),
+                    Some(Err(error)) => return Err(SessionLost::Delivery(error)),
                     None => break,
                 }
             }
@@ -304,12 +304,12 @@ impl Worker {
         tokio::select! {
             drained = drain => match drained {
                 Ok(result) => result?,
-                Err(_) => return Err("prefetched messages did not go back to the queue in time".into()),
+                Err(_) => return Err(SessionLost::DrainTimedOut),
             },
             _ = shutdown.triggered() => return Ok(PauseEnd::Shutdown),
         }
         if session.broken.is_cancelled() {
-            return Err("a channel failed while returning messages to the queue".into());
+            return Err(SessionLost::FailedWhileDraining);
         }
         Ok(PauseEnd::Drained)
     }
@@ -338,7 +338,7 @@ impl Worker {
     }
 
     /// The session is unusable: drop in-flight work (RabbitMQ redelivers it).
-    async fn lose(&self, tasks: &mut JoinSet<()>, reason: String) -> SessionEnd {
+    async fn lose(&self, tasks: &mut JoinSet<()>, reason: SessionLost) -> SessionEnd {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         SessionEnd::Lost(reason)

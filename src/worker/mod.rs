@@ -32,7 +32,7 @@ mod intake;
 mod prefetch;
 mod session;
 
-pub use prefetch::Prefetch;
+pub use prefetch::{Prefetch, PrefetchError};
 
 use crate::broker::BrokerSettings;
 use crate::health::Heartbeat;
@@ -107,7 +107,7 @@ pub struct Worker {
 enum PhaseEnd {
     Shutdown,
     Paused,
-    Lost(String),
+    Lost(SessionLost),
     /// The quarantine is over: consume again at full prefetch.
     QuarantineOver,
 }
@@ -122,7 +122,34 @@ enum PauseEnd {
 /// Why a session ended.
 enum SessionEnd {
     Shutdown,
-    Lost(String),
+    Lost(SessionLost),
+}
+
+/// Why a session was lost, logged as the `reason` of "lost the RabbitMQ
+/// session": a new session starts after a pause, and what this one held is
+/// redelivered.
+#[derive(Debug, thiserror::Error)]
+enum SessionLost {
+    /// A consumer could not be started or cancelled.
+    #[error(transparent)]
+    Consumer(#[from] consumers::ConsumerError),
+    /// A delivery came with an error instead of a message.
+    #[error(transparent)]
+    Delivery(lapin::Error),
+    /// The session's connection or a channel failed; the channel's own
+    /// warning says why.
+    #[error("a RabbitMQ connection or channel failed (see the warning before this line)")]
+    ChannelFailed,
+    #[error("a RabbitMQ connection failed while intake was paused")]
+    FailedWhilePaused,
+    #[error("RabbitMQ cancelled the consumer (was the queue deleted?)")]
+    ConsumerCancelled,
+    /// A pause could not send what was prefetched back within
+    /// `PAUSE_DRAIN_TIMEOUT`.
+    #[error("prefetched messages did not go back to the queue in time")]
+    DrainTimedOut,
+    #[error("a channel failed while returning messages to the queue")]
+    FailedWhileDraining,
 }
 
 impl Worker {
@@ -259,5 +286,31 @@ impl Worker {
             return false;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_session_says_why_in_the_words_of_its_cause() {
+        let timed_out = SessionLost::from(consumers::ConsumerError::from(
+            crate::broker::connection::no_answer("basic.qos"),
+        ));
+        assert!(
+            timed_out
+                .to_string()
+                .contains("RabbitMQ did not answer basic.qos within 30s"),
+            "{timed_out}"
+        );
+        assert_eq!(
+            SessionLost::from(consumers::ConsumerError::CancelUnconfirmed).to_string(),
+            "RabbitMQ did not confirm the consumer's cancellation"
+        );
+        assert_eq!(
+            SessionLost::ConsumerCancelled.to_string(),
+            "RabbitMQ cancelled the consumer (was the queue deleted?)"
+        );
     }
 }

@@ -52,17 +52,23 @@ impl Prefetch {
     }
 }
 
-impl FromStr for Prefetch {
-    type Err = String;
+/// A `PREFETCH` that is neither `auto` nor a number of messages RabbitMQ
+/// takes (1 to 65535). The setting's name is said by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be `auto` or a number from 1 to 65535")]
+pub struct PrefetchError;
 
-    fn from_str(text: &str) -> Result<Prefetch, String> {
+impl FromStr for Prefetch {
+    type Err = PrefetchError;
+
+    fn from_str(text: &str) -> Result<Prefetch, PrefetchError> {
         let text = text.trim();
         if text.eq_ignore_ascii_case("auto") {
             return Ok(Prefetch::Auto);
         }
         match text.parse::<u16>() {
             Ok(n) if n > 0 => Ok(Prefetch::Fixed(n)),
-            _ => Err("must be `auto` or a number from 1 to 65535".into()),
+            _ => Err(PrefetchError),
         }
     }
 }
@@ -102,8 +108,12 @@ mod tests {
         assert_eq!("auto".parse(), Ok(Prefetch::Auto));
         assert_eq!(" AUTO ".parse(), Ok(Prefetch::Auto));
         assert_eq!("32".parse(), Ok(Prefetch::Fixed(32)));
-        assert!("0".parse::<Prefetch>().is_err());
-        assert!("70000".parse::<Prefetch>().is_err());
-        assert!("lots".parse::<Prefetch>().is_err());
+        assert_eq!("0".parse::<Prefetch>(), Err(PrefetchError));
+        assert_eq!("70000".parse::<Prefetch>(), Err(PrefetchError));
+        assert_eq!("lots".parse::<Prefetch>(), Err(PrefetchError));
+        assert_eq!(
+            PrefetchError.to_string(),
+            "must be `auto` or a number from 1 to 65535"
+        );
     }
 }

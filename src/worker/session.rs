@@ -9,7 +9,7 @@
 
 use super::{BROKER_STEP_TIMEOUT, Worker};
 use crate::broker::acks::Acks;
-use crate::broker::addresses::{Addresses, ConnectError};
+use crate::broker::addresses::Addresses;
 use crate::broker::topology::{Declared, LEGACY_WORK_QUEUE};
 use crate::broker::{Publisher, Settler};
 use futures_util::StreamExt;
@@ -164,8 +164,7 @@ impl Worker {
     pub(super) async fn open_session(&self) -> Result<Session, lapin::Error> {
         let broker = &self.settings.broker;
         let name = &broker.connection_name;
-        let addresses = Addresses::parse(broker.amqp_url.expose_secret())
-            .map_err(|e| lapin::Error::from(ConnectError::Setting(e.to_string())))?;
+        let addresses = Addresses::parse(broker.amqp_url.expose_secret())?;
         // From the node this replica is at in the list (a random one at
         // first, so replicas spread), both connections on the same node.
         let start = self.node.load(Ordering::Relaxed);

@@ -33,12 +33,7 @@ impl FromStr for Concurrency {
             .ok()
             .filter(|n| n.get() <= MAX_LIMIT)
             .map(Concurrency::Fixed)
-            .ok_or_else(|| {
-                InvalidLimitSettings(format!(
-                    "{:?} is neither `auto` nor a whole number from 1 to {MAX_LIMIT}",
-                    clip(text)
-                ))
-            })
+            .ok_or_else(|| InvalidLimitSettings::NotAConcurrency(clip(text)))
     }
 }
 
@@ -52,9 +47,29 @@ impl fmt::Display for Concurrency {
 }
 
 /// Settings that cannot work together, or a value that is not a setting.
+/// The setting's name (`CONCURRENCY`) is said by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidLimitSettings(pub String);
+pub enum InvalidLimitSettings {
+    /// Not `auto` nor a limit; holds the start of the text.
+    #[error("{0:?} is neither `auto` nor a whole number from 1 to {MAX_LIMIT}")]
+    NotAConcurrency(String),
+    #[error("a fixed concurrency of {0} is above {MAX_LIMIT}")]
+    FixedAboveLimit(usize),
+    #[error("the minimum concurrency must be at least 1")]
+    MinimumZero,
+    #[error("the minimum concurrency ({min}) is above the maximum ({max})")]
+    MinimumAboveMaximum { min: usize, max: usize },
+    #[error("the maximum concurrency ({0}) is above {MAX_LIMIT}")]
+    MaximumAboveLimit(usize),
+    #[error("the round-trip tolerances must be finite and above 1")]
+    Tolerance,
+    #[error("the decrease factor must lie between 0 and 1")]
+    Decrease,
+    #[error("the back-pressure share must lie between 0 and 1")]
+    BackpressureShare,
+    #[error("the baseline window and the minimum interval must be positive")]
+    ZeroWindow,
+}
 
 /// Everything the limiter needs. [`LimitSettings::default`] is what a
 /// replica should run with; only the mode and the bounds are meant to be
@@ -146,44 +161,40 @@ impl LimitSettings {
     /// Checks that the settings can work together. In fixed mode the bounds
     /// and the tuning are not used, and not checked.
     pub fn validate(&self) -> Result<(), InvalidLimitSettings> {
-        let fail = |text: String| Err(InvalidLimitSettings(text));
         if let Concurrency::Fixed(n) = self.concurrency {
             if n.get() > MAX_LIMIT {
-                return fail(format!("a fixed concurrency of {n} is above {MAX_LIMIT}"));
+                return Err(InvalidLimitSettings::FixedAboveLimit(n.get()));
             }
             return Ok(());
         }
         if self.min == 0 {
-            return fail("the minimum concurrency must be at least 1".into());
+            return Err(InvalidLimitSettings::MinimumZero);
         }
         if self.min > self.max {
-            return fail(format!(
-                "the minimum concurrency ({}) is above the maximum ({})",
-                self.min, self.max
-            ));
+            return Err(InvalidLimitSettings::MinimumAboveMaximum {
+                min: self.min,
+                max: self.max,
+            });
         }
         // tokio's semaphore holds at most usize::MAX >> 3 permits.
         if self.max > MAX_LIMIT {
-            return fail(format!(
-                "the maximum concurrency ({}) is above {MAX_LIMIT}",
-                self.max
-            ));
+            return Err(InvalidLimitSettings::MaximumAboveLimit(self.max));
         }
         let ratio_ok = |r: f64| r.is_finite() && r > 1.0;
         if !ratio_ok(self.tolerance) || !ratio_ok(self.slow_start_exit) {
-            return fail("the round-trip tolerances must be finite and above 1".into());
+            return Err(InvalidLimitSettings::Tolerance);
         }
         if !(self.decrease.is_finite() && self.decrease > 0.0 && self.decrease < 1.0) {
-            return fail("the decrease factor must lie between 0 and 1".into());
+            return Err(InvalidLimitSettings::Decrease);
         }
         if !(self.backpressure_share.is_finite()
             && self.backpressure_share > 0.0
             && self.backpressure_share < 1.0)
         {
-            return fail("the back-pressure share must lie between 0 and 1".into());
+            return Err(InvalidLimitSettings::BackpressureShare);
         }
         if self.baseline_window.is_zero() || self.min_interval.is_zero() {
-            return fail("the baseline window and the minimum interval must be positive".into());
+            return Err(InvalidLimitSettings::ZeroWindow);
         }
         Ok(())
     }
@@ -270,5 +281,25 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn each_refusal_reads_as_before() {
+        assert_eq!(
+            "lots".parse::<Concurrency>(),
+            Err(InvalidLimitSettings::NotAConcurrency("lots".into()))
+        );
+        assert_eq!(
+            InvalidLimitSettings::NotAConcurrency("lots".into()).to_string(),
+            format!("\"lots\" is neither `auto` nor a whole number from 1 to {MAX_LIMIT}")
+        );
+        assert_eq!(
+            InvalidLimitSettings::MinimumAboveMaximum { min: 9, max: 4 }.to_string(),
+            "the minimum concurrency (9) is above the maximum (4)"
+        );
+        assert_eq!(
+            InvalidLimitSettings::FixedAboveLimit(1 << 21).to_string(),
+            format!("a fixed concurrency of 2097152 is above {MAX_LIMIT}")
+        );
     }
 }
