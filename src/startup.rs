@@ -107,6 +107,7 @@ impl Application {
                 shutdown_grace: settings.shutdown_grace,
                 relay: settings.relay,
                 progress_every: settings.progress_every,
+                event_log_rate: settings.event_log_rate,
                 delivery_deadline: settings.delivery_deadline,
             },
             pipeline,

@@ -44,7 +44,7 @@ pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1_000 {
         format!("{ms}ms")
-    } else if ms < 60_000 && ms % 1_000 != 0 {
+    } else if ms < 60_000 && !ms.is_multiple_of(1_000) {
         format!("{:.1}s", d.as_secs_f64())
     } else if ms < 60_000 {
         format!("{}s", d.as_secs())

@@ -87,6 +87,8 @@ pub struct Settings {
     pub relay: RelaySettings,
     /// How often a progress line is logged; `None`: never.
     pub progress_every: Option<Duration>,
+    /// `EVENT_LOG_RATE`: per-event lines a second at most; 0: none.
+    pub event_log_rate: u32,
     /// Where the HTTP server (metrics, probes) listens; `None`: no server.
     pub http_listen: Option<SocketAddr>,
     /// `DELIVERY_DEADLINE`: the longest one delivery may be in flight.
@@ -245,6 +247,7 @@ impl Settings {
             }),
             relay: RelaySettings::new(relay_after),
             progress_every: (!progress_every.is_zero()).then_some(progress_every),
+            event_log_rate: args.event_log_rate,
             http_listen,
             delivery_deadline,
         })

@@ -170,6 +170,14 @@ pub struct RunArgs {
         default_value = "30s"
     )]
     pub progress_every: String,
+    /// Lines logged per second at most, one per settled event; past it, a line says how many were left out; 0 turns them off
+    #[arg(
+        long,
+        env = "EVENT_LOG_RATE",
+        value_name = "EVENT_LOG_RATE",
+        default_value_t = 20
+    )]
+    pub event_log_rate: u32,
 }
 
 impl RunArgs {

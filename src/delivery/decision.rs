@@ -64,6 +64,18 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The id of the event decided on, when the decision knows it.
+    pub fn event_id(&self) -> Option<&str> {
+        match self {
+            Decision::Ready { record, .. } => Some(record.event_id.as_str()),
+            Decision::Fail {
+                failed: Some(failed),
+                ..
+            } => Some(failed.event_id.as_str()),
+            _ => None,
+        }
+    }
+
     /// Announce a ticket stored before (by another copy of the event), with
     /// the login's time as this copy says it: the same `ticket.ready` as the
     /// first announcement. (Not counted again in login-to-ready.)

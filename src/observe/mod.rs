@@ -1,9 +1,10 @@
 //! Observing the worker: logs ([`logs`], with every secret scrubbed by
 //! [`redact`]), OpenTelemetry [`traces`] over OTLP when an endpoint is set,
-//! the Prometheus [`metrics`], the [`progress`] line, and the bounded
+//! the Prometheus [`metrics`], the [`progress`] line, one [`event_log`] line per event, and the bounded
 //! [`http_server`] that `health::endpoints` serves the metrics and the probes
 //! on.
 
+pub mod event_log;
 pub mod http_server;
 pub mod logs;
 pub mod metrics;

@@ -149,9 +149,19 @@ impl Pipeline {
         let issued = match self.request_ticket(&event, message.stage).await {
             Ok(issued) => issued,
             Err(TicketError::Rejected {
+                code,
                 field,
                 message: why,
             }) => {
+                // The event's data, not the worker: said once, as TapTalk
+                // said it (its texts escaped by Debug).
+                tracing::info!(
+                    event_id = %event.event_id,
+                    code = ?code,
+                    field = ?field,
+                    message = ?why,
+                    "TapTalk rejected the event's data; it is answered ticket.failed (rejected_by_upstream)"
+                );
                 let failure = StoredFailure {
                     reason: FailureReason::RejectedByUpstream,
                     message: why,

@@ -24,6 +24,8 @@ pub enum TicketError {
     /// `ParamValidationFailed`: this event is bad; never send it again.
     #[error("TapTalk rejected the request{}: {message}", field.as_ref().map(|f| format!(" ({f})")).unwrap_or_default())]
     Rejected {
+        /// TapTalk's error code as it gave it (`ParamValidationFailed`, `40002`).
+        code: String,
         field: Option<String>,
         message: String,
     },
@@ -191,7 +193,12 @@ impl TaptalkClient {
     /// carry our secret back.
     fn scrubbed(&self, error: TicketError) -> TicketError {
         match error {
-            TicketError::Rejected { field, message } => TicketError::Rejected {
+            TicketError::Rejected {
+                code,
+                field,
+                message,
+            } => TicketError::Rejected {
+                code: self.key.scrub(&code),
                 field: field.map(|f| self.key.scrub(&f)),
                 message: self.key.scrub(&message),
             },
@@ -239,6 +246,7 @@ fn classify(
                 .map(|f| f.name().to_owned())
                 .or_else(|| Some(clip(&error.field)).filter(|f| !f.is_empty()));
             return Err(TicketError::Rejected {
+                code: clip(&error.code),
                 field,
                 message: clip(&error.message),
             });
@@ -493,6 +501,7 @@ mod tests {
         assert_eq!(
             by_name,
             Err(TicketError::Rejected {
+                code: "ParamValidationFailed".into(),
                 field: Some("email".into()),
                 message: "bad".into()
             })
@@ -504,6 +513,7 @@ mod tests {
         assert_eq!(
             by_code,
             Err(TicketError::Rejected {
+                code: "40002".into(),
                 field: Some("xcUserID".into()),
                 message: "bad".into()
             })
@@ -628,6 +638,7 @@ mod tests {
         assert_eq!(
             sort(200, &body),
             Err(TicketError::Rejected {
+                code: "ParamValidationFailed".into(),
                 field: Some("email".into()),
                 message: "bad".into()
             })

@@ -195,6 +195,8 @@ impl Worker {
         session.settler.acks().received(delivery.delivery_tag);
         let pipeline = Arc::clone(&self.pipeline);
         let metrics = self.metrics.clone();
+        let event_log = Arc::clone(&self.event_log);
+        let received = std::time::Instant::now();
         let in_flight = metrics.in_flight();
         let settler = session.settler.clone();
         let broken = session.broken.clone();
@@ -209,9 +211,13 @@ impl Worker {
             let handle = async {
                 let message = inbound::message(&delivery, settler.publisher(), &stage);
                 let decision = pipeline.decide(&message).await;
+                let event_id = decision
+                    .event_id()
+                    .or(message.envelope.message_id)
+                    .map(str::to_owned);
                 stage.set(Stage::Settling);
                 let outcome = settler.settle(&delivery, decision).await;
-                tracing::debug!(?outcome, "settled");
+                event_log.settled(event_id.as_deref(), outcome, received.elapsed());
                 outcome
             };
             // Every wait inside has a deadline of its own; this one bounds

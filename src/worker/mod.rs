@@ -37,6 +37,7 @@ pub use prefetch::{Prefetch, PrefetchError};
 use crate::broker::BrokerSettings;
 use crate::health::Heartbeat;
 use crate::health::Probes;
+use crate::observe::event_log::EventLog;
 use crate::observe::metrics::{Intake, Metrics};
 use crate::pipeline::Pipeline;
 use crate::relay::RelaySettings;
@@ -76,6 +77,8 @@ pub struct WorkerSettings {
     pub relay: RelaySettings,
     /// How often a progress line is logged; `None`: never.
     pub progress_every: Option<Duration>,
+    /// `EVENT_LOG_RATE`: per-event lines a second at most; 0: none.
+    pub event_log_rate: u32,
     /// `DELIVERY_DEADLINE`: a delivery in flight longer goes back to the
     /// queue, and a warning names where it was stuck.
     pub delivery_deadline: Duration,
@@ -91,6 +94,8 @@ pub struct Worker {
     /// Ticket events confirmed by RabbitMQ, whose outbox rows the relay deletes.
     announced: Announced,
     metrics: Metrics,
+    /// One line per settled event, at most `EVENT_LOG_RATE` a second.
+    event_log: Arc<EventLog>,
     /// Beaten by the control loop, read by `/healthz`.
     heartbeat: Heartbeat,
     probes: Probes,
@@ -162,6 +167,7 @@ impl Worker {
         metrics: Metrics,
     ) -> Worker {
         Worker {
+            event_log: Arc::new(EventLog::new(settings.event_log_rate)),
             settings: Arc::new(settings),
             pipeline: Arc::new(pipeline),
             store,
@@ -255,7 +261,8 @@ impl Worker {
                 _ = shutdown.triggered() => break,
             }
         }
-        // The last window's line, before the process can exit.
+        // The last window's lines, before the process can exit.
+        self.event_log.flush();
         progress.cancel();
         if let Some(reporter) = reporter {
             let _ = tokio::time::timeout(Duration::from_secs(1), reporter).await;

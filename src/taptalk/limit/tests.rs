@@ -22,6 +22,7 @@ fn signals_of_client_results() {
     });
     assert_eq!(Signal::of(&transient), Signal::BackPressure);
     let rejected: Result<(), TicketError> = Err(TicketError::Rejected {
+        code: "ParamValidationFailed".into(),
         field: Some("email".into()),
         message: "bad".into(),
     });

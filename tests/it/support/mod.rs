@@ -732,6 +732,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
         purge: None,
         relay: RelaySettings::new(Duration::from_secs(1)),
         progress_every: None,
+        event_log_rate: 20,
         http_listen: None,
         delivery_deadline: Duration::from_secs(300),
     }
