@@ -217,6 +217,7 @@ impl Worker {
                     .map(str::to_owned);
                 stage.set(Stage::Settling);
                 let outcome = settler.settle(&delivery, decision).await;
+                tracing::debug!(?outcome, "settled");
                 event_log.settled(event_id.as_deref(), outcome, received.elapsed());
                 outcome
             };
