@@ -8,6 +8,13 @@
 //! busy one folds whatever arrived while the previous statement ran: batches
 //! grow with load by themselves, without a timer.
 //!
+//! At moderate load that folds nothing: each event's statement finds the
+//! queue empty and runs alone, one commit each. With a *linger*
+//! ([`Batcher::lingering`]), a runner that finds the queue short waits that
+//! long first, so the statements of the next few milliseconds go together;
+//! a queue already a quarter full goes at once, so a busy worker pays no
+//! wait.
+//!
 //! Nothing here waits without a deadline: a batch's statement that runs
 //! past [`BATCH_DEADLINE`] is abandoned and answers every caller in it with
 //! an error (the statement itself has a shorter one, see
@@ -42,6 +49,8 @@ pub struct Batcher<Req, Resp> {
     run: Run<Req, Resp>,
     max_batch: usize,
     parallel: usize,
+    /// How long a runner waits for more when the queue is short.
+    linger: Duration,
 }
 
 impl<Req, Resp> Clone for Batcher<Req, Resp> {
@@ -51,6 +60,7 @@ impl<Req, Resp> Clone for Batcher<Req, Resp> {
             run: Arc::clone(&self.run),
             max_batch: self.max_batch,
             parallel: self.parallel,
+            linger: self.linger,
         }
     }
 }
@@ -96,7 +106,20 @@ where
             run: Arc::new(run),
             max_batch: max_batch.max(1),
             parallel: parallel.max(1),
+            linger: Duration::ZERO,
         }
+    }
+
+    /// The same, with a runner waiting up to `linger` for more requests
+    /// while fewer than a quarter of `max_batch` are queued.
+    pub fn lingering(mut self, linger: Duration) -> Batcher<Req, Resp> {
+        self.linger = linger;
+        self
+    }
+
+    /// Whether a runner should wait for more before taking a batch.
+    fn short(&self) -> bool {
+        !self.linger.is_zero() && self.lock().queue.len() < (self.max_batch / 4).max(2)
     }
 
     /// Queues `request` and waits for its answer.
@@ -133,6 +156,9 @@ where
         // request queued just after is sure to start a runner of its own.
         let mut running = Running(Some(&self));
         loop {
+            if self.short() {
+                tokio::time::sleep(self.linger).await;
+            }
             let (requests, replies): (Vec<Req>, Vec<Reply<Resp>>) = {
                 let mut state = self.lock();
                 if state.queue.is_empty() {
@@ -245,6 +271,33 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 120);
         assert!(sizes.iter().all(|&s| s <= 50), "{sizes:?}");
         assert!(sizes.len() < 120, "requests were folded: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lingering_runner_folds_requests_that_trickle_in() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let batcher = doubling(Arc::clone(&sizes)).lingering(Duration::from_millis(40));
+        // One request every 2 ms, as at 500 events a second.
+        let mut calls = Vec::new();
+        for n in 0..10u32 {
+            let batcher = batcher.clone();
+            calls.push(tokio::spawn(async move { (n, batcher.call(n).await) }));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for call in calls {
+            let (n, answer) = call.await.unwrap();
+            assert_eq!(answer.unwrap(), n * 2);
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 10);
+        assert!(sizes.len() <= 3, "folded within the linger: {sizes:?}");
+        // Without the linger, the same trickle runs one by one.
+        let alone = Arc::new(Mutex::new(Vec::new()));
+        let batcher = doubling(Arc::clone(&alone));
+        for n in 0..5u32 {
+            batcher.call(n).await.unwrap();
+        }
+        assert_eq!(*alone.lock().unwrap(), vec![1; 5]);
     }
 
     #[tokio::test]
