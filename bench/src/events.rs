@@ -69,7 +69,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{DEFAULT_MAX_EVENT_BYTES, Envelope, LoginEvent};
+    use ticket_worker::events::{DEFAULT_MAX_EVENT_BYTES, Envelope, LoginEvent};
 
     #[test]
     fn events_are_valid_unique_and_stamped_when_published() {

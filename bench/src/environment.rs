@@ -7,11 +7,11 @@
 
 use super::database::BenchDatabase;
 use super::vhost::{self, Isolation, Place};
-use crate::broker::connect;
-use crate::config::{BrokerSettings, DatabaseSettings};
-use crate::observe::redact_url;
 use secrecy::ExposeSecret;
 use std::time::Duration;
+use ticket_worker::broker::connect;
+use ticket_worker::config::{BrokerSettings, DatabaseSettings};
+use ticket_worker::observe::redact_url;
 
 /// How long each clean-up step may take.
 const CLEAN_UP_WITHIN: Duration = Duration::from_secs(30);
@@ -69,7 +69,7 @@ impl Environment {
             }
         };
         // Check the broker now, with a clear message, rather than later.
-        let connection = connect(&place.amqp_url, "ticket-worker bench")
+        let connection = connect(&place.amqp_url, "ticket-bench")
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -130,7 +130,7 @@ impl Environment {
         if !failed.is_empty() {
             line.push_str(&format!("; could not remove {}", failed.join(" and ")));
         }
-        (crate::observe::scrub(&line), failed.is_empty())
+        (ticket_worker::observe::scrub(&line), failed.is_empty())
     }
 
     /// The line for `--keep`: what stays, and how to remove it.
@@ -163,7 +163,7 @@ impl Default for Environment {
 
 /// Deletes the run's own exchanges and queues in the configured vhost.
 async fn delete_names(place: &Place) -> Result<(), String> {
-    let connection = connect(&place.amqp_url, "ticket-worker bench clean-up")
+    let connection = connect(&place.amqp_url, "ticket-bench clean-up")
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
     let deleted = async {
@@ -190,5 +190,5 @@ async fn within<T>(step: impl Future<Output = Result<T, String>>) -> Result<T, S
 }
 
 pub fn say(line: &str) {
-    eprintln!("bench: {}", crate::observe::scrub(line));
+    eprintln!("bench: {}", ticket_worker::observe::scrub(line));
 }

@@ -8,10 +8,10 @@
 //! vhost (`taptalk.bench-<id>.logins`, …, passed to the workers as
 //! `LOGIN_EXCHANGE`, `WORK_QUEUE`, …) and deletes those after.
 
-use crate::broker::{Topology, connect};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use std::time::Duration;
+use ticket_worker::broker::{Topology, connect};
 
 /// How long one `rabbitmqctl` call may take.
 const RABBITMQCTL_WITHIN: Duration = Duration::from_secs(30);
@@ -116,7 +116,7 @@ pub async fn make_vhost(
     rabbitmqctl(&["set_permissions", "-p", &name, user, ".*", ".*", ".*"]).await?;
     let opened = tokio::time::timeout(
         Duration::from_secs(15),
-        connect(&place.amqp_url, "ticket-worker bench (checking the vhost)"),
+        connect(&place.amqp_url, "ticket-bench (checking the vhost)"),
     )
     .await;
     match opened {
