@@ -168,13 +168,15 @@ impl BenchDatabase {
     }
 
     /// Drops the database, ending its connections.
-    pub async fn drop_database(&self) -> Result<(), String> {
+    pub async fn drop_database(&self) -> Result<(), crate::error::CleanUpError> {
         let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         let dropped = sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&self.admin)
             .await
             .map(|_| ())
-            .map_err(|e| ticket_worker::storage::describe(&e));
+            .map_err(|e| {
+                crate::error::CleanUpError::Postgres(ticket_worker::storage::describe(&e))
+            });
         self.admin.close().await;
         dropped
     }

@@ -7,6 +7,7 @@
 
 use super::database::BenchDatabase;
 use super::vhost::{self, Isolation, Place};
+use crate::error::CleanUpError;
 use secrecy::ExposeSecret;
 use std::time::Duration;
 use ticket_worker::broker::connect;
@@ -99,7 +100,9 @@ impl Environment {
         let mut removed = Vec::new();
         let mut failed = Vec::new();
         if let Some(name) = self.vhost.take() {
-            match within(vhost::delete_vhost(&name)).await {
+            match within(async { vhost::delete_vhost(&name).await.map_err(CleanUpError::from) })
+                .await
+            {
                 Ok(()) => removed.push(format!("vhost {name}")),
                 Err(e) => failed.push(format!(
                     "vhost {name} ({e}; remove it with: rabbitmqctl delete_vhost {name})"
@@ -162,10 +165,10 @@ impl Default for Environment {
 }
 
 /// Deletes the run's own exchanges and queues in the configured vhost.
-async fn delete_names(place: &Place) -> Result<(), String> {
+async fn delete_names(place: &Place) -> Result<(), CleanUpError> {
     let connection = connect(&place.amqp_url, "ticket-bench clean-up")
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(CleanUpError::Connect)?;
     let deleted = async {
         let channel = connection.create_channel().await?;
         place.topology.delete(&channel).await?;
@@ -180,13 +183,13 @@ async fn delete_names(place: &Place) -> Result<(), String> {
     }
     .await;
     let _ = connection.close(200, "bench clean-up".into()).await;
-    deleted.map_err(|e| e.to_string())
+    Ok(deleted?)
 }
 
-async fn within<T>(step: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+async fn within<T>(step: impl Future<Output = Result<T, CleanUpError>>) -> Result<T, CleanUpError> {
     tokio::time::timeout(CLEAN_UP_WITHIN, step)
         .await
-        .unwrap_or_else(|_| Err("no answer within 30 s".into()))
+        .unwrap_or(Err(CleanUpError::NoAnswer))
 }
 
 pub fn say(line: &str) {

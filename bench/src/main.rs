@@ -34,6 +34,7 @@ mod cases;
 mod ceiling;
 mod database;
 mod environment;
+mod error;
 mod events;
 mod ledger;
 mod load;
