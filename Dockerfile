@@ -11,8 +11,11 @@ COPY migrations ./migrations
 # them the build fails, and dropping the patch would bring the bug back.
 COPY patches ./patches
 COPY lib ./lib
-# The product alone: the TapTalk stand-in (fake-taptalk, demo, bench) is a
-# feature the image leaves out. docker-compose.yml builds its stand-in service
+# The benchmark's crate is a member of the workspace, which Cargo loads
+# whole: its files must be here, though the image never builds it.
+COPY bench ./bench
+# The product alone: the TapTalk stand-in (fake-taptalk, demo) is a feature
+# the image leaves out, and the benchmark (bench/) a crate it does not build. docker-compose.yml builds its stand-in service
 # with FEATURES=stand-in; production images never set it.
 ARG FEATURES=""
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -23,11 +23,12 @@
 //! Around it: [`config`] (settings and their checks), [`startup`] (wiring),
 //! [`observe`] (logs, counters), [`shutdown`] (the stop signal), [`purge`]
 //! (deleting long-expired tickets), [`commands`] (the command line: `run`,
-//! `migrate`, `fake-taptalk`, `demo`, `publish`, `bench`, which measures
-//! the worker against a broker-only ceiling, and `dlq` for the dead letters,
-//! with [`broker::dead_letters`]). `demo`, `fake-taptalk` and `bench` drive
+//! `migrate`, `fake-taptalk`, `demo`, `publish`, and `dlq` for the dead
+//! letters, with [`broker::dead_letters`]). `demo` and `fake-taptalk` drive
 //! the TapTalk stand-in (the `fake-taptalk` crate) and exist only with the
-//! `stand-in` feature, on by default and off in the container image.
+//! `stand-in` feature, on by default and off in the container image. The
+//! benchmark, which measures the worker against a broker-only ceiling, is a
+//! crate of its own (`ticket-bench`, bench/) that uses this library.
 
 pub mod broker;
 pub mod commands;

@@ -1,11 +1,9 @@
-//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish | bench | dlq`.
+//! The command line: `ticket-worker run | migrate | fake-taptalk | demo | publish | dlq`.
 //! Each command lives in its own file; this one only parses and dispatches,
 //! registers secrets with the log redactor before anything connects, and turns
 //! failures into exit codes (2: configuration, 1: other), the final error line
 //! scrubbed like every log line.
 
-#[cfg(feature = "stand-in")]
-pub mod bench;
 #[cfg(feature = "stand-in")]
 pub mod demo;
 pub mod dlq;
@@ -25,8 +23,9 @@ use crate::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// Where the demo and the benchmark look when AMQP_URL / DATABASE_URL are not
-/// set: the local RabbitMQ and Postgres of the README's Quick start.
+/// Where the demo and the benchmark (the `ticket-bench` crate) look when
+/// AMQP_URL / DATABASE_URL are not set: the local RabbitMQ and Postgres of
+/// the README's Quick start.
 #[cfg(feature = "stand-in")]
 pub const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[cfg(feature = "stand-in")]
@@ -57,9 +56,6 @@ pub enum Command {
     Demo(Box<demo::DemoArgs>),
     /// Publish login events (JSON lines, from a file or stdin) to the login exchange
     Publish(publish::PublishArgs),
-    #[cfg(feature = "stand-in")]
-    /// Measure the worker: throughput, latency, CPU and commits per event, against a broker-only ceiling
-    Bench(Box<bench::BenchArgs>),
     /// Look at the dead letters, and replay them once what failed them is fixed
     Dlq(dlq::DlqArgs),
     /// Follow ticket.ready and ticket.failed live, one line each (user, outcome, reason, login-to-ready)
@@ -72,7 +68,7 @@ impl Cli {
         let filter = match self.command {
             Command::Publish(_) | Command::Dlq(_) | Command::Tail(_) => observe::QUIET_FILTER,
             #[cfg(feature = "stand-in")]
-            Command::Demo(_) | Command::Bench(_) => observe::QUIET_FILTER,
+            Command::Demo(_) => observe::QUIET_FILTER,
             _ => observe::DEFAULT_FILTER,
         };
         // Traces are the worker's: only `run` exports spans. A malformed
@@ -101,8 +97,6 @@ impl Cli {
             #[cfg(feature = "stand-in")]
             Command::Demo(args) => demo::run(&args).await,
             Command::Publish(args) => publish::run(&args).await,
-            #[cfg(feature = "stand-in")]
-            Command::Bench(args) => bench::run(&args).await,
             Command::Dlq(args) => dlq::run(&args).await,
             Command::Tail(args) => tail::run(&args).await,
         };
@@ -138,7 +132,7 @@ fn failed(error: &CommandError) -> ExitCode {
     ExitCode::from(error.exit_code())
 }
 
-/// `demo`, `publish` and `bench` read their settings in their own modules: read the
+/// `demo` and `publish` read their settings in their own modules: read the
 /// URLs here too, only to register their passwords with the log redactor
 /// before anything connects. A setting that does not parse is left to the
 /// command to report.
@@ -151,8 +145,6 @@ fn register_early_secrets(command: &Command) {
                 secrets::register_broker(&broker);
             }
         }
-        #[cfg(feature = "stand-in")]
-        Command::Bench(args) => register_with_local_defaults(&args.broker, &args.database),
         // These register theirs as soon as they have read their settings.
         Command::Run(_) | Command::Migrate(_) | Command::Dlq(_) | Command::Tail(_) => {}
         #[cfg(feature = "stand-in")]
@@ -161,7 +153,7 @@ fn register_early_secrets(command: &Command) {
 }
 
 /// For the commands that fall back to the local RabbitMQ and Postgres (the
-/// demo, the bench): registers the URLs they will use.
+/// demo): registers the URLs they will use.
 #[cfg(feature = "stand-in")]
 fn register_with_local_defaults(broker: &crate::config::BrokerArgs, database: &DatabaseArgs) {
     use crate::config::DatabaseSettings;

@@ -237,6 +237,7 @@ fn the_crates_depend_one_way() {
     let product = dependencies(&root().join("Cargo.toml"));
     let api = dependencies(&root().join("lib/taptalk-api/Cargo.toml"));
     let stand_in = dependencies(&root().join("lib/fake-taptalk/Cargo.toml"));
+    let bench = dependencies(&root().join("bench/Cargo.toml"));
     // The wire contract depends on neither the product nor the stand-in.
     for crate_name in ["taptalk-ticket-worker", "fake-taptalk"] {
         assert!(
@@ -255,4 +256,50 @@ fn the_crates_depend_one_way() {
         Some(&true),
         "the product's dependency on the stand-in is optional"
     );
+    // The benchmark drives the product and the stand-in; nothing depends
+    // on it, so it is never part of the shipped binary.
+    assert_eq!(bench.get("taptalk-ticket-worker"), Some(&false));
+    assert_eq!(bench.get("fake-taptalk"), Some(&false));
+    for (name, deps) in [
+        ("taptalk-ticket-worker", &product),
+        ("taptalk-api", &api),
+        ("fake-taptalk", &stand_in),
+    ] {
+        assert!(
+            !deps.contains_key("ticket-bench"),
+            "{name} depends on ticket-bench"
+        );
+    }
+    let dev = dev_dependencies(&root().join("Cargo.toml"));
+    assert!(
+        !dev.contains("ticket-bench"),
+        "the product's tests depend on ticket-bench"
+    );
+    let commands =
+        std::fs::read_to_string(root().join("src/commands/mod.rs")).expect("src/commands/mod.rs");
+    assert!(
+        !commands.contains("mod bench;"),
+        "the benchmark lives in bench/, not in the product's commands"
+    );
+}
+
+/// The names under `[dev-dependencies]` of a crate's manifest.
+fn dev_dependencies(manifest: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(manifest).expect("a Cargo.toml");
+    let mut inside = false;
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line == "[dev-dependencies]";
+            continue;
+        }
+        if inside
+            && !line.starts_with('#')
+            && let Some((name, _)) = line.split_once('=')
+        {
+            names.insert(name.trim().trim_end_matches(".workspace").to_owned());
+        }
+    }
+    names
 }

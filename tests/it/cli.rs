@@ -865,7 +865,6 @@ fn no_help_shows_the_value_of_a_setting_that_can_carry_credentials() {
         &["migrate", "--help"],
         &["publish", "--help"],
         &["demo", "--help"],
-        &["bench", "--help"],
         &["fake-taptalk", "--help"],
         &["dlq", "list", "--help"],
         &["dlq", "replay", "--help"],

@@ -1318,8 +1318,9 @@ fn check_placeholders(m: &Manifests) -> Result<(), String> {
 
 #[test]
 fn the_image_is_built_from_everything_the_build_reads() {
-    // Every path Cargo.toml builds from (the package's own files, and the
-    // patched crates of [patch.crates-io]) must be copied into the build
+    // Every path Cargo.toml builds from (the package's own files, the
+    // workspace's members, and the patched crates of [patch.crates-io]) must
+    // be copied into the build
     // stage, or the image fails to build (or someone drops the patch).
     let dockerfile =
         std::fs::read_to_string(Path::new(CRATE).join("Dockerfile")).expect("the Dockerfile");
@@ -1342,6 +1343,16 @@ fn the_image_is_built_from_everything_the_build_reads() {
             .map(str::to_owned)
             .into();
     for line in manifest.lines() {
+        // Cargo loads every member of the workspace, built or not.
+        if let Some(list) = line.trim().strip_prefix("members = [") {
+            for member in list.trim_end_matches(']').split(',') {
+                let member = member.trim().trim_matches('"');
+                let top = member.split('/').next().unwrap_or_default();
+                if !top.is_empty() && top != "." {
+                    needed.insert(top.to_owned());
+                }
+            }
+        }
         if let Some(rest) = line.split("path = \"").nth(1) {
             let path = rest.split('"').next().unwrap_or_default();
             let top = path.split('/').next().unwrap_or_default();
@@ -1357,7 +1368,7 @@ fn the_image_is_built_from_everything_the_build_reads() {
 
 #[test]
 fn the_image_carries_no_stand_in() {
-    // The TapTalk stand-in and the commands that drive it (demo, bench,
+    // The TapTalk stand-in and the commands that drive it (demo,
     // fake-taptalk) are behind the `stand-in` feature: the production image
     // builds the product alone, without its default features.
     let dockerfile =

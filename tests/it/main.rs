@@ -13,7 +13,6 @@ mod support;
 
 mod acks;
 mod architecture;
-mod bench;
 mod cli;
 mod connect_errors;
 mod dlq;

@@ -5,10 +5,10 @@
 
 use super::ledger::Ledger;
 use super::table::thousands;
-use crate::time::Later;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use ticket_worker::time::Later;
 
 pub struct Progress {
     terminal: bool,

@@ -9,13 +9,13 @@
 use super::cases::Load;
 use super::events::EventBody;
 use super::ledger::Ledger;
-use crate::broker::short;
-use crate::time::Later;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use ticket_worker::broker::short;
+use ticket_worker::time::Later;
 use tokio::task::JoinHandle;
 
 /// Confirms outstanding before publishing waits for the oldest.
@@ -66,7 +66,7 @@ pub async fn publish(
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_message_id(short(&body.id))
-            .with_app_id("ticket-worker bench".into());
+            .with_app_id("ticket-bench".into());
         ledger.mark_published(index, at);
         let confirm = channel
             .basic_publish(

@@ -7,11 +7,12 @@
 
 use super::database::BenchDatabase;
 use super::vhost::{self, Isolation, Place};
-use crate::broker::connect;
-use crate::config::{BrokerSettings, DatabaseSettings};
-use crate::observe::redact_url;
+use crate::error::CleanUpError;
 use secrecy::ExposeSecret;
 use std::time::Duration;
+use ticket_worker::broker::connect;
+use ticket_worker::config::{BrokerSettings, DatabaseSettings};
+use ticket_worker::observe::redact_url;
 
 /// How long each clean-up step may take.
 const CLEAN_UP_WITHIN: Duration = Duration::from_secs(30);
@@ -69,7 +70,7 @@ impl Environment {
             }
         };
         // Check the broker now, with a clear message, rather than later.
-        let connection = connect(&place.amqp_url, "ticket-worker bench")
+        let connection = connect(&place.amqp_url, "ticket-bench")
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -99,7 +100,9 @@ impl Environment {
         let mut removed = Vec::new();
         let mut failed = Vec::new();
         if let Some(name) = self.vhost.take() {
-            match within(vhost::delete_vhost(&name)).await {
+            match within(async { vhost::delete_vhost(&name).await.map_err(CleanUpError::from) })
+                .await
+            {
                 Ok(()) => removed.push(format!("vhost {name}")),
                 Err(e) => failed.push(format!(
                     "vhost {name} ({e}; remove it with: rabbitmqctl delete_vhost {name})"
@@ -130,7 +133,7 @@ impl Environment {
         if !failed.is_empty() {
             line.push_str(&format!("; could not remove {}", failed.join(" and ")));
         }
-        (crate::observe::scrub(&line), failed.is_empty())
+        (ticket_worker::observe::scrub(&line), failed.is_empty())
     }
 
     /// The line for `--keep`: what stays, and how to remove it.
@@ -162,10 +165,10 @@ impl Default for Environment {
 }
 
 /// Deletes the run's own exchanges and queues in the configured vhost.
-async fn delete_names(place: &Place) -> Result<(), String> {
-    let connection = connect(&place.amqp_url, "ticket-worker bench clean-up")
+async fn delete_names(place: &Place) -> Result<(), CleanUpError> {
+    let connection = connect(&place.amqp_url, "ticket-bench clean-up")
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(CleanUpError::Connect)?;
     let deleted = async {
         let channel = connection.create_channel().await?;
         place.topology.delete(&channel).await?;
@@ -180,15 +183,15 @@ async fn delete_names(place: &Place) -> Result<(), String> {
     }
     .await;
     let _ = connection.close(200, "bench clean-up".into()).await;
-    deleted.map_err(|e| e.to_string())
+    Ok(deleted?)
 }
 
-async fn within<T>(step: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+async fn within<T>(step: impl Future<Output = Result<T, CleanUpError>>) -> Result<T, CleanUpError> {
     tokio::time::timeout(CLEAN_UP_WITHIN, step)
         .await
-        .unwrap_or_else(|_| Err("no answer within 30 s".into()))
+        .unwrap_or(Err(CleanUpError::NoAnswer))
 }
 
 pub fn say(line: &str) {
-    eprintln!("bench: {}", crate::observe::scrub(line));
+    eprintln!("bench: {}", ticket_worker::observe::scrub(line));
 }

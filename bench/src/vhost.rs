@@ -8,10 +8,11 @@
 //! vhost (`taptalk.bench-<id>.logins`, …, passed to the workers as
 //! `LOGIN_EXCHANGE`, `WORK_QUEUE`, …) and deletes those after.
 
-use crate::broker::{Topology, connect};
+use crate::error::VhostError;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use std::time::Duration;
+use ticket_worker::broker::{Topology, connect};
 
 /// How long one `rabbitmqctl` call may take.
 const RABBITMQCTL_WITHIN: Duration = Duration::from_secs(30);
@@ -106,17 +107,17 @@ pub async fn make_vhost(
     id: &str,
     delivery_limit: u32,
     made: &mut Option<String>,
-) -> Result<Place, String> {
-    let user = user.ok_or("AMQP_URL logs in without a user name to give permissions to")?;
+) -> Result<Place, VhostError> {
+    let user = user.ok_or(VhostError::NoUser)?;
     let name = format!("bench-{id}");
-    let place = Place::in_vhost(amqp_url, &name, delivery_limit)
-        .ok_or("AMQP_URL is not a URL whose vhost can be replaced")?;
+    let place =
+        Place::in_vhost(amqp_url, &name, delivery_limit).ok_or(VhostError::NotReplaceable)?;
     *made = Some(name.clone());
     rabbitmqctl(&["add_vhost", &name]).await?;
     rabbitmqctl(&["set_permissions", "-p", &name, user, ".*", ".*", ".*"]).await?;
     let opened = tokio::time::timeout(
         Duration::from_secs(15),
-        connect(&place.amqp_url, "ticket-worker bench (checking the vhost)"),
+        connect(&place.amqp_url, "ticket-bench (checking the vhost)"),
     )
     .await;
     match opened {
@@ -124,30 +125,29 @@ pub async fn make_vhost(
             let _ = connection.close(200, "vhost checked".into()).await;
             Ok(place)
         }
-        Ok(Err(e)) => Err(format!(
-            "the vhost {name} was made, but AMQP_URL's broker does not open it ({e}); rabbitmqctl may manage another broker"
-        )),
-        Err(_) => Err(format!("opening the vhost {name} took more than 15 s")),
+        Ok(Err(error)) => Err(VhostError::NotOpened { name, error }),
+        Err(_) => Err(VhostError::OpenSlow { name }),
     }
 }
 
 /// Deletes the vhost (with everything in it).
-pub async fn delete_vhost(name: &str) -> Result<(), String> {
+pub async fn delete_vhost(name: &str) -> Result<(), VhostError> {
     rabbitmqctl(&["delete_vhost", name]).await
 }
 
-async fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+async fn rabbitmqctl(args: &[&str]) -> Result<(), VhostError> {
     run(args).await.map(|_| ())
 }
 
 /// Runs `rabbitmqctl -q <args>`; its stdout, or why it failed.
-async fn run(args: &[&str]) -> Result<String, String> {
+async fn run(args: &[&str]) -> Result<String, VhostError> {
+    let first = || args.first().copied().unwrap_or_default().to_owned();
     let mut command = tokio::process::Command::new("rabbitmqctl");
     command.arg("-q").args(args).kill_on_drop(true);
     let output = tokio::time::timeout(RABBITMQCTL_WITHIN, command.output())
         .await
-        .map_err(|_| format!("rabbitmqctl {} took more than 30 s", args[0]))?
-        .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
+        .map_err(|_| VhostError::RabbitmqctlSlow { command: first() })?
+        .map_err(VhostError::RabbitmqctlMissing)?;
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
@@ -157,8 +157,9 @@ async fn run(args: &[&str]) -> Result<String, String> {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("no message");
-    Err(format!(
-        "rabbitmqctl {} failed ({}): {why}",
-        args[0], output.status
-    ))
+    Err(VhostError::RabbitmqctlFailed {
+        command: first(),
+        status: output.status,
+        why: why.to_owned(),
+    })
 }

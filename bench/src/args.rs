@@ -1,12 +1,12 @@
-//! The flags of `ticket-worker bench`. A `--case` picks a preset (see
+//! The flags of `ticket-bench`. A `--case` picks a preset (see
 //! `cases.rs`); every flag given overrides it.
 
 use super::cases::Case;
-use crate::config::{BrokerArgs, DatabaseArgs};
 use std::path::PathBuf;
 use std::time::Duration;
+use ticket_worker::config::{BrokerArgs, DatabaseArgs};
 
-/// `ticket-worker bench`.
+/// `ticket-bench`.
 #[derive(clap::Args, Clone)]
 pub struct BenchArgs {
     /// A preset reproducing one of the performance targets; flags override it
@@ -57,7 +57,7 @@ pub struct BenchArgs {
     /// Write each replica's whole log to DIR/replica-N.log (secrets scrubbed)
     #[arg(long, value_name = "DIR")]
     pub replica_logs: Option<PathBuf>,
-    /// Run this ticket-worker binary as the replicas (default: this one), to compare two builds under one harness
+    /// Run this ticket-worker binary as the replicas (default: the worker built into this one), to compare two builds under one harness
     #[arg(long, value_name = "PATH")]
     pub worker_bin: Option<PathBuf>,
     #[command(flatten)]

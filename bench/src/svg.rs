@@ -32,7 +32,7 @@ pub fn render(report: &Report) -> String {
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let title = format!(
-        "ticket-worker bench, case {}: ready events per second and login-to-ready",
+        "ticket-bench, case {}: ready events per second and login-to-ready",
         report.case
     );
     let _ = writeln!(
@@ -217,7 +217,7 @@ pub fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::bench::stats::Second;
+    use crate::stats::Second;
 
     #[test]
     fn axes_end_at_round_numbers() {
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn the_plot_is_xml_with_each_series_of_each_phase() {
-        let mut report = crate::commands::bench::report::example();
+        let mut report = crate::report::example();
         let mut second = report.phases[0].clone();
         second.name = "2 <replicas> & \"more\"".into();
         second.timeline = (0..5)

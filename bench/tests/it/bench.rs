@@ -1,4 +1,4 @@
-//! `ticket-worker bench`, the real binary, on the local RabbitMQ and
+//! `ticket-bench`, the real binary, on the local RabbitMQ and
 //! Postgres: a small run whose JSON report must add up (every event
 //! published is answered and stored, CPU, commits and the ceiling measured),
 //! that leaves no vhost, exchange, queue or database behind, and whose
@@ -11,11 +11,10 @@ use lapin::types::FieldTable;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// Runs `bench` with `args`, `PATH` set to `path`; its exit code, stderr
-/// and JSON report.
+/// Runs `ticket-bench` with `args`, `PATH` set to `path`; its exit code,
+/// stderr and JSON report.
 fn bench(args: &[&str], path: &str, json: &Path) -> (i32, String, Option<Value>) {
     let output = bin()
-        .arg("bench")
         .args(args)
         .arg("--json")
         .arg(json)
@@ -29,7 +28,7 @@ fn bench(args: &[&str], path: &str, json: &Path) -> (i32, String, Option<Value>)
         .env("PREFETCH", "0")
         .env("TAPTALK_SERVER_KEY_SECRET_FILE", "/nonexistent")
         .output()
-        .expect("run ticket-worker bench");
+        .expect("run ticket-bench");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let report = std::fs::read_to_string(json)
         .ok()
@@ -228,4 +227,25 @@ async fn without_rabbitmqctl_it_uses_names_of_its_own_and_deletes_them() {
     }
     let database = report["settings"]["database"].as_str().expect("database");
     assert!(!database_exists(database).await, "{database} dropped");
+}
+
+#[test]
+fn its_help_shows_the_value_of_no_setting_that_can_carry_credentials() {
+    let env = [
+        ("AMQP_URL", "amqp://ops:pw-amqp-Q1@127.0.0.1:5672/%2f"),
+        (
+            "DATABASE_URL",
+            "postgres://ops:pw-db-Q2@127.0.0.1:5432/test",
+        ),
+    ];
+    let output = bin().arg("--help").envs(env).output().expect("help");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{help}");
+    for secret in ["pw-amqp-Q1", "pw-db-Q2"] {
+        assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
+    }
+    assert!(
+        !help.contains("worker-run"),
+        "the replicas' entry is hidden: {help}"
+    );
 }

@@ -1,5 +1,6 @@
-//! The login events a bench run publishes: realistic and valid (the demo's
-//! generator, a third as many users as events), each with a fresh UUID as
+//! The login events a bench run publishes: realistic and valid (the
+//! stand-in's `fake_taptalk::logins`, which the demo uses too, a third as
+//! many users as events), each with a fresh UUID as
 //! its `eventID`, serialized before the run starts so that publishing costs
 //! the load generator next to nothing. `occurredAt` is written into the
 //! serialized body at the instant of publishing, with millisecond precision.
@@ -69,7 +70,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{DEFAULT_MAX_EVENT_BYTES, Envelope, LoginEvent};
+    use ticket_worker::events::{DEFAULT_MAX_EVENT_BYTES, Envelope, LoginEvent};
 
     #[test]
     fn events_are_valid_unique_and_stamped_when_published() {

@@ -1,5 +1,14 @@
-//! `ticket-worker bench`: measures the worker on the user's own machine,
-//! against the configured RabbitMQ and Postgres, from one command.
+//! `ticket-bench`: measures the worker on the user's own machine, against
+//! the configured RabbitMQ and Postgres, from one command
+//! (`cargo run --release -p ticket-bench -- --case <case>`).
+//!
+//! A crate of its own, apart from the product: it depends on the product's
+//! library (`ticket_worker`) and on the TapTalk stand-in (`fake_taptalk`),
+//! nothing depends on it, and it is never part of the shipped binary. Its
+//! worker replicas are the product's own `run` command at its defaults: this
+//! binary starts itself as `ticket-bench worker-run …` (hidden), which hands
+//! the rest of its command line to the product's command line as
+//! `ticket-worker run …`, in a process of its own, measured from outside.
 //!
 //! A run, in order:
 //!
@@ -25,6 +34,7 @@ mod cases;
 mod ceiling;
 mod database;
 mod environment;
+mod error;
 mod events;
 mod ledger;
 mod load;
@@ -40,38 +50,87 @@ mod targets;
 mod vhost;
 mod watch;
 
-pub use args::BenchArgs;
-pub use cases::Case;
-
-use crate::broker::connect;
-use crate::commands::CommandError;
-use crate::commands::{LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
-use crate::config::{BrokerSettings, ConfigError, DatabaseSettings};
-use crate::events::TicketReady;
-use crate::shutdown::Shutdown;
-use crate::time::Later;
+use args::BenchArgs;
 use cases::Plan;
+use clap::Parser;
 use environment::{Environment, say};
 use phase::{Context, Running};
 use report::{Report, RunSettings};
 use secrecy::ExposeSecret;
+use std::process::ExitCode;
 use std::time::Duration;
+use ticket_worker::broker::connect;
+use ticket_worker::commands::CommandError;
+use ticket_worker::commands::{LOCAL_AMQP_URL, LOCAL_DATABASE_URL};
+use ticket_worker::config::{BrokerSettings, ConfigError, DatabaseSettings};
+use ticket_worker::events::TicketReady;
+use ticket_worker::observe::{self, LogFormat};
+use ticket_worker::shutdown::Shutdown;
+use ticket_worker::time::Later;
 use tokio::time::Instant;
 
 /// Messages the ceiling publishes at most per distinct body (it cycles).
 const CEILING_BODIES: usize = 1_000;
 
-pub async fn run(args: &BenchArgs) -> Result<(), CommandError> {
+/// The hidden first argument that makes this process a worker replica
+/// (`replicas.rs`): the rest of the command line goes to `ticket-worker run`.
+const WORKER_RUN: &str = "worker-run";
+
+/// Measure the worker: throughput, latency, CPU and commits per event, against a broker-only ceiling.
+#[derive(Parser)]
+#[command(name = "ticket-bench", version, about)]
+struct Cli {
+    /// Log format
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    bench: Box<BenchArgs>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let program = args.next();
+    let mut rest = args.peekable();
+    if rest.peek().is_some_and(|first| first == WORKER_RUN) {
+        rest.next();
+        return worker_run(rest).await;
+    }
+    let cli = Cli::parse_from(program.into_iter().chain(rest));
+    observe::init(cli.log_format, observe::QUIET_FILTER);
+    match run(&cli.bench).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ticket-bench: {}", observe::scrub(&error.to_string()));
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// A worker replica: the product's own command line, as `ticket-worker run
+/// <args>`, so the replica is exactly the product's `run` (its settings,
+/// logs, traces and exit codes), only started from this binary.
+async fn worker_run(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let command_line = ["ticket-worker", "run"]
+        .map(std::ffi::OsString::from)
+        .into_iter()
+        .chain(args);
+    ticket_worker::commands::Cli::parse_from(command_line)
+        .execute()
+        .await
+}
+
+async fn run(args: &BenchArgs) -> Result<(), CommandError> {
     let plan = Plan::from_args(args).map_err(|problem| ConfigError {
         setting: "--replicas",
         problem,
     })?;
     let broker = BrokerSettings::from_args(&args.broker, Some(LOCAL_AMQP_URL))?;
     let database = DatabaseSettings::from_args(&args.database, Some(LOCAL_DATABASE_URL))?;
-    crate::observe::register_url(broker.amqp_url.expose_secret());
-    crate::observe::register_url(database.url.expose_secret());
+    ticket_worker::observe::register_url(broker.amqp_url.expose_secret());
+    ticket_worker::observe::register_url(database.url.expose_secret());
     let delivery_limit = match args.worker_env.iter().find(|(k, _)| k == "DELIVERY_LIMIT") {
-        None => crate::broker::Topology::default().delivery_limit,
+        None => ticket_worker::broker::Topology::default().delivery_limit,
         Some((_, value)) => value.parse().map_err(|_| ConfigError {
             setting: "DELIVERY_LIMIT",
             problem: format!("--worker-env DELIVERY_LIMIT={value} is not a whole number"),
@@ -148,7 +207,7 @@ async fn measure(
         }
     ));
 
-    let connection = connect(&place.amqp_url, &format!("ticket-worker bench-{id}"))
+    let connection = connect(&place.amqp_url, &format!("ticket-bench-{id}"))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))?;
     let measured = async {
@@ -224,7 +283,7 @@ async fn measure(
                     .chain(
                         args.worker_env
                             .iter()
-                            .map(|(k, v)| crate::observe::scrub(&format!("{k}={v}"))),
+                            .map(|(k, v)| ticket_worker::observe::scrub(&format!("{k}={v}"))),
                     )
                     .collect(),
                 worker_bin: args.worker_bin.as_ref().map(|p| p.display().to_string()),

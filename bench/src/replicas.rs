@@ -1,5 +1,7 @@
-//! The worker replicas: separate processes of this same binary
-//! (`ticket-worker run`), started with the run's connection settings and
+//! The worker replicas: separate processes of this same binary, each the
+//! product's own `ticket-worker run` (`ticket-bench worker-run`, see
+//! `main.rs`), or of the `--worker-bin` given (`<it> run`), started with
+//! the run's connection settings and
 //! otherwise the worker's defaults. Every setting the worker reads is
 //! cleared from their environment (found by asking `RunArgs` itself, so
 //! settings added later are cleared too), so that a `CONCURRENCY` or
@@ -32,7 +34,8 @@ const LONGEST_LINE: usize = 2_000;
 pub struct WorkerEnv {
     pub clear: Vec<String>,
     pub set: Vec<(String, String)>,
-    /// The program to run (`--worker-bin`); `None`: this one.
+    /// The program to run (`--worker-bin`, as `<it> run`); `None`: this
+    /// one, as `ticket-bench worker-run`.
     pub program: Option<std::path::PathBuf>,
     /// `--replica-logs`: a folder for each replica's whole log.
     pub logs: Option<std::path::PathBuf>,
@@ -67,7 +70,7 @@ impl WorkerEnv {
 
 /// The name of every environment variable `ticket-worker run` reads.
 pub fn worker_settings() -> Vec<String> {
-    let command = crate::config::RunArgs::augment_args(clap::Command::new("run"));
+    let command = ticket_worker::config::RunArgs::augment_args(clap::Command::new("run"));
     let mut names: Vec<String> = command
         .get_arguments()
         .filter_map(|arg| arg.get_env())
@@ -138,14 +141,19 @@ pub struct Replica {
 impl Replica {
     /// Starts `ticket-worker run` as replica `number`.
     pub fn spawn(number: usize, env: &WorkerEnv) -> anyhow::Result<Replica> {
-        let program = match &env.program {
-            Some(program) => program.clone(),
-            None => std::env::current_exe().map_err(|e| {
-                anyhow::anyhow!("cannot find this program's own file to start worker replicas: {e}")
-            })?,
+        let (program, run) = match &env.program {
+            Some(program) => (program.clone(), "run"),
+            None => (
+                std::env::current_exe().map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot find this program's own file to start worker replicas: {e}"
+                    )
+                })?,
+                crate::WORKER_RUN,
+            ),
         };
         let mut command = Command::new(&program);
-        command.arg("run");
+        command.arg(run);
         for key in &env.clear {
             command.env_remove(key);
         }
@@ -158,7 +166,7 @@ impl Replica {
             .process_group(0);
         let mut child = command.spawn().map_err(|e| {
             anyhow::anyhow!(
-                "cannot start worker replica {number} ({} run): {e}",
+                "cannot start worker replica {number} ({} {run}): {e}",
                 program.display()
             )
         })?;
@@ -181,7 +189,7 @@ impl Replica {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(file) = file.as_mut() {
                     use std::io::Write as _;
-                    let _ = writeln!(file, "{}", crate::observe::scrub(&line));
+                    let _ = writeln!(file, "{}", ticket_worker::observe::scrub(&line));
                 }
                 lock(&into).take(&line);
             }
@@ -212,7 +220,7 @@ impl Replica {
         }
         log.tail
             .iter()
-            .map(|line| format!("    {}", crate::observe::scrub(line)))
+            .map(|line| format!("    {}", ticket_worker::observe::scrub(line)))
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -54,19 +54,6 @@ pub enum Case {
     Quota,
 }
 
-impl Case {
-    pub fn name(self) -> &'static str {
-        match self {
-            Case::Instant => "instant",
-            Case::Slow => "slow",
-            Case::Capacity => "capacity",
-            Case::Paced => "paced",
-            Case::Replicas => "replicas",
-            Case::Quota => "quota",
-        }
-    }
-}
-
 /// How the stand-in behaves in a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Upstream {

@@ -15,7 +15,7 @@ pub fn render(report: &Report) -> String {
     };
     let _ = writeln!(
         out,
-        "ticket-worker bench {}, case {}: {} core{}{}, {place}, database {}",
+        "ticket-bench {}, case {}: {} core{}{}, {place}, database {}",
         report.version,
         report.case,
         machine.cores,

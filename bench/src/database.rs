@@ -55,7 +55,7 @@ impl BenchDatabase {
         let name = BenchDatabase::name_for(id);
         let options = PgConnectOptions::from_str(admin_url.expose_secret())
             .context("DATABASE_URL is not a valid Postgres URL")?
-            .application_name("ticket-worker bench");
+            .application_name("ticket-bench");
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
@@ -79,19 +79,22 @@ impl BenchDatabase {
                 anyhow::anyhow!(
                     "cannot create the database {} on the DATABASE_URL server: {}; the DATABASE_URL user needs the CREATEDB privilege",
                     self.name,
-                    crate::storage::describe(&e)
+                    ticket_worker::storage::describe(&e)
                 )
             })?;
-        let store =
-            crate::storage::TicketStore::connect_lazy_with_reader_role(&self.url, 1, reader_role)
-                .context("the bench database's URL")?;
+        let store = ticket_worker::storage::TicketStore::connect_lazy_with_reader_role(
+            &self.url,
+            1,
+            reader_role,
+        )
+        .context("the bench database's URL")?;
         let migrated = store.migrate().await;
         store.pool().close().await;
         migrated.map_err(|e| {
             anyhow::anyhow!(
                 "applying the migrations to {} failed: {}",
                 self.name,
-                crate::storage::describe_migration(&e)
+                ticket_worker::storage::describe_migration(&e)
             )
         })
     }
@@ -110,7 +113,7 @@ impl BenchDatabase {
                     .map_err(|e| {
                         anyhow::anyhow!(
                             "cannot read pg_stat_activity: {}",
-                            crate::storage::describe(&e)
+                            ticket_worker::storage::describe(&e)
                         )
                     })?;
             if connected == 0 {
@@ -134,7 +137,7 @@ impl BenchDatabase {
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot read pg_stat_database: {}",
-                crate::storage::describe(&e)
+                ticket_worker::storage::describe(&e)
             )
         })?;
         Ok(Transactions { commits, rollbacks })
@@ -149,7 +152,7 @@ impl BenchDatabase {
                 anyhow::anyhow!(
                     "cannot connect to {}: {}",
                     self.name,
-                    crate::storage::describe(&e)
+                    ticket_worker::storage::describe(&e)
                 )
             })?;
         let rows = sqlx::query_scalar("SELECT count(*) FROM auth_tickets")
@@ -159,19 +162,21 @@ impl BenchDatabase {
         rows.map_err(|e| {
             anyhow::anyhow!(
                 "cannot count auth_tickets: {}",
-                crate::storage::describe(&e)
+                ticket_worker::storage::describe(&e)
             )
         })
     }
 
     /// Drops the database, ending its connections.
-    pub async fn drop_database(&self) -> Result<(), String> {
+    pub async fn drop_database(&self) -> Result<(), crate::error::CleanUpError> {
         let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         let dropped = sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&self.admin)
             .await
             .map(|_| ())
-            .map_err(|e| crate::storage::describe(&e));
+            .map_err(|e| {
+                crate::error::CleanUpError::Postgres(ticket_worker::storage::describe(&e))
+            });
         self.admin.close().await;
         dropped
     }

@@ -5,10 +5,10 @@
 //! event) and its arrival is written in the ledger.
 
 use super::ledger::{Answer, Ledger};
-use crate::broker::Topology;
 use futures_util::StreamExt;
 use lapin::Channel;
 use std::sync::Arc;
+use ticket_worker::broker::Topology;
 use tokio::task::JoinHandle;
 
 /// Starts consuming the ticket events of `topology` into `ledger`.
@@ -18,7 +18,7 @@ pub async fn watch(
     ledger: Arc<Ledger>,
 ) -> Result<JoinHandle<()>, lapin::Error> {
     let mut consumer =
-        crate::broker::tap::subscribe(channel, topology.ticket_exchange.as_str()).await?;
+        ticket_worker::broker::tap::subscribe(channel, topology.ticket_exchange.as_str()).await?;
     Ok(tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let answer = match delivery.routing_key.as_str() {

@@ -13,7 +13,6 @@
 
 use super::events::EventBody;
 use super::vhost::Place;
-use crate::broker::{connect, short};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{
@@ -27,6 +26,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use ticket_worker::broker::{connect, short};
 use tokio_util::sync::CancellationToken;
 
 /// Consuming tasks, each on a connection of its own with a consume and a
@@ -59,7 +59,7 @@ pub async fn measure(
     messages: usize,
     patience: Duration,
 ) -> anyhow::Result<Ceiling> {
-    let connection = connect(&place.amqp_url, "ticket-worker bench ceiling")
+    let connection = connect(&place.amqp_url, "ticket-bench ceiling")
         .await
         .map_err(|e| anyhow::anyhow!("the ceiling cannot connect to RabbitMQ: {e}"))?;
     let measured = tokio::time::timeout(patience, run(&connection, place, bodies, reply, messages))
@@ -91,7 +91,7 @@ async fn run(
     let all_done = CancellationToken::new();
     let mut connections = Vec::with_capacity(TASKS);
     for _ in 0..TASKS {
-        connections.push(connect(&place.amqp_url, "ticket-worker bench ceiling").await?);
+        connections.push(connect(&place.amqp_url, "ticket-bench ceiling").await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(TASKS);
@@ -166,7 +166,7 @@ async fn drain_sink(
 ) -> Result<tokio::task::JoinHandle<()>, lapin::Error> {
     let channel = connection.create_channel().await?;
     let mut consumer =
-        crate::broker::tap::subscribe(&channel, place.ceiling_replies.as_str()).await?;
+        ticket_worker::broker::tap::subscribe(&channel, place.ceiling_replies.as_str()).await?;
     Ok(tokio::spawn(async move {
         while let Some(Ok(_)) = consumer.next().await {}
         drop(channel);

@@ -22,9 +22,6 @@ use super::stats;
 use super::table::thousands;
 use super::vhost::Place;
 use super::watch;
-use crate::shutdown::Shutdown;
-use crate::taptalk::ServerKey;
-use crate::time::Later;
 use fake_taptalk::{FakeTaptalk, Knobs};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -33,6 +30,9 @@ use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use ticket_worker::shutdown::Shutdown;
+use ticket_worker::taptalk::ServerKey;
+use ticket_worker::time::Later;
 use tokio::time::Instant;
 
 /// How long replicas may take to start consuming.
@@ -106,7 +106,7 @@ pub async fn run(
 
     let secret = SecretString::from(uuid::Uuid::new_v4().simple().to_string());
     let key = ServerKey::new("bench-key", secret.clone());
-    crate::taptalk::register_with_logs(&key);
+    ticket_worker::taptalk::register_with_logs(&key);
     let knobs = Knobs {
         latency: phase.upstream.latency,
         latency_jitter: phase.upstream.jitter,
@@ -480,5 +480,5 @@ async fn unfinished(
             topology.dead_letter_queue
         ));
     }
-    crate::observe::scrub(&why)
+    ticket_worker::observe::scrub(&why)
 }
