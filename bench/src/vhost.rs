@@ -64,14 +64,7 @@ impl Place {
         let name = |rest: &str| format!("{prefix}.{rest}");
         Place {
             amqp_url: amqp_url.clone(),
-            topology: Topology {
-                login_exchange: name("logins"),
-                work_queue: name("logins.ticket-worker"),
-                dead_letter_exchange: name("logins.dlx"),
-                dead_letter_queue: name("logins.dead"),
-                ticket_exchange: name("tickets"),
-                delivery_limit,
-            },
+            topology: Topology::scoped(&format!("bench-{id}"), delivery_limit),
             ceiling_source: name("ceiling.source"),
             ceiling_replies: name("ceiling.replies"),
             isolation: Isolation::Names(format!("{prefix}.*")),
