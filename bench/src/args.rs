@@ -8,7 +8,7 @@ use ticket_worker::config::{BrokerArgs, DatabaseArgs};
 
 /// `ticket-bench`.
 #[derive(clap::Args, Clone)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// A preset reproducing one of the performance targets; flags override it
     #[arg(long, value_enum)]
     pub case: Option<Case>,

@@ -39,7 +39,7 @@ use std::time::Duration;
 /// A preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Case {
+pub(crate) enum Case {
     /// Target 1: an upstream that answers at once, a burst of 20,000
     Instant,
     /// Target 2: a 100 ms upstream, a burst of 10,000, against an instant-upstream reference
@@ -56,7 +56,7 @@ pub enum Case {
 
 /// How the stand-in behaves in a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     #[serde(rename = "latency_ms", serialize_with = "millis")]
     pub latency: Duration,
     #[serde(rename = "jitter_ms", serialize_with = "millis")]
@@ -75,7 +75,7 @@ impl Upstream {
 
     /// The most requests per second it can serve: capacity over the mean
     /// service time. `None` when unlimited.
-    pub fn bound_per_second(&self) -> Option<f64> {
+    pub(crate) fn bound_per_second(&self) -> Option<f64> {
         let capacity = self.capacity? as f64;
         let mean = self.latency.as_secs_f64() + self.jitter.as_secs_f64() / 2.0;
         (mean > 0.0).then(|| capacity / mean)
@@ -85,7 +85,7 @@ impl Upstream {
 /// How events are published in a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
-pub enum Load {
+pub(crate) enum Load {
     /// All at once.
     Burst { events: usize },
     /// At a fixed rate.
@@ -93,7 +93,7 @@ pub enum Load {
 }
 
 impl Load {
-    pub fn events(&self) -> usize {
+    pub(crate) fn events(&self) -> usize {
         match *self {
             Load::Burst { events } | Load::Rate { events, .. } => events,
         }
@@ -109,7 +109,7 @@ impl Load {
 
 /// One measured run of replicas against one stand-in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Phase {
+pub(crate) struct Phase {
     pub name: String,
     pub upstream: Upstream,
     pub load: Load,
@@ -119,7 +119,7 @@ pub struct Phase {
 /// A figure a target is about, and the bound it must meet.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Target {
+pub(crate) enum Target {
     /// The main phase's throughput over the broker-only ceiling.
     CeilingShare { at_least: f64 },
     /// Worker CPU microseconds per event.
@@ -156,7 +156,7 @@ pub enum Target {
 /// What a run does: its phases in order, which is the main one (compared
 /// with the ceiling), and what it must meet.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The case name, or `custom` without `--case`.
     pub case: &'static str,
     pub phases: Vec<Phase>,
@@ -181,7 +181,7 @@ const CAPACITY_UPSTREAM: Upstream = Upstream {
 
 impl Plan {
     /// The plan for `args`: the case's preset with the flags applied.
-    pub fn from_args(args: &BenchArgs) -> Result<Plan, String> {
+    pub(crate) fn from_args(args: &BenchArgs) -> Result<Plan, String> {
         let mut plan = match args.case {
             None => Plan::single(
                 "custom",
@@ -404,7 +404,7 @@ impl Plan {
 
 impl Target {
     /// What it asks, as the table shows it next to the figures.
-    pub fn wanted(&self) -> String {
+    pub(crate) fn wanted(&self) -> String {
         match *self {
             Target::CeilingShare { at_least } => {
                 format!("throughput ≥ {} of the ceiling", fraction(at_least))
@@ -453,7 +453,10 @@ fn fraction(value: f64) -> String {
     }
 }
 
-pub fn millis<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn millis<S: serde::Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(value.as_secs_f64() * 1000.0)
 }
 

@@ -39,7 +39,7 @@ const PRELOAD_WINDOW: usize = 4_096;
 
 /// What the ceiling came to.
 #[derive(Debug, Clone, Serialize)]
-pub struct Ceiling {
+pub(crate) struct Ceiling {
     pub messages: usize,
     pub seconds: f64,
     pub per_second: f64,
@@ -52,7 +52,7 @@ pub struct Ceiling {
 
 /// Measures the ceiling with `messages` messages like `bodies`, each
 /// answered with `reply`; gives up after `patience`.
-pub async fn measure(
+pub(crate) async fn measure(
     place: &Place,
     bodies: &[EventBody],
     reply: &[u8],

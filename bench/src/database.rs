@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 /// Transactions Postgres counted for the database.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Transactions {
+pub(crate) struct Transactions {
     pub commits: i64,
     pub rollbacks: i64,
 }
 
 impl Transactions {
-    pub fn since(self, earlier: Transactions) -> Transactions {
+    pub(crate) fn since(self, earlier: Transactions) -> Transactions {
         Transactions {
             commits: self.commits - earlier.commits,
             rollbacks: self.rollbacks - earlier.rollbacks,
@@ -37,7 +37,7 @@ impl Transactions {
 
 /// The database of one run, and a connection to the server's database
 /// `DATABASE_URL` names, to create, watch and drop it from.
-pub struct BenchDatabase {
+pub(crate) struct BenchDatabase {
     pub name: String,
     /// `DATABASE_URL` with the run's database in place of the configured one.
     pub url: SecretString,
@@ -46,12 +46,12 @@ pub struct BenchDatabase {
 
 impl BenchDatabase {
     /// The name for run `id`.
-    pub fn name_for(id: &str) -> String {
+    pub(crate) fn name_for(id: &str) -> String {
         format!("ticket_bench_{id}")
     }
 
     /// A handle on the server; creates nothing yet.
-    pub fn new(admin_url: &SecretString, id: &str) -> anyhow::Result<BenchDatabase> {
+    pub(crate) fn new(admin_url: &SecretString, id: &str) -> anyhow::Result<BenchDatabase> {
         let name = BenchDatabase::name_for(id);
         let options = PgConnectOptions::from_str(admin_url.expose_secret())
             .context("DATABASE_URL is not a valid Postgres URL")?
@@ -71,7 +71,7 @@ impl BenchDatabase {
     }
 
     /// Creates the database and applies the migrations.
-    pub async fn create(&self, reader_role: &str) -> anyhow::Result<()> {
+    pub(crate) async fn create(&self, reader_role: &str) -> anyhow::Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", self.name)))
             .execute(&self.admin)
             .await
@@ -102,7 +102,7 @@ impl BenchDatabase {
     /// Waits until no backend is connected to the database (so that every
     /// backend has flushed its statistics); `false` if some still are after
     /// `within`.
-    pub async fn settle(&self, within: Duration) -> anyhow::Result<bool> {
+    pub(crate) async fn settle(&self, within: Duration) -> anyhow::Result<bool> {
         let started = Instant::now();
         loop {
             let connected: i64 =
@@ -127,7 +127,7 @@ impl BenchDatabase {
     }
 
     /// What `pg_stat_database` counts for the database now.
-    pub async fn transactions(&self) -> anyhow::Result<Transactions> {
+    pub(crate) async fn transactions(&self) -> anyhow::Result<Transactions> {
         let (commits, rollbacks): (i64, i64) = sqlx::query_as(
             "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1",
         )
@@ -145,7 +145,7 @@ impl BenchDatabase {
 
     /// Rows in `auth_tickets` (one per event issued), on a connection of
     /// its own, closed again.
-    pub async fn tickets(&self) -> anyhow::Result<i64> {
+    pub(crate) async fn tickets(&self) -> anyhow::Result<i64> {
         let mut connection = PgConnection::connect(self.url.expose_secret())
             .await
             .map_err(|e| {
@@ -168,7 +168,7 @@ impl BenchDatabase {
     }
 
     /// Drops the database, ending its connections.
-    pub async fn drop_database(&self) -> Result<(), crate::error::CleanUpError> {
+    pub(crate) async fn drop_database(&self) -> Result<(), crate::error::CleanUpError> {
         let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         let dropped = sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&self.admin)

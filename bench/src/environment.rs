@@ -18,7 +18,7 @@ use ticket_worker::observe::redact_url;
 const CLEAN_UP_WITHIN: Duration = Duration::from_secs(30);
 
 /// What a run has made so far.
-pub struct Environment {
+pub(crate) struct Environment {
     /// 8 hex digits naming everything of the run.
     pub id: String,
     pub place: Option<Place>,
@@ -28,7 +28,7 @@ pub struct Environment {
 }
 
 impl Environment {
-    pub fn new() -> Environment {
+    pub(crate) fn new() -> Environment {
         let hex = uuid::Uuid::new_v4().simple().to_string();
         Environment {
             id: hex[..8].to_owned(),
@@ -40,7 +40,7 @@ impl Environment {
 
     /// Finds the run a place on RabbitMQ: a vhost of its own if it can,
     /// else names of its own. Says which on stderr.
-    pub async fn prepare_broker(
+    pub(crate) async fn prepare_broker(
         &mut self,
         broker: &BrokerSettings,
         delivery_limit: u32,
@@ -83,7 +83,7 @@ impl Environment {
     }
 
     /// Creates and migrates the run's database.
-    pub async fn prepare_database(
+    pub(crate) async fn prepare_database(
         &mut self,
         database: &DatabaseSettings,
     ) -> anyhow::Result<&BenchDatabase> {
@@ -96,7 +96,7 @@ impl Environment {
 
     /// Removes everything the run made; one line saying what went (and
     /// what did not, with how to remove it by hand), and whether all went.
-    pub async fn remove(&mut self) -> (String, bool) {
+    pub(crate) async fn remove(&mut self) -> (String, bool) {
         let mut removed = Vec::new();
         let mut failed = Vec::new();
         if let Some(name) = self.vhost.take() {
@@ -137,7 +137,7 @@ impl Environment {
     }
 
     /// The line for `--keep`: what stays, and how to remove it.
-    pub fn kept_line(&self) -> String {
+    pub(crate) fn kept_line(&self) -> String {
         let mut kept = Vec::new();
         if let Some(name) = &self.vhost {
             kept.push(format!("vhost {name} (rabbitmqctl delete_vhost {name})"));
@@ -192,6 +192,6 @@ async fn within<T>(step: impl Future<Output = Result<T, CleanUpError>>) -> Resul
         .unwrap_or(Err(CleanUpError::NoAnswer))
 }
 
-pub fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     eprintln!("bench: {}", ticket_worker::observe::scrub(line));
 }

@@ -8,7 +8,7 @@ use ticket_worker::broker::ConnectError;
 
 /// Why the run has no vhost of its own, or why one could not be deleted.
 #[derive(Debug, thiserror::Error)]
-pub enum VhostError {
+pub(crate) enum VhostError {
     #[error("AMQP_URL logs in without a user name to give permissions to")]
     NoUser,
     #[error("AMQP_URL is not a URL whose vhost can be replaced")]
@@ -37,7 +37,7 @@ pub enum VhostError {
 
 /// Why one step of the clean-up did not remove what it should have.
 #[derive(Debug, thiserror::Error)]
-pub enum CleanUpError {
+pub(crate) enum CleanUpError {
     #[error(transparent)]
     Vhost(#[from] VhostError),
     #[error("cannot connect: {0}")]

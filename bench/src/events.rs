@@ -15,7 +15,7 @@ const PLACEHOLDER: &str = "2000-01-01T00:00:00.000Z";
 
 /// One serialized login event.
 #[derive(Debug, Clone)]
-pub struct EventBody {
+pub(crate) struct EventBody {
     pub id: String,
     pub bytes: Vec<u8>,
     /// Where the `occurredAt` value starts in `bytes`.
@@ -24,7 +24,7 @@ pub struct EventBody {
 
 impl EventBody {
     /// Writes `at` (to the millisecond) as the event's `occurredAt`.
-    pub fn stamp(&mut self, at: DateTime<Utc>) {
+    pub(crate) fn stamp(&mut self, at: DateTime<Utc>) {
         let text = at.to_rfc3339_opts(SecondsFormat::Millis, true);
         if text.len() == PLACEHOLDER.len()
             && let Some(slot) = self
@@ -37,7 +37,7 @@ impl EventBody {
 }
 
 /// `count` events, and their ids mapped to their index.
-pub fn login_events(count: usize) -> (Vec<EventBody>, HashMap<String, usize>) {
+pub(crate) fn login_events(count: usize) -> (Vec<EventBody>, HashMap<String, usize>) {
     let mut rng = rand::rng();
     let users = (count / 3).max(1);
     let mut bodies = Vec::with_capacity(count);

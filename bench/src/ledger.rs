@@ -11,13 +11,13 @@ const NOT_YET: u64 = u64::MAX;
 
 /// How an event was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     Ready,
     Failed,
 }
 
 #[derive(Debug)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     origin: Instant,
     ids: HashMap<String, usize>,
     published: Vec<AtomicU64>,
@@ -37,7 +37,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(ids: HashMap<String, usize>) -> Ledger {
+    pub(crate) fn new(ids: HashMap<String, usize>) -> Ledger {
         let n = ids.len();
         let column = |_| AtomicU64::new(NOT_YET);
         Ledger {
@@ -56,16 +56,16 @@ impl Ledger {
         }
     }
 
-    pub fn events(&self) -> usize {
+    pub(crate) fn events(&self) -> usize {
         self.published.len()
     }
 
     /// Time since the phase's clock started.
-    pub fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         self.origin.elapsed()
     }
 
-    pub fn mark_published(&self, index: usize, at: Duration) {
+    pub(crate) fn mark_published(&self, index: usize, at: Duration) {
         if let Some(slot) = self.published.get(index) {
             slot.store(micros(at), Ordering::Release);
             self.published_count.fetch_add(1, Ordering::Relaxed);
@@ -73,7 +73,7 @@ impl Ledger {
     }
 
     /// Records the answer for the event of id `id`, arrived now.
-    pub fn mark_answered(&self, id: &str, answer: Answer) {
+    pub(crate) fn mark_answered(&self, id: &str, answer: Answer) {
         let at = micros(self.now());
         let Some(&index) = self.ids.get(id) else {
             self.strangers.fetch_add(1, Ordering::Relaxed);
@@ -97,13 +97,13 @@ impl Ledger {
         };
     }
 
-    pub fn answered_count(&self) -> usize {
+    pub(crate) fn answered_count(&self) -> usize {
         self.ready.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
     }
 
     /// Every answered event: (published, answered, answer), in µs since the
     /// clock started.
-    pub fn rows(&self) -> Vec<(u64, u64, Answer)> {
+    pub(crate) fn rows(&self) -> Vec<(u64, u64, Answer)> {
         (0..self.events())
             .filter_map(|i| {
                 let published = self.published[i].load(Ordering::Acquire);
@@ -120,7 +120,7 @@ impl Ledger {
     }
 
     /// The time of the first publish, in µs since the clock started.
-    pub fn first_published(&self) -> Option<u64> {
+    pub(crate) fn first_published(&self) -> Option<u64> {
         self.published
             .iter()
             .map(|p| p.load(Ordering::Acquire))
@@ -130,7 +130,7 @@ impl Ledger {
 
     /// Ids of the events not answered (at most `limit` of them), and how
     /// many there are in all.
-    pub fn missing(&self, limit: usize) -> (Vec<&str>, usize) {
+    pub(crate) fn missing(&self, limit: usize) -> (Vec<&str>, usize) {
         let mut by_index: Vec<(&str, usize)> = self
             .ids
             .iter()

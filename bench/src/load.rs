@@ -23,7 +23,7 @@ const WINDOW: usize = 16_384;
 
 /// Publishes every body to `exchange` as `load` says; the ledger records
 /// each publish and each confirm. Ends when every confirm is in.
-pub async fn publish(
+pub(crate) async fn publish(
     channel: Channel,
     exchange: String,
     mut bodies: Vec<EventBody>,

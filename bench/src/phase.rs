@@ -39,12 +39,12 @@ use tokio::time::Instant;
 const START_WITHIN: Duration = Duration::from_secs(60);
 /// How long a replica may take to stop after SIGTERM: the worker's default
 /// `SHUTDOWN_GRACE` (20 s) plus its 10 s to close the connection, and some.
-pub const STOP_WITHIN: Duration = Duration::from_secs(35);
+pub(crate) const STOP_WITHIN: Duration = Duration::from_secs(35);
 /// How long to wait for the database's backends to leave.
 const SETTLE_WITHIN: Duration = Duration::from_secs(15);
 
 /// What every phase of a run shares.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub id: &'a str,
     pub place: &'a Place,
     pub database: &'a BenchDatabase,
@@ -68,7 +68,7 @@ pub struct Context<'a> {
 
 /// What a phase has running; the caller stops it whatever happens.
 #[derive(Default)]
-pub struct Running {
+pub(crate) struct Running {
     pub replicas: Vec<Replica>,
     pub fake: Option<FakeTaptalk>,
 }
@@ -76,7 +76,7 @@ pub struct Running {
 impl Running {
     /// Stops the replicas (SIGTERM, then a kill after `patience`) and the
     /// stand-in. Returns the numbers of the replicas that were killed.
-    pub async fn stop(&mut self, patience: Duration) -> Vec<usize> {
+    pub(crate) async fn stop(&mut self, patience: Duration) -> Vec<usize> {
         let killed = replicas::stop_all(&mut self.replicas, patience).await;
         if let Some(fake) = self.fake.take() {
             fake.stop();
@@ -96,7 +96,7 @@ enum End {
 
 /// Runs `phase`; what it started is in `running` until it is stopped here
 /// (or, should this fail, by the caller).
-pub async fn run(
+pub(crate) async fn run(
     ctx: &Context<'_>,
     phase: &Phase,
     running: &mut Running,

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub peak_rss_kib: u64,
     pub cpu: Duration,
 }
 
 /// Reads `/proc/<pid>`; `None` once the process is gone.
-pub fn sample(pid: u32, ticks_per_second: u64) -> Option<Sample> {
+pub(crate) fn sample(pid: u32, ticks_per_second: u64) -> Option<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     Some(Sample {
@@ -24,7 +24,7 @@ pub fn sample(pid: u32, ticks_per_second: u64) -> Option<Sample> {
 }
 
 /// `VmHWM:     28332 kB` → 28332.
-pub fn vm_hwm_kib(status: &str) -> Option<u64> {
+pub(crate) fn vm_hwm_kib(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
@@ -32,7 +32,7 @@ pub fn vm_hwm_kib(status: &str) -> Option<u64> {
 /// `utime` + `stime` (fields 14 and 15 of `/proc/<pid>/stat`), counted after
 /// the command name, which is in parentheses and may hold spaces and
 /// parentheses itself.
-pub fn cpu_time(stat: &str, ticks_per_second: u64) -> Option<Duration> {
+pub(crate) fn cpu_time(stat: &str, ticks_per_second: u64) -> Option<Duration> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     // After the name: field 3 (state) is the first.
     let fields: Vec<&str> = after_name.split_whitespace().collect();
@@ -45,7 +45,7 @@ pub fn cpu_time(stat: &str, ticks_per_second: u64) -> Option<Duration> {
 
 /// Clock ticks per second (`getconf CLK_TCK`); Linux reports 100 on every
 /// common platform, which is the fallback.
-pub fn ticks_per_second() -> u64 {
+pub(crate) fn ticks_per_second() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -58,7 +58,7 @@ pub fn ticks_per_second() -> u64 {
 
 /// The machine the run was on.
 #[derive(Debug, Clone, Serialize)]
-pub struct Machine {
+pub(crate) struct Machine {
     pub cores: usize,
     pub cpu_model: Option<String>,
     pub kernel: Option<String>,
@@ -66,7 +66,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn this() -> Machine {
+    pub(crate) fn this() -> Machine {
         let read = |path: &str| std::fs::read_to_string(path).ok();
         Machine {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

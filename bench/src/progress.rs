@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use ticket_worker::time::Later;
 
-pub struct Progress {
+pub(crate) struct Progress {
     terminal: bool,
     /// When the rate was last taken, and the answers then.
     last: Option<(Duration, usize)>,
@@ -19,7 +19,7 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new() -> Progress {
+    pub(crate) fn new() -> Progress {
         Progress {
             terminal: std::io::stderr().is_terminal(),
             last: None,
@@ -29,7 +29,7 @@ impl Progress {
     }
 
     /// Writes the line for `ledger` now.
-    pub fn show(&mut self, phase: &str, ledger: &Ledger) {
+    pub(crate) fn show(&mut self, phase: &str, ledger: &Ledger) {
         let now = ledger.now();
         let answered = ledger.answered_count();
         // The answers per second since the last line, taken over at least
@@ -66,7 +66,7 @@ impl Progress {
     }
 
     /// Ends the rewritten line.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if self.terminal && self.written {
             eprintln!();
         }

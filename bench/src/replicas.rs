@@ -31,7 +31,7 @@ const LONGEST_LINE: usize = 2_000;
 /// The environment of every replica: what to clear, then what to set. It
 /// holds secrets (the URLs, the key secret), so it has no `Debug`.
 #[derive(Clone, Default)]
-pub struct WorkerEnv {
+pub(crate) struct WorkerEnv {
     pub clear: Vec<String>,
     pub set: Vec<(String, String)>,
     /// The program to run (`--worker-bin`, as `<it> run`); `None`: this
@@ -44,7 +44,7 @@ pub struct WorkerEnv {
 impl WorkerEnv {
     /// `ours` (connection settings, keys, …) over the worker's defaults,
     /// then `overrides` (`--worker-env`) over both.
-    pub fn new(ours: Vec<(String, String)>, overrides: &[(String, String)]) -> WorkerEnv {
+    pub(crate) fn new(ours: Vec<(String, String)>, overrides: &[(String, String)]) -> WorkerEnv {
         let mut set = ours;
         for (key, value) in overrides {
             set.retain(|(k, _)| k != key);
@@ -69,7 +69,7 @@ impl WorkerEnv {
 }
 
 /// The name of every environment variable `ticket-worker run` reads.
-pub fn worker_settings() -> Vec<String> {
+pub(crate) fn worker_settings() -> Vec<String> {
     let command = ticket_worker::config::RunArgs::augment_args(clap::Command::new("run"));
     let mut names: Vec<String> = command
         .get_arguments()
@@ -82,7 +82,7 @@ pub fn worker_settings() -> Vec<String> {
 
 /// What a replica's log said that the report wants.
 #[derive(Debug, Clone, Default)]
-pub struct ReplicaLog {
+pub(crate) struct ReplicaLog {
     pub tail: VecDeque<String>,
     /// The adaptive concurrency limit, as last reported and at its highest.
     pub limit_last: Option<f64>,
@@ -108,7 +108,7 @@ impl ReplicaLog {
 
 /// The `limit` of a `TapTalk concurrency limit changed` line from the
 /// worker (`ticket_worker::…`), in either layout of the JSON formatter.
-pub fn limit_of(line: &str) -> Option<f64> {
+pub(crate) fn limit_of(line: &str) -> Option<f64> {
     if !line.contains("concurrency limit changed") {
         return None;
     }
@@ -129,7 +129,7 @@ pub fn limit_of(line: &str) -> Option<f64> {
 }
 
 /// One running replica.
-pub struct Replica {
+pub(crate) struct Replica {
     /// 1-based, as the report numbers them.
     pub number: usize,
     pub pid: u32,
@@ -140,7 +140,7 @@ pub struct Replica {
 
 impl Replica {
     /// Starts `ticket-worker run` as replica `number`.
-    pub fn spawn(number: usize, env: &WorkerEnv) -> anyhow::Result<Replica> {
+    pub(crate) fn spawn(number: usize, env: &WorkerEnv) -> anyhow::Result<Replica> {
         let (program, run) = match &env.program {
             Some(program) => (program.clone(), "run"),
             None => (
@@ -204,16 +204,16 @@ impl Replica {
     }
 
     /// The exit status, if it has exited.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
-    pub fn log(&self) -> ReplicaLog {
+    pub(crate) fn log(&self) -> ReplicaLog {
         lock(&self.log).clone()
     }
 
     /// Its last log lines, scrubbed, indented for an error message.
-    pub fn tail_text(&self) -> String {
+    pub(crate) fn tail_text(&self) -> String {
         let log = self.log();
         if log.tail.is_empty() {
             return "    (it wrote nothing)".into();
@@ -226,7 +226,7 @@ impl Replica {
     }
 
     /// Asks it to stop (SIGTERM), as an orchestrator would.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         if self.pid > 0 {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &self.pid.to_string()])
@@ -238,7 +238,7 @@ impl Replica {
 
     /// Waits for it to exit, killing it after `patience`. `true` if it
     /// stopped by itself.
-    pub async fn wait(&mut self, patience: Duration) -> bool {
+    pub(crate) async fn wait(&mut self, patience: Duration) -> bool {
         let stopped = tokio::time::timeout(patience, self.child.wait()).await;
         let by_itself = matches!(stopped, Ok(Ok(_)));
         if !by_itself {
@@ -252,7 +252,7 @@ impl Replica {
 
 /// Stops every replica: SIGTERM to all, then waits for each (killing it
 /// after `patience`). Returns the numbers of those that had to be killed.
-pub async fn stop_all(replicas: &mut [Replica], patience: Duration) -> Vec<usize> {
+pub(crate) async fn stop_all(replicas: &mut [Replica], patience: Duration) -> Vec<usize> {
     for replica in replicas.iter() {
         replica.terminate();
     }

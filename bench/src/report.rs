@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub case: &'static str,
     pub version: &'static str,
     /// When the run started (UTC, RFC 3339).
@@ -26,7 +26,7 @@ pub struct Report {
 
 /// How the run was made.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunSettings {
+pub(crate) struct RunSettings {
     pub plan: Plan,
     pub isolation: Isolation,
     pub database: String,
@@ -38,7 +38,7 @@ pub struct RunSettings {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct PhaseReport {
+pub(crate) struct PhaseReport {
     pub name: String,
     pub settings: Phase,
     pub published: usize,
@@ -75,7 +75,7 @@ pub struct PhaseReport {
 
 /// What the stand-in saw.
 #[derive(Debug, Clone, Serialize)]
-pub struct UpstreamReport {
+pub(crate) struct UpstreamReport {
     pub requests: u64,
     pub issued: u64,
     /// Answered 503 at once, the line being full.
@@ -91,7 +91,7 @@ pub struct UpstreamReport {
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct InUpstream {
+pub(crate) struct InUpstream {
     pub timed: u64,
     pub p50: f64,
     pub p90: f64,
@@ -101,7 +101,7 @@ pub struct InUpstream {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ReplicaReport {
+pub(crate) struct ReplicaReport {
     pub number: usize,
     pub pid: u32,
     /// `VmHWM`, at the end of the phase.
@@ -117,7 +117,7 @@ pub struct ReplicaReport {
 
 /// `pg_stat_database` of the run's database, during the phase.
 #[derive(Debug, Clone, Serialize)]
-pub struct PostgresReport {
+pub(crate) struct PostgresReport {
     pub commits: i64,
     pub rollbacks: i64,
     /// (commits + rollbacks) over `answered`.
@@ -130,7 +130,7 @@ pub struct PostgresReport {
 /// One target, what was measured, and whether it holds (`None`: the run
 /// has nothing to judge it by, e.g. `--no-ceiling`).
 #[derive(Debug, Clone, Serialize)]
-pub struct TargetResult {
+pub(crate) struct TargetResult {
     pub wanted: String,
     pub target: Target,
     pub measured: Option<String>,
@@ -140,7 +140,7 @@ pub struct TargetResult {
 
 impl Report {
     /// Writes the JSON report to `path`, `-` for stdout.
-    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+    pub(crate) fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(self)?;
         if path.as_os_str() == "-" {
             let mut out = std::io::stdout().lock();
@@ -155,7 +155,7 @@ impl Report {
 /// A small report of one instant-upstream phase, for the tests of the
 /// table, the plot and the targets.
 #[cfg(test)]
-pub fn example() -> Report {
+pub(crate) fn example() -> Report {
     use super::cases::{Load, Upstream};
     use super::stats::Percentiles;
     use std::time::Duration;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 /// Percentiles of a set of durations, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     pub count: usize,
     pub p50_ms: f64,
     pub p95_ms: f64,
@@ -19,7 +19,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// From microsecond values (sorted here).
-    pub fn of_micros(mut values: Vec<u64>) -> Percentiles {
+    pub(crate) fn of_micros(mut values: Vec<u64>) -> Percentiles {
         values.sort_unstable();
         let ms = |us: u64| us as f64 / 1000.0;
         let sum: u128 = values.iter().map(|v| u128::from(*v)).sum();
@@ -40,7 +40,7 @@ impl Percentiles {
 
 /// The nearest-rank percentile of sorted values: the smallest value with
 /// at least `quantile` of all values at or below it; 0 for none.
-pub fn nearest_rank(sorted: &[u64], quantile: f64) -> u64 {
+pub(crate) fn nearest_rank(sorted: &[u64], quantile: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -50,7 +50,7 @@ pub fn nearest_rank(sorted: &[u64], quantile: f64) -> u64 {
 
 /// One second of a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Second {
+pub(crate) struct Second {
     /// Seconds since the first publish (this bucket is [at, at + 1)).
     pub at: u64,
     /// `ticket.ready` events that arrived in it.
@@ -63,7 +63,7 @@ pub struct Second {
 
 /// What the ledger's rows come to.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Flow {
+pub(crate) struct Flow {
     /// From the first publish to the last answer, in seconds.
     pub seconds: f64,
     /// Answered events over `seconds`.
@@ -73,7 +73,7 @@ pub struct Flow {
 }
 
 /// From (published, answered, answer) rows in µs, and the first publish.
-pub fn flow(rows: &[(u64, u64, Answer)], first_published: u64) -> Flow {
+pub(crate) fn flow(rows: &[(u64, u64, Answer)], first_published: u64) -> Flow {
     let last = rows.iter().map(|r| r.1).max().unwrap_or(first_published);
     let seconds = last.saturating_sub(first_published) as f64 / 1e6;
     let ready_latencies: Vec<u64> = rows

@@ -19,7 +19,7 @@ const BOTTOM: f64 = 45.0;
 const HEADER: f64 = 40.0;
 
 /// The SVG document for `report`.
-pub fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let height = HEADER + PANEL * report.phases.len().max(1) as f64;
     let mut svg = String::new();
     let _ = writeln!(
@@ -185,7 +185,7 @@ fn legend(svg: &mut String, x: f64, y: f64) {
 }
 
 /// The smallest 1, 2 or 5 × 10ⁿ at or above `value` (1 for nothing).
-pub fn nice(value: f64) -> f64 {
+pub(crate) fn nice(value: f64) -> f64 {
     if !value.is_finite() || value <= 0.0 {
         return 1.0;
     }
@@ -198,7 +198,7 @@ pub fn nice(value: f64) -> f64 {
 }
 
 /// Text for XML content and attribute values.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

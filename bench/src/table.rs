@@ -6,7 +6,7 @@ use super::report::{PhaseReport, Report};
 use std::fmt::Write as _;
 
 /// The whole table as text.
-pub fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let mut out = String::new();
     let machine = &report.machine;
     let place = match &report.settings.isolation {
@@ -231,7 +231,7 @@ fn ms(value: f64) -> String {
 }
 
 /// 12345.6 → "12,346".
-pub fn thousands(value: f64) -> String {
+pub(crate) fn thousands(value: f64) -> String {
     let rounded = value.round();
     if !rounded.is_finite() {
         return "n/a".into();

@@ -6,7 +6,7 @@ use super::cases::Target;
 use super::report::{PhaseReport, Report, TargetResult};
 
 /// Every target of the plan, judged.
-pub fn judge(report: &Report) -> Vec<TargetResult> {
+pub(crate) fn judge(report: &Report) -> Vec<TargetResult> {
     let plan = &report.settings.plan;
     plan.targets
         .iter()

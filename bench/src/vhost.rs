@@ -20,7 +20,7 @@ const RABBITMQCTL_WITHIN: Duration = Duration::from_secs(30);
 /// How the run is kept apart on the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "name", rename_all = "lowercase")]
-pub enum Isolation {
+pub(crate) enum Isolation {
     /// A vhost of its own.
     Vhost(String),
     /// Names of its own (this prefix) in the configured vhost.
@@ -29,7 +29,7 @@ pub enum Isolation {
 
 /// The names a run uses on the broker.
 #[derive(Debug, Clone)]
-pub struct Place {
+pub(crate) struct Place {
     /// `AMQP_URL`, with the run's vhost when it has one.
     pub amqp_url: SecretString,
     pub isolation: Isolation,
@@ -59,7 +59,7 @@ impl Place {
     }
 
     /// Names of run `id`'s own in the configured vhost.
-    pub fn with_names(amqp_url: &SecretString, id: &str, delivery_limit: u32) -> Place {
+    pub(crate) fn with_names(amqp_url: &SecretString, id: &str, delivery_limit: u32) -> Place {
         let prefix = format!("taptalk.bench-{id}");
         let name = |rest: &str| format!("{prefix}.{rest}");
         Place {
@@ -73,7 +73,7 @@ impl Place {
 
     /// The topology settings to give the workers (none in a vhost of its
     /// own, where the defaults are the run's).
-    pub fn topology_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn topology_env(&self) -> Vec<(String, String)> {
         if matches!(self.isolation, Isolation::Vhost(_)) {
             return Vec::new();
         }
@@ -94,7 +94,7 @@ impl Place {
 /// Makes the vhost `bench-<id>` for `user` and checks that `amqp_url`'s
 /// broker opens it. `Err` says why not (the caller falls back to names);
 /// `made` is set as soon as `add_vhost` may have made it, for the clean-up.
-pub async fn make_vhost(
+pub(crate) async fn make_vhost(
     amqp_url: &SecretString,
     user: Option<&str>,
     id: &str,
@@ -124,7 +124,7 @@ pub async fn make_vhost(
 }
 
 /// Deletes the vhost (with everything in it).
-pub async fn delete_vhost(name: &str) -> Result<(), VhostError> {
+pub(crate) async fn delete_vhost(name: &str) -> Result<(), VhostError> {
     rabbitmqctl(&["delete_vhost", name]).await
 }
 

@@ -12,7 +12,7 @@ use ticket_worker::broker::Topology;
 use tokio::task::JoinHandle;
 
 /// Starts consuming the ticket events of `topology` into `ledger`.
-pub async fn watch(
+pub(crate) async fn watch(
     channel: &Channel,
     topology: &Topology,
     ledger: Arc<Ledger>,

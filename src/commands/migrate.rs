@@ -4,7 +4,7 @@ use super::{CommandError, secrets};
 use crate::config::{DatabaseArgs, DatabaseSettings};
 use crate::storage::TicketStore;
 
-pub async fn run(args: &DatabaseArgs) -> Result<(), CommandError> {
+pub(super) async fn run(args: &DatabaseArgs) -> Result<(), CommandError> {
     let database = DatabaseSettings::from_args(args, None)?;
     secrets::register_database(&database);
     if database.pooling == crate::storage::Pooling::Transaction {

@@ -6,7 +6,7 @@ use crate::shutdown::Shutdown;
 use crate::startup::Application;
 use secrecy::ExposeSecret;
 
-pub async fn run(args: &RunArgs) -> Result<(), CommandError> {
+pub(super) async fn run(args: &RunArgs) -> Result<(), CommandError> {
     let settings = Settings::from_args(args)?;
     secrets::register_broker(&settings.broker);
     secrets::register_database(&settings.database);

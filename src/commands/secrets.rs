@@ -6,11 +6,11 @@ use crate::observe;
 use secrecy::ExposeSecret;
 
 /// The password in `AMQP_URL`, in every spelling the redactor knows.
-pub fn register_broker(broker: &BrokerSettings) {
+pub(super) fn register_broker(broker: &BrokerSettings) {
     observe::register_url(broker.amqp_url.expose_secret());
 }
 
 /// The password in `DATABASE_URL`.
-pub fn register_database(database: &DatabaseSettings) {
+pub(super) fn register_database(database: &DatabaseSettings) {
     observe::register_url(database.url.expose_secret());
 }

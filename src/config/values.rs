@@ -45,7 +45,7 @@ pub(super) fn secret(
 }
 
 /// The most a secret file may hold: far more than any URL or key.
-pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+pub(super) const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// Reads a `*_FILE` secret: a regular file (not a device, a pipe or a
 /// directory: `/dev/zero` would be read until memory ran out) of at most

@@ -33,10 +33,10 @@ use tokio::sync::oneshot;
 /// The longest one batch may run, its connection's acquiring included; and
 /// the longest a caller waits for its answer (queued behind other batches
 /// too, so somewhat longer).
-pub const BATCH_DEADLINE: Duration = Duration::from_secs(25);
+pub(super) const BATCH_DEADLINE: Duration = Duration::from_secs(25);
 
 /// One batch's statement: answers in the order of the requests.
-pub type BatchFuture<Resp> =
+pub(super) type BatchFuture<Resp> =
     Pin<Box<dyn Future<Output = Result<Vec<Result<Resp, StoreError>>, StoreError>> + Send>>;
 
 type Run<Req, Resp> = Arc<dyn Fn(Vec<Req>) -> BatchFuture<Resp> + Send + Sync>;
@@ -44,7 +44,7 @@ type Run<Req, Resp> = Arc<dyn Fn(Vec<Req>) -> BatchFuture<Resp> + Send + Sync>;
 type Reply<Resp> = oneshot::Sender<Result<Resp, StoreError>>;
 
 /// Folds requests into batches. Cheap to clone.
-pub struct Batcher<Req, Resp> {
+pub(super) struct Batcher<Req, Resp> {
     shared: Arc<Shared<Req, Resp>>,
     run: Run<Req, Resp>,
     max_batch: usize,
@@ -91,7 +91,7 @@ where
 {
     /// Batches of at most `max_batch` requests, at most `parallel` of them
     /// running at once, each run by `run`.
-    pub fn new(
+    pub(super) fn new(
         max_batch: usize,
         parallel: usize,
         run: impl Fn(Vec<Req>) -> BatchFuture<Resp> + Send + Sync + 'static,
@@ -112,7 +112,7 @@ where
 
     /// The same, with a runner waiting up to `linger` for more requests
     /// while fewer than a quarter of `max_batch` are queued.
-    pub fn lingering(mut self, linger: Duration) -> Batcher<Req, Resp> {
+    pub(super) fn lingering(mut self, linger: Duration) -> Batcher<Req, Resp> {
         self.linger = linger;
         self
     }
@@ -123,7 +123,7 @@ where
     }
 
     /// Queues `request` and waits for its answer.
-    pub async fn call(&self, request: Req) -> Result<Resp, StoreError> {
+    pub(super) async fn call(&self, request: Req) -> Result<Resp, StoreError> {
         let (reply, answer) = oneshot::channel();
         let start_runner = {
             let mut state = self.lock();

@@ -16,10 +16,10 @@ use std::time::Duration;
 /// Batches grow with what is in flight, and bigger batches cost Postgres and
 /// the broker less per event: the benchmark's instant-upstream burst ran at
 /// ~2,000 events/s with a prefetch of ~250 and ~3,500/s with ~1,000.
-pub const FLOOR: usize = 1024;
+pub(super) const FLOOR: usize = 1024;
 
 /// The least time between two changes of the prefetch.
-pub const SETTLE: Duration = Duration::from_secs(1);
+pub(super) const SETTLE: Duration = Duration::from_secs(1);
 
 /// `PREFETCH`: `auto` or a number of messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

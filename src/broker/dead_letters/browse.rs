@@ -21,10 +21,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// Longest wait for the queue to count what was given back.
-pub const SETTLE_WITHIN: Duration = Duration::from_secs(5);
+pub(super) const SETTLE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Longest wait for RabbitMQ's answer to one step (a `basic.get`, an ack).
-pub const STEP_WITHIN: Duration = Duration::from_secs(30);
+pub(super) const STEP_WITHIN: Duration = Duration::from_secs(30);
 
 /// Why reading the queue failed.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ pub struct ListArgs {
     pub broker: BrokerArgs,
 }
 
-pub async fn run(args: &ListArgs) -> Result<(), CommandError> {
+pub(super) async fn run(args: &ListArgs) -> Result<(), CommandError> {
     let broker = BrokerSettings::from_args(&args.broker, None)?;
     secrets::register_broker(&broker);
     let listing = list(&broker, args.samples).await?;

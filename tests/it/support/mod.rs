@@ -5,8 +5,8 @@
 //! `TEST_AMQP_URL` and `TEST_DATABASE_URL` point elsewhere than the local
 //! defaults; `TEST_LOG=1` shows the worker's logs.
 
-pub mod private;
-pub mod raw_amqp;
+pub(crate) mod private;
+pub(crate) mod raw_amqp;
 
 use fake_taptalk::{FakeTaptalk, Knobs};
 use futures_util::StreamExt;
@@ -35,22 +35,22 @@ use ticket_worker::startup::Application;
 use ticket_worker::taptalk::ServerKey;
 use tokio::task::JoinHandle;
 
-pub fn amqp_url() -> String {
+pub(crate) fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-pub fn admin_database_url() -> String {
+pub(crate) fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A short unique suffix for names.
-pub fn unique() -> String {
+pub(crate) fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-pub fn init_logs() {
+pub(crate) fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
@@ -63,7 +63,7 @@ pub fn init_logs() {
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -84,7 +84,7 @@ where
 // ---------------------------------------------------------------- Postgres
 
 /// A fresh database, dropped (with its connections) when this is dropped.
-pub struct TestDb {
+pub(crate) struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
@@ -93,13 +93,13 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    pub async fn create() -> TestDb {
+    pub(crate) async fn create() -> TestDb {
         TestDb::create_at(&admin_database_url()).await
     }
 
     /// A fresh database on the server of `admin` (a URL to any database
     /// there: a private server's, say).
-    pub async fn create_at(admin: &str) -> TestDb {
+    pub(crate) async fn create_at(admin: &str) -> TestDb {
         let name = format!("tw_test_{}", unique());
         let admin = admin.to_owned();
         let mut connection = PgConnection::connect(&admin)
@@ -125,7 +125,7 @@ impl TestDb {
     }
 
     /// A database with the migrations applied.
-    pub async fn migrated() -> TestDb {
+    pub(crate) async fn migrated() -> TestDb {
         let db = TestDb::create().await;
         ticket_worker::storage::MIGRATOR
             .run(&db.pool)
@@ -134,7 +134,7 @@ impl TestDb {
         db
     }
 
-    pub async fn count(&self) -> i64 {
+    pub(crate) async fn count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM auth_tickets")
             .fetch_one(&self.pool)
             .await
@@ -142,7 +142,7 @@ impl TestDb {
     }
 
     /// Kills every server process connected to this database except ours.
-    pub async fn terminate_backends(&self) -> i64 {
+    pub(crate) async fn terminate_backends(&self) -> i64 {
         sqlx::query_scalar(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
              WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -164,16 +164,16 @@ impl Drop for TestDb {
 
 /// Drops the database of this name when dropped (for databases a test
 /// creates itself, rather than through [`TestDb`]).
-pub struct DropDatabase(pub String, Option<String>);
+pub(crate) struct DropDatabase(pub String, Option<String>);
 
 impl DropDatabase {
     /// The database `name` of the shared server.
-    pub fn named(name: &str) -> DropDatabase {
+    pub(crate) fn named(name: &str) -> DropDatabase {
         DropDatabase(name.to_owned(), None)
     }
 
     /// The database `name` on the server of `admin`.
-    pub fn at(admin: &str, name: &str) -> DropDatabase {
+    pub(crate) fn at(admin: &str, name: &str) -> DropDatabase {
         DropDatabase(name.to_owned(), Some(admin.to_owned()))
     }
 }
@@ -221,14 +221,14 @@ fn database_url_for(admin: &str, database: &str) -> String {
 /// only then drops them. Databases dropped before that (a [`TestDb`] dropped
 /// first) take their records with them.
 #[derive(Default)]
-pub struct TestRoles {
+pub(crate) struct TestRoles {
     names: Vec<String>,
 }
 
 impl TestRoles {
     /// A fresh role name starting with `prefix`, registered for clean-up
     /// before anything creates the role (a test may fail right after).
-    pub fn name(&mut self, prefix: &str) -> String {
+    pub(crate) fn name(&mut self, prefix: &str) -> String {
         let name = format!("{prefix}_{}", unique());
         self.names.push(name.clone());
         name
@@ -237,7 +237,7 @@ impl TestRoles {
     /// Creates a LOGIN role with a password, member of `member_of`, and
     /// returns a URL that connects as it to `db` over the same host and port
     /// as the test's own connections.
-    pub async fn create_login(&mut self, db: &TestDb, member_of: &str) -> String {
+    pub(crate) async fn create_login(&mut self, db: &TestDb, member_of: &str) -> String {
         let name = self.name("tw_login");
         let password = unique();
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -305,7 +305,7 @@ impl Drop for TestRoles {
 }
 
 /// `url` with another user and password.
-pub fn url_as(url: &str, user: &str, password: &str) -> String {
+pub(crate) fn url_as(url: &str, user: &str, password: &str) -> String {
     let mut url = url::Url::parse(url).expect("a database URL");
     let _ = url.set_username(user);
     let _ = url.set_password(Some(password));
@@ -315,7 +315,7 @@ pub fn url_as(url: &str, user: &str, password: &str) -> String {
 // ---------------------------------------------------------------- RabbitMQ
 
 /// Topology names of this test's own, declared, and deleted on drop.
-pub struct TestBroker {
+pub(crate) struct TestBroker {
     /// The broker it is on (the shared one, unless [`TestBroker::at`]).
     pub url: String,
     pub topology: Topology,
@@ -328,16 +328,16 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
-    pub async fn new() -> TestBroker {
+    pub(crate) async fn new() -> TestBroker {
         TestBroker::with_delivery_limit(20).await
     }
 
-    pub async fn with_delivery_limit(delivery_limit: u32) -> TestBroker {
+    pub(crate) async fn with_delivery_limit(delivery_limit: u32) -> TestBroker {
         TestBroker::at(&amqp_url(), delivery_limit).await
     }
 
     /// Names of this test's own on the broker at `url` (a private one, say).
-    pub async fn at(url: &str, delivery_limit: u32) -> TestBroker {
+    pub(crate) async fn at(url: &str, delivery_limit: u32) -> TestBroker {
         let id = unique();
         let topology = Topology {
             login_exchange: format!("test.{id}.logins"),
@@ -374,7 +374,7 @@ impl TestBroker {
     }
 
     /// Publishes raw bytes to the login exchange and waits for the confirm.
-    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
+    pub(crate) async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
         self.channel
             .basic_publish(
                 self.topology.login_exchange.as_str().into(),
@@ -390,7 +390,7 @@ impl TestBroker {
     }
 
     /// Publishes a login event as a login service would.
-    pub async fn publish_event(&self, event: &Value) {
+    pub(crate) async fn publish_event(&self, event: &Value) {
         let mut properties = json_properties();
         if let Some(id) = event["eventID"].as_str() {
             properties = properties.with_message_id(id.into());
@@ -400,7 +400,7 @@ impl TestBroker {
     }
 
     /// Publishes many events, awaiting their confirms together (pipelined).
-    pub async fn publish_events(&self, events: &[Value]) {
+    pub(crate) async fn publish_events(&self, events: &[Value]) {
         let mut confirms = Vec::with_capacity(events.len());
         for event in events {
             let mut properties = json_properties();
@@ -430,7 +430,7 @@ impl TestBroker {
 
     /// A durable queue bound to the ticket exchange, which (unlike [`tap`])
     /// survives a broker restart; deleted when this broker is dropped.
-    pub async fn durable_tap_queue(&self) -> String {
+    pub(crate) async fn durable_tap_queue(&self) -> String {
         let name = format!("{}.durable-tap", self.topology.work_queue);
         self.channel
             .queue_declare(
@@ -461,12 +461,12 @@ impl TestBroker {
     }
 
     /// Starts collecting ticket events (bind before publishing).
-    pub async fn tap(&self) -> EventTap {
+    pub(crate) async fn tap(&self) -> EventTap {
         EventTap::start(&self.connection, &self.topology.ticket_exchange).await
     }
 
     /// Messages ready in a queue (not counting those a consumer holds).
-    pub async fn ready_count(&self, queue: &str) -> u32 {
+    pub(crate) async fn ready_count(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.expect("channel");
         let declared = channel
             .queue_declare(
@@ -484,7 +484,7 @@ impl TestBroker {
     }
 
     /// Waits until at least `n` dead letters arrived, and takes them all.
-    pub async fn wait_for_dead_letters(&self, n: usize, timeout: Duration) -> Vec<Delivery> {
+    pub(crate) async fn wait_for_dead_letters(&self, n: usize, timeout: Duration) -> Vec<Delivery> {
         let started = Instant::now();
         let mut dead = Vec::new();
         loop {
@@ -503,7 +503,7 @@ impl TestBroker {
 
     /// Every dead letter so far: those taken before by this method, and any new
     /// ones it takes out of the queue now.
-    pub async fn all_dead_letters(&self) -> Vec<Delivery> {
+    pub(crate) async fn all_dead_letters(&self) -> Vec<Delivery> {
         let new = self.drain_dead_letters().await;
         let mut seen = self.dead_seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.extend(new);
@@ -521,7 +521,7 @@ impl TestBroker {
     }
 
     /// Takes every message out of the dead-letter queue.
-    pub async fn drain_dead_letters(&self) -> Vec<Delivery> {
+    pub(crate) async fn drain_dead_letters(&self) -> Vec<Delivery> {
         let mut dead = Vec::new();
         while let Some(message) = self
             .channel
@@ -561,14 +561,14 @@ impl Drop for TestBroker {
     }
 }
 
-pub fn json_properties() -> BasicProperties {
+pub(crate) fn json_properties() -> BasicProperties {
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
 }
 
 /// A header's text value.
-pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
+pub(crate) fn header(delivery: &Delivery, name: &str) -> Option<String> {
     let headers = delivery.properties.headers().as_ref()?;
     match headers.inner().get(name)? {
         AMQPValue::LongString(s) => Some(s.to_string()),
@@ -578,7 +578,7 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
 
 /// One ticket event as seen on the ticket exchange.
 #[derive(Debug, Clone)]
-pub struct SeenEvent {
+pub(crate) struct SeenEvent {
     pub routing_key: String,
     pub body: Value,
     pub correlation_id: Option<String>,
@@ -586,7 +586,7 @@ pub struct SeenEvent {
 }
 
 /// Collects every ticket event from an exclusive queue.
-pub struct EventTap {
+pub(crate) struct EventTap {
     seen: Arc<Mutex<Vec<SeenEvent>>>,
 }
 
@@ -620,27 +620,32 @@ impl EventTap {
         EventTap { seen }
     }
 
-    pub fn all(&self) -> Vec<SeenEvent> {
+    pub(crate) fn all(&self) -> Vec<SeenEvent> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn with_key(&self, routing_key: &str) -> Vec<SeenEvent> {
+    pub(crate) fn with_key(&self, routing_key: &str) -> Vec<SeenEvent> {
         self.all()
             .into_iter()
             .filter(|e| e.routing_key == routing_key)
             .collect()
     }
 
-    pub fn ready(&self) -> Vec<SeenEvent> {
+    pub(crate) fn ready(&self) -> Vec<SeenEvent> {
         self.with_key("ticket.ready")
     }
 
-    pub fn failed(&self) -> Vec<SeenEvent> {
+    pub(crate) fn failed(&self) -> Vec<SeenEvent> {
         self.with_key("ticket.failed")
     }
 
     /// Waits until at least `n` events of `routing_key` arrived.
-    pub async fn wait_for(&self, routing_key: &str, n: usize, timeout: Duration) -> Vec<SeenEvent> {
+    pub(crate) async fn wait_for(
+        &self,
+        routing_key: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<SeenEvent> {
         eventually(timeout, &format!("{n} {routing_key} events"), || async {
             let events = self.with_key(routing_key);
             (events.len() >= n).then_some(events)
@@ -651,14 +656,14 @@ impl EventTap {
 
 // ---------------------------------------------------------------- TapTalk
 
-pub const KEY_ID: &str = "test-key-id";
-pub const KEY_SECRET: &str = "test-secret-Zq9v";
+pub(crate) const KEY_ID: &str = "test-key-id";
+pub(crate) const KEY_SECRET: &str = "test-secret-Zq9v";
 
-pub fn server_key() -> ServerKey {
+pub(crate) fn server_key() -> ServerKey {
     ServerKey::new(KEY_ID, SecretString::from(KEY_SECRET))
 }
 
-pub async fn fake_taptalk(knobs: Knobs) -> FakeTaptalk {
+pub(crate) async fn fake_taptalk(knobs: Knobs) -> FakeTaptalk {
     FakeTaptalk::start(([127, 0, 0, 1], 0).into(), &server_key(), knobs, true)
         .await
         .expect("start the stand-in")
@@ -667,7 +672,7 @@ pub async fn fake_taptalk(knobs: Knobs) -> FakeTaptalk {
 // ---------------------------------------------------------------- events
 
 /// A valid login event with a fresh eventID.
-pub fn login_event(xc_user_id: &str) -> Value {
+pub(crate) fn login_event(xc_user_id: &str) -> Value {
     json!({
         "eventID": uuid::Uuid::new_v4().to_string(),
         "occurredAt": chrono::Utc::now().to_rfc3339(),
@@ -687,7 +692,7 @@ pub fn login_event(xc_user_id: &str) -> Value {
 
 /// Settings for a worker on this test's database, broker names and stand-in,
 /// with short retry budgets so tests finish quickly.
-pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Settings {
+pub(crate) fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Settings {
     Settings {
         broker: BrokerSettings {
             amqp_url: SecretString::from(broker.url.clone()),
@@ -739,7 +744,7 @@ pub fn settings(db: &TestDb, broker: &TestBroker, taptalk_url: url::Url) -> Sett
 }
 
 /// A worker running in this process.
-pub struct TestWorker {
+pub(crate) struct TestWorker {
     shutdown: Shutdown,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     metrics: Metrics,
@@ -748,7 +753,7 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
-    pub fn spawn(settings: Settings) -> TestWorker {
+    pub(crate) fn spawn(settings: Settings) -> TestWorker {
         init_logs();
         let app = Application::build(settings).expect("build the worker");
         let metrics = app.metrics();
@@ -763,12 +768,12 @@ impl TestWorker {
         }
     }
 
-    pub fn stats(&self) -> StatsSnapshot {
+    pub(crate) fn stats(&self) -> StatsSnapshot {
         self.metrics.snapshot()
     }
 
     /// The base URL of its HTTP server, once it listens.
-    pub async fn http_url(&self) -> String {
+    pub(crate) async fn http_url(&self) -> String {
         let http = Arc::clone(&self.http);
         let addr = eventually(Duration::from_secs(10), "the HTTP server listens", || {
             let http = Arc::clone(&http);
@@ -779,7 +784,7 @@ impl TestWorker {
     }
 
     /// Triggers shutdown and waits for the worker to stop.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.shutdown.trigger();
         if let Some(handle) = self.handle.take() {
             let stopped = tokio::time::timeout(Duration::from_secs(30), handle).await;
@@ -798,7 +803,7 @@ impl Drop for TestWorker {
 }
 
 /// Everything one pipeline test needs.
-pub struct Harness {
+pub(crate) struct Harness {
     pub db: TestDb,
     pub broker: TestBroker,
     pub taptalk: FakeTaptalk,
@@ -806,13 +811,13 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub async fn new(knobs: Knobs) -> Harness {
+    pub(crate) async fn new(knobs: Knobs) -> Harness {
         Harness::on(&amqp_url(), &admin_database_url(), knobs).await
     }
 
     /// A harness on the broker at `amqp_url` and the Postgres of `admin_url`
     /// (private servers, say).
-    pub async fn on(amqp_url: &str, admin_url: &str, knobs: Knobs) -> Harness {
+    pub(crate) async fn on(amqp_url: &str, admin_url: &str, knobs: Knobs) -> Harness {
         let db = TestDb::create_at(admin_url).await;
         let broker = TestBroker::at(amqp_url, 20).await;
         let taptalk = fake_taptalk(knobs).await;
@@ -825,18 +830,18 @@ impl Harness {
         }
     }
 
-    pub fn settings(&self) -> Settings {
+    pub(crate) fn settings(&self) -> Settings {
         settings(&self.db, &self.broker, self.taptalk.base_url())
     }
 
-    pub fn worker(&self) -> TestWorker {
+    pub(crate) fn worker(&self) -> TestWorker {
         TestWorker::spawn(self.settings())
     }
 }
 
 // ---------------------------------------------------------------- the binary
 
-pub fn bin() -> std::process::Command {
+pub(crate) fn bin() -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ticket-worker"));
     // Tests run side by side: each worker takes a free port for its probes
     // (a test that wants another sets HTTP_LISTEN itself).
@@ -848,7 +853,7 @@ pub fn bin() -> std::process::Command {
 }
 
 /// The environment for `ticket-worker run` against this test's services.
-pub fn worker_env(
+pub(crate) fn worker_env(
     db_url: &str,
     broker: &TestBroker,
     taptalk_url: &url::Url,
@@ -876,13 +881,13 @@ pub fn worker_env(
 }
 
 /// `ticket-worker run` as a child process, its logs in a file.
-pub struct WorkerProcess {
+pub(crate) struct WorkerProcess {
     child: std::process::Child,
     pub log: std::path::PathBuf,
 }
 
 impl WorkerProcess {
-    pub fn spawn(env: &[(&'static str, String)]) -> WorkerProcess {
+    pub(crate) fn spawn(env: &[(&'static str, String)]) -> WorkerProcess {
         let log = std::env::temp_dir().join(format!("ticket-worker-test-{}.log", unique()));
         let file = std::fs::File::create(&log).expect("log file");
         let child = bin()
@@ -897,7 +902,10 @@ impl WorkerProcess {
 
     /// [`WorkerProcess::spawn`], with at most `files` open file descriptors
     /// (`prlimit`, which then runs the worker in its own place).
-    pub fn spawn_with_open_files(env: &[(&'static str, String)], files: u32) -> WorkerProcess {
+    pub(crate) fn spawn_with_open_files(
+        env: &[(&'static str, String)],
+        files: u32,
+    ) -> WorkerProcess {
         let log = std::env::temp_dir().join(format!("ticket-worker-test-{}.log", unique()));
         let file = std::fs::File::create(&log).expect("log file");
         let worker = bin();
@@ -916,12 +924,12 @@ impl WorkerProcess {
         WorkerProcess { child, log }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends a signal by name (`TERM`, `INT`, `KILL`).
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let _ = std::process::Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.pid().to_string())
@@ -929,7 +937,7 @@ impl WorkerProcess {
     }
 
     /// Waits for the process to exit; `None` if it is still running after `timeout`.
-    pub async fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) async fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -942,14 +950,14 @@ impl WorkerProcess {
         }
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until it consumes (its first RabbitMQ session is open), so that
     /// faults injected on a timer land while it works, however slowly a busy
     /// machine starts it.
-    pub async fn consuming(&self) {
+    pub(crate) async fn consuming(&self) {
         eventually(Duration::from_secs(60), "the worker consumes", || async {
             self.logs().contains("connected to RabbitMQ").then_some(())
         })
@@ -958,7 +966,7 @@ impl WorkerProcess {
 
     /// Sends SIGTERM and waits up to 20 s; the exit code, `None` if it did
     /// not exit (or was killed by a signal).
-    pub async fn terminate(&mut self) -> Option<i32> {
+    pub(crate) async fn terminate(&mut self) -> Option<i32> {
         self.signal("TERM");
         self.wait(Duration::from_secs(20))
             .await
@@ -980,7 +988,7 @@ impl Drop for WorkerProcess {
 /// RabbitMQ connection whose client properties mention `fragment` (the
 /// worker's `AMQP_CONNECTION_NAME`). Returns how many it closed.
 /// The prefetch counts of the consumers on `queue`, as RabbitMQ sees them.
-pub fn consumer_prefetch_counts(queue: &str) -> Vec<u32> {
+pub(crate) fn consumer_prefetch_counts(queue: &str) -> Vec<u32> {
     let Ok(listing) = std::process::Command::new("rabbitmqctl")
         .args(["-q", "list_consumers", "queue_name", "prefetch_count"])
         .output()
@@ -996,7 +1004,7 @@ pub fn consumer_prefetch_counts(queue: &str) -> Vec<u32> {
         .collect()
 }
 
-pub fn close_rabbitmq_connections(fragment: &str) -> usize {
+pub(crate) fn close_rabbitmq_connections(fragment: &str) -> usize {
     let Ok(listing) = std::process::Command::new("rabbitmqctl")
         .args(["-q", "list_connections", "pid", "client_properties"])
         .output()
@@ -1025,12 +1033,12 @@ pub fn close_rabbitmq_connections(fragment: &str) -> usize {
 // ---------------------------------------------------------------- oversized headers
 
 /// RabbitMQ's default `frame_max`, which the local broker uses.
-pub const FRAME_MAX: usize = 131_072;
+pub(crate) const FRAME_MAX: usize = 131_072;
 
 /// `base` plus one header that makes the message's content-header frame
 /// exactly `slack` bytes short of [`FRAME_MAX`]: RabbitMQ accepts it, but a
 /// redelivery (which adds the 26-byte `x-delivery-count`) no longer fits.
-pub fn filling_the_frame(base: BasicProperties, slack: usize) -> BasicProperties {
+pub(crate) fn filling_the_frame(base: BasicProperties, slack: usize) -> BasicProperties {
     let target = (FRAME_MAX - slack) as isize;
     let mut filler = 120_000isize;
     loop {
@@ -1051,7 +1059,7 @@ pub fn filling_the_frame(base: BasicProperties, slack: usize) -> BasicProperties
 /// The size of the content-header frame carrying `properties`: 7 bytes of
 /// frame header, class id, weight and body size (12), the encoded
 /// properties, and the frame-end byte.
-pub fn header_frame_len(properties: &BasicProperties) -> usize {
+pub(crate) fn header_frame_len(properties: &BasicProperties) -> usize {
     let serialize = lapin::protocol::basic::gen_properties(properties);
     let encoded = serialize(Vec::new().into())
         .map(|written| written.write.len())
@@ -1063,13 +1071,13 @@ pub fn header_frame_len(properties: &BasicProperties) -> usize {
 
 /// A RabbitMQ user that exists for one test (full permissions on `/`),
 /// deleted again on drop, also when the test fails.
-pub struct RabbitUser {
+pub(crate) struct RabbitUser {
     pub name: String,
     pub password: String,
 }
 
 impl RabbitUser {
-    pub fn create() -> RabbitUser {
+    pub(crate) fn create() -> RabbitUser {
         let name = format!("tw-test-{}", unique());
         let password = format!("Amqp-Pw-{}", unique());
         let ok = |args: &[&str]| {
@@ -1090,7 +1098,7 @@ impl RabbitUser {
     }
 
     /// `scheme://name:password@host_port/%2f` with the given password.
-    pub fn url(&self, password: &str, host_port: &str, scheme: &str) -> String {
+    pub(crate) fn url(&self, password: &str, host_port: &str, scheme: &str) -> String {
         format!("{scheme}://{}:{password}@{host_port}/%2f", self.name)
     }
 }
@@ -1110,7 +1118,7 @@ impl Drop for RabbitUser {
 /// delivering, but publishes, confirms requested and acknowledgements never
 /// arrive. [`FreezableProxy::cut`] then drops every connection, discarding
 /// what was held back.
-pub struct FreezableProxy {
+pub(crate) struct FreezableProxy {
     pub port: u16,
     frozen: Arc<std::sync::atomic::AtomicBool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -1120,7 +1128,7 @@ pub struct FreezableProxy {
 }
 
 impl FreezableProxy {
-    pub async fn start(upstream: std::net::SocketAddr) -> FreezableProxy {
+    pub(crate) async fn start(upstream: std::net::SocketAddr) -> FreezableProxy {
         use std::sync::atomic::{AtomicBool, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1184,12 +1192,12 @@ impl FreezableProxy {
     }
 
     /// `AMQP_URL` through this proxy, as guest.
-    pub fn amqp_url(&self) -> String {
+    pub(crate) fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
     /// From now on, nothing the clients send reaches the broker.
-    pub fn freeze(&self) {
+    pub(crate) fn freeze(&self) {
         self.frozen
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -1197,14 +1205,14 @@ impl FreezableProxy {
     /// Every connection open now forwards nothing more, for ever, but stays
     /// open: a peer that vanished without closing (a half-open TCP
     /// connection). New connections work.
-    pub fn stall_open_links(&self) {
+    pub(crate) fn stall_open_links(&self) {
         for stall in self.stalls.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             stall.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     /// Drops every connection through the proxy, and what was held back.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for link in self
             .links
             .lock()

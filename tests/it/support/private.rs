@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (free when asked: bound and released).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -24,12 +24,12 @@ pub fn free_port() -> u16 {
 }
 
 /// A scratch directory, removed on drop; `owner` (a system user) may own it.
-pub struct Scratch {
+pub(crate) struct Scratch {
     pub path: PathBuf,
 }
 
 impl Scratch {
-    pub fn new(prefix: &str, owner: Option<&str>) -> Scratch {
+    pub(crate) fn new(prefix: &str, owner: Option<&str>) -> Scratch {
         let path = std::env::temp_dir().join(format!("{prefix}-{}", super::unique()));
         std::fs::create_dir_all(&path).expect("scratch directory");
         if let Some(owner) = owner {
@@ -38,7 +38,7 @@ impl Scratch {
         Scratch { path }
     }
 
-    pub fn join(&self, name: &str) -> PathBuf {
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 }
@@ -81,7 +81,7 @@ const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 
 /// One node of a private RabbitMQ.
-pub struct RabbitNode {
+pub(crate) struct RabbitNode {
     /// `tw-<id>-<n>@localhost`.
     pub name: String,
     pub port: u16,
@@ -93,14 +93,14 @@ pub struct RabbitNode {
 
 /// A private RabbitMQ: one node or a cluster of several, every node with
 /// `config` (rabbitmq.conf lines) on top of what the harness sets.
-pub struct PrivateRabbit {
+pub(crate) struct PrivateRabbit {
     pub nodes: Vec<RabbitNode>,
     scratch: Scratch,
 }
 
 impl PrivateRabbit {
     /// Starts `count` nodes and clusters them (the first is the seed).
-    pub fn start(count: usize, config: &str) -> PrivateRabbit {
+    pub(crate) fn start(count: usize, config: &str) -> PrivateRabbit {
         let scratch = Scratch::new("tw-rabbit", None);
         let cookie = scratch.join(".erlang.cookie");
         std::fs::write(
@@ -155,7 +155,7 @@ impl PrivateRabbit {
     }
 
     /// Starts node `n` (again) and waits until it serves.
-    pub fn boot(&mut self, n: usize) {
+    pub(crate) fn boot(&mut self, n: usize) {
         let home = self.scratch.path.clone();
         let node = &mut self.nodes[n];
         let log = std::fs::File::create(node.base.join("console.log")).expect("console log");
@@ -187,12 +187,12 @@ impl PrivateRabbit {
     }
 
     /// `rabbitmqctl -n <node n> <args>`; whether it succeeded.
-    pub fn ctl(&self, n: usize, args: &[&str]) -> bool {
+    pub(crate) fn ctl(&self, n: usize, args: &[&str]) -> bool {
         self.ctl_output(n, args).is_some()
     }
 
     /// `rabbitmqctl -n <node n> -q <args>`: its output when it succeeded.
-    pub fn ctl_output(&self, n: usize, args: &[&str]) -> Option<String> {
+    pub(crate) fn ctl_output(&self, n: usize, args: &[&str]) -> Option<String> {
         let output = Command::new(RABBITMQCTL)
             .env("HOME", &self.scratch.path)
             .args(["-n", &self.nodes[n].name, "-q"])
@@ -206,7 +206,7 @@ impl PrivateRabbit {
     }
 
     /// SIGKILLs node `n` (the Erlang VM), as a crash would.
-    pub fn kill(&mut self, n: usize) {
+    pub(crate) fn kill(&mut self, n: usize) {
         let node = &mut self.nodes[n];
         if let Ok(pid) = std::fs::read_to_string(node.base.join("pid")) {
             run("kill", &["-KILL", pid.trim()]);
@@ -224,12 +224,12 @@ impl PrivateRabbit {
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f` of node `n`.
-    pub fn amqp_url(&self, n: usize) -> String {
+    pub(crate) fn amqp_url(&self, n: usize) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.nodes[n].port)
     }
 
     /// Every node's URL, comma-separated (the worker's address list).
-    pub fn amqp_urls(&self) -> String {
+    pub(crate) fn amqp_urls(&self) -> String {
         (0..self.nodes.len())
             .map(|n| self.amqp_url(n))
             .collect::<Vec<_>>()
@@ -237,7 +237,7 @@ impl PrivateRabbit {
     }
 
     /// The node (index) that leads quorum queue `queue`, by its name.
-    pub fn leader_of(&self, queue: &str) -> Option<usize> {
+    pub(crate) fn leader_of(&self, queue: &str) -> Option<usize> {
         (0..self.nodes.len()).find_map(|asked| {
             let listing = self.ctl_output(asked, &["list_queues", "name", "leader"])?;
             let leader = listing.lines().find_map(|line| {
@@ -278,7 +278,7 @@ fn as_postgres(program: &str, args: &[&str]) -> bool {
 }
 
 /// One Postgres server of a test's own.
-pub struct PgServer {
+pub(crate) struct PgServer {
     pub port: u16,
     data: PathBuf,
 }
@@ -306,13 +306,13 @@ impl PgServer {
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/<db>`.
-    pub fn url(&self, db: &str) -> String {
+    pub(crate) fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 }
 
 /// A private Postgres: a primary, and optionally a streaming standby of it.
-pub struct PrivatePostgres {
+pub(crate) struct PrivatePostgres {
     pub primary: PgServer,
     pub standby: Option<PgServer>,
     _scratch: Scratch,
@@ -320,13 +320,13 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     /// A primary alone.
-    pub fn start() -> PrivatePostgres {
+    pub(crate) fn start() -> PrivatePostgres {
         PrivatePostgres::start_with(false)
     }
 
     /// A primary and a standby that replicates it synchronously (a commit
     /// returns once the standby has it, so promoting it loses nothing).
-    pub fn with_standby() -> PrivatePostgres {
+    pub(crate) fn with_standby() -> PrivatePostgres {
         PrivatePostgres::start_with(true)
     }
 
@@ -395,7 +395,7 @@ impl PrivatePostgres {
     }
 
     /// Kills the primary at once, as a crash would (`pg_ctl stop -m immediate`).
-    pub fn kill_primary(&self) {
+    pub(crate) fn kill_primary(&self) {
         assert!(
             self.primary.pg_ctl(&["-m", "immediate", "stop"]),
             "kill the primary"
@@ -403,7 +403,7 @@ impl PrivatePostgres {
     }
 
     /// Restarts the primary (a fast shutdown, then a start).
-    pub fn restart_primary(&self) {
+    pub(crate) fn restart_primary(&self) {
         assert!(
             self.primary.pg_ctl(&["-m", "fast", "-w", "stop"]),
             "stop the primary"
@@ -412,7 +412,7 @@ impl PrivatePostgres {
     }
 
     /// Promotes the standby to primary and waits until it accepts writes.
-    pub fn promote_standby(&self) {
+    pub(crate) fn promote_standby(&self) {
         let standby = self.standby.as_ref().expect("a standby");
         assert!(standby.pg_ctl(&["-w", "promote"]), "promote the standby");
     }
@@ -439,14 +439,14 @@ fn append(path: &Path, text: &str) {
 
 /// A PgBouncer in transaction pooling mode in front of `127.0.0.1:<port>`,
 /// trusting every client (as the Postgres behind it does in the tests).
-pub struct PgBouncer {
+pub(crate) struct PgBouncer {
     pub port: u16,
     process: Child,
     _scratch: Scratch,
 }
 
 impl PgBouncer {
-    pub fn start(upstream_port: u16, pool_size: u32) -> PgBouncer {
+    pub(crate) fn start(upstream_port: u16, pool_size: u32) -> PgBouncer {
         let scratch = Scratch::new("tw-pgbouncer", Some("postgres"));
         let port = free_port();
         let config = scratch.join("pgbouncer.ini");
@@ -492,12 +492,12 @@ impl PgBouncer {
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/<db>` through the pooler.
-    pub fn url(&self, db: &str) -> String {
+    pub(crate) fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
     /// What PgBouncer logged.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self._scratch.join("pgbouncer.log")).unwrap_or_default()
     }
 }
@@ -516,14 +516,14 @@ impl Drop for PgBouncer {
 
 /// HAProxy balancing TCP over `backends` (ports on 127.0.0.1), with health
 /// checks, as a Kubernetes Service in front of a RabbitMQ cluster would.
-pub struct HaProxy {
+pub(crate) struct HaProxy {
     pub port: u16,
     process: Child,
     _scratch: Scratch,
 }
 
 impl HaProxy {
-    pub fn start(backends: &[u16]) -> HaProxy {
+    pub(crate) fn start(backends: &[u16]) -> HaProxy {
         let scratch = Scratch::new("tw-haproxy", None);
         let port = free_port();
         let servers: String = backends
@@ -560,7 +560,7 @@ impl HaProxy {
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f` through the balancer.
-    pub fn amqp_url(&self) -> String {
+    pub(crate) fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 }

@@ -11,10 +11,10 @@ use std::time::Duration;
 const FRAME_END: u8 = 0xCE;
 
 /// One header value, already encoded (its type tag first).
-pub struct RawValue(pub Vec<u8>);
+pub(crate) struct RawValue(pub Vec<u8>);
 
 impl RawValue {
-    pub fn long_string(text: &str) -> RawValue {
+    pub(crate) fn long_string(text: &str) -> RawValue {
         let mut out = vec![b'S'];
         out.extend_from_slice(&len32(text.len()));
         out.extend_from_slice(text.as_bytes());
@@ -23,7 +23,7 @@ impl RawValue {
 
     /// Arrays nested `levels` deep (the header's own value is the first),
     /// the innermost holding a `true`; written front to back, no recursion.
-    pub fn nested_arrays(levels: usize) -> RawValue {
+    pub(crate) fn nested_arrays(levels: usize) -> RawValue {
         let leaf = [b't', 1];
         let mut out = Vec::with_capacity(levels * 5 + leaf.len());
         for level in 0..levels {
@@ -36,7 +36,7 @@ impl RawValue {
 
     /// Tables nested `levels` deep under the key `k`, the innermost holding
     /// `k: true`.
-    pub fn nested_tables(levels: usize) -> RawValue {
+    pub(crate) fn nested_tables(levels: usize) -> RawValue {
         let leaf = [1, b'k', b't', 1];
         let mut out = Vec::with_capacity(levels * 7 + leaf.len());
         for level in 0..levels {
@@ -54,7 +54,12 @@ impl RawValue {
     /// The most levels of `nested_*` (7 bytes a level for tables, 5 for
     /// arrays) whose header, named `name`, keeps a content-header frame with
     /// `other` bytes of further properties within `frame_max`.
-    pub fn deepest_fitting(frame_max: usize, name: &str, other: usize, per_level: usize) -> usize {
+    pub(crate) fn deepest_fitting(
+        frame_max: usize,
+        name: &str,
+        other: usize,
+        per_level: usize,
+    ) -> usize {
         // frame header 7 + end 1, class/weight/size 12, flags 2, table
         // length 4, the name (1 + len), and the leaf (at most 4 bytes).
         let fixed = 8 + 12 + 2 + 4 + 1 + name.len() + 4 + other;
@@ -64,7 +69,7 @@ impl RawValue {
 
 /// A message's properties: the few a login event needs, and raw headers.
 #[derive(Default)]
-pub struct RawMessage {
+pub(crate) struct RawMessage {
     pub content_type: Option<String>,
     pub message_id: Option<String>,
     /// Milliseconds, as text (`"0"` expires it at once).
@@ -109,13 +114,13 @@ impl RawMessage {
     }
 
     /// Bytes of its content-header frame, overhead included.
-    pub fn header_frame_len(&self) -> usize {
+    pub(crate) fn header_frame_len(&self) -> usize {
         8 + 12 + self.properties().len()
     }
 }
 
 /// A connection with one channel in confirm mode.
-pub struct RawPublisher {
+pub(crate) struct RawPublisher {
     stream: TcpStream,
     published: u64,
     pub frame_max: usize,
@@ -123,7 +128,7 @@ pub struct RawPublisher {
 
 impl RawPublisher {
     /// Connects as `url` (`amqp://user:password@host:port/vhost`) says.
-    pub fn from_url(url: &str) -> RawPublisher {
+    pub(crate) fn from_url(url: &str) -> RawPublisher {
         let url = url::Url::parse(url).expect("an AMQP URL");
         let decode = |text: &str| {
             url::form_urlencoded::parse(format!("x={text}").as_bytes())
@@ -149,7 +154,7 @@ impl RawPublisher {
     }
 
     /// Connects to `host:port` as `user`/`password`, to `vhost`.
-    pub fn connect(addr: &str, user: &str, password: &str, vhost: &str) -> RawPublisher {
+    pub(crate) fn connect(addr: &str, user: &str, password: &str, vhost: &str) -> RawPublisher {
         let mut stream = TcpStream::connect(addr).expect("connect to RabbitMQ");
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
@@ -199,7 +204,7 @@ impl RawPublisher {
 
     /// Publishes `message` to `exchange` with `routing_key` and waits for
     /// RabbitMQ's confirm. Panics if RabbitMQ nacks it or closes the channel.
-    pub fn publish(&mut self, exchange: &str, routing_key: &str, message: &RawMessage) {
+    pub(crate) fn publish(&mut self, exchange: &str, routing_key: &str, message: &RawMessage) {
         let mut publish = method(60, 40);
         publish.extend_from_slice(&0u16.to_be_bytes());
         publish.extend(short(exchange));
