@@ -60,6 +60,9 @@ pub(crate) struct BenchArgs {
     /// Run this ticket-worker binary as the replicas (default: the worker built into this one), to compare two builds under one harness
     #[arg(long, value_name = "PATH")]
     pub worker_bin: Option<PathBuf>,
+    /// Spin one core for the whole run, as a CPU-hungry neighbour on a shared node would
+    #[arg(long)]
+    pub burn_core: bool,
     #[command(flatten)]
     pub broker: BrokerArgs,
     #[command(flatten)]

@@ -30,6 +30,7 @@
 //! 5. removes what it made, also on failure and Ctrl-C (`--keep` keeps it).
 
 mod args;
+mod burn;
 mod cases;
 mod ceiling;
 mod database;
@@ -142,6 +143,16 @@ async fn run(args: &BenchArgs) -> Result<(), CommandError> {
         .map_err(|e| anyhow::anyhow!("cannot listen for signals: {e}"))?;
 
     let deadline = Instant::now().later_by(args.timeout);
+    let _burner = if args.burn_core {
+        let burner = burn::Burner::start();
+        if burner.is_none() {
+            return Err(anyhow::anyhow!("--burn-core: cannot start the spinning thread").into());
+        }
+        say("burning one core beside the run (--burn-core)");
+        burner
+    } else {
+        None
+    };
     let mut environment = Environment::new();
     let mut running = Running::default();
     let measured = tokio::select! {
@@ -287,6 +298,7 @@ async fn measure(
                     )
                     .collect(),
                 worker_bin: args.worker_bin.as_ref().map(|p| p.display().to_string()),
+                burn_core: args.burn_core,
                 timeout_s: args.timeout.as_secs_f64(),
             },
             ceiling,

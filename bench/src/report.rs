@@ -34,6 +34,8 @@ pub(crate) struct RunSettings {
     pub worker_env: Vec<String>,
     /// `--worker-bin`, when the replicas ran another build.
     pub worker_bin: Option<String>,
+    /// `--burn-core`: one core spun beside the run.
+    pub burn_core: bool,
     pub timeout_s: f64,
 }
 
@@ -200,6 +202,7 @@ pub(crate) fn example() -> Report {
             database: "ticket_bench_1a2b3c4d".into(),
             worker_env: vec![],
             worker_bin: None,
+            burn_core: false,
             timeout_s: 60.0,
         },
         ceiling: Some(Ceiling {

@@ -36,6 +36,12 @@ pub(crate) fn render(report: &Report) -> String {
     } else {
         let _ = writeln!(out, "worker settings: the defaults");
     }
+    if report.settings.burn_core {
+        let _ = writeln!(
+            out,
+            "beside a CPU-hungry neighbour: one core spun for the whole run (--burn-core)"
+        );
+    }
     if let Some(bin) = &report.settings.worker_bin {
         let _ = writeln!(out, "worker binary: {bin}");
     }
