@@ -55,6 +55,29 @@ async fn migrate_names_database_url_and_the_address_refused() {
 }
 
 #[tokio::test]
+async fn dlq_replay_names_database_url_and_the_address_refused() {
+    let port = free_port();
+    let (code, stderr) = command(
+        &["dlq", "replay", "--all"],
+        &[
+            ("AMQP_URL", amqp_url()),
+            (
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{port}/test"),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "ticket-worker: cannot use Postgres: DATABASE_URL → 127.0.0.1:{port}: connection refused"
+        )
+    );
+}
+
+#[tokio::test]
 async fn publish_dlq_and_tail_word_a_refused_broker_alike() {
     let (url, says) = refused_broker();
     let expected = format!("ticket-worker: cannot connect to RabbitMQ: {says}");

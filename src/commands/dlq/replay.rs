@@ -95,10 +95,14 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
     // One statement at a time: one connection.
     let store = TicketStore::connect_lazy_with_reader_role(&database.url, 1, &database.reader_role)
         .map_err(|e| anyhow::anyhow!("cannot use DATABASE_URL: {e}"))?;
-    store
-        .probe()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot use Postgres (DATABASE_URL): {e}"))?;
+    if let Err(error) = store.probe().await {
+        // A pool timeout hides why; the store asks the server (as migrate does).
+        let why = match error {
+            crate::storage::StoreError::Unavailable(_) => store.why_unreachable().await,
+            other => format!("DATABASE_URL: {other}"),
+        };
+        return Err(anyhow::anyhow!("cannot use Postgres: {why}").into());
+    }
 
     let broker = &settings.broker;
     let topology = &broker.topology;
