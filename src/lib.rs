@@ -33,12 +33,12 @@
 pub mod broker;
 pub mod commands;
 pub mod config;
-pub mod delivery;
+pub(crate) mod delivery;
 pub mod domain;
 pub mod events;
 pub mod health;
 pub mod observe;
-pub mod pipeline;
+pub(crate) mod pipeline;
 pub mod purge;
 pub mod relay;
 pub mod retry;

@@ -10,6 +10,6 @@ mod decision;
 mod message;
 mod stage;
 
-pub use decision::{DeadLetterNote, Decision, Outcome};
-pub use message::{HeaderFrame, Message, UnreadableHeaders};
-pub use stage::{Stage, StageMark};
+pub(crate) use decision::{DeadLetterNote, Decision, Outcome};
+pub(crate) use message::{HeaderFrame, Message, UnreadableHeaders};
+pub(crate) use stage::{Stage, StageMark};

@@ -29,7 +29,7 @@
 mod decision;
 mod policy;
 
-pub use policy::EventPolicy;
+pub(crate) use policy::EventPolicy;
 
 use crate::delivery::{Decision, Message, Outcome, Stage, StageMark};
 use crate::domain::{IssuedTicket, TicketRecord};
