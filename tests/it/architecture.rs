@@ -137,7 +137,12 @@ fn every_top_level_module_has_a_rank_and_every_rank_a_module() {
     let lib = std::fs::read_to_string(root().join("src/lib.rs")).expect("src/lib.rs");
     let declared: BTreeSet<&str> = lib
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub mod "))
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("pub mod ")
+                .or_else(|| l.strip_prefix("pub(crate) mod "))
+                .or_else(|| l.strip_prefix("mod "))
+        })
         .map(|l| l.trim_end_matches(';'))
         .collect();
     let ranked: BTreeSet<&str> = LAYERS.iter().flat_map(|l| l.iter().copied()).collect();
