@@ -55,8 +55,14 @@ mod tests {
     fn it_spins_until_dropped() {
         let burner = Burner::start().expect("a thread");
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let stop = Arc::clone(&burner.stop);
-        drop(burner);
-        assert!(stop.load(Ordering::Relaxed));
+        let mut burner = burner;
+        burner.stop.store(true, Ordering::Relaxed);
+        let spins = burner
+            .thread
+            .take()
+            .expect("the thread")
+            .join()
+            .expect("joined");
+        assert!(spins > 0, "it spun");
     }
 }

@@ -8,6 +8,7 @@
 //! is escaped ([`printable`]) and nothing unreadable stops the tail.
 
 use super::{CommandError, broker_connection, secrets};
+use crate::broker::connection::{describe, within};
 use crate::broker::tap;
 use crate::config::{BrokerArgs, BrokerSettings};
 use crate::domain::text::{json_printable, printable};
@@ -18,10 +19,15 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
+use std::io::Write;
 use std::time::Duration;
 
 /// The longest text of an event shown in a line (a message, an id).
 const SHOWN_CHARS: usize = 120;
+
+/// Ticket events RabbitMQ holds for a tail that does not read (its
+/// terminal paused, a slow pipe); past it the oldest are dropped.
+const MAX_HELD: u32 = 10_000;
 
 /// `ticket-worker tail`.
 #[derive(clap::Args)]
@@ -181,19 +187,30 @@ pub async fn run(args: &TailArgs) -> Result<(), CommandError> {
     shutdown
         .on_signals()
         .map_err(|e| anyhow::anyhow!("cannot listen for signals: {e}"))?;
-    let connection = broker_connection(&broker, "tail").await?;
+    // Ctrl-C stops the wait for RabbitMQ too.
+    let connection = tokio::select! {
+        connection = broker_connection(&broker, "tail") => connection?,
+        () = shutdown.triggered() => return Ok(()),
+    };
     let exchange = broker.topology.ticket_exchange.as_str();
-    let subscribed = async {
-        let channel = connection.create_channel().await?;
-        tap::subscribe(&channel, exchange).await
-    }
-    .await;
+    let subscribe = async {
+        let channel = within("opening a channel", connection.create_channel()).await?;
+        tap::subscribe_bounded(&channel, exchange, MAX_HELD).await
+    };
+    let subscribed = tokio::select! {
+        subscribed = subscribe => subscribed,
+        () = shutdown.triggered() => {
+            let _ = within("closing", connection.close(200, "tail over".into())).await;
+            return Ok(());
+        }
+    };
     let mut consumer = match subscribed {
         Ok(consumer) => consumer,
         Err(e) => {
-            let _ = connection.close(200, "tail over".into()).await;
+            let _ = within("closing", connection.close(200, "tail over".into())).await;
             return Err(anyhow::anyhow!(
-                "cannot follow the ticket exchange {exchange:?} (check TICKET_EXCHANGE; a worker declares it at start): {e}"
+                "cannot follow the ticket exchange {exchange:?} (check TICKET_EXCHANGE, and that the AMQP_URL user may read it; a worker declares it at start): {}",
+                describe(&e)
             )
             .into());
         }
@@ -228,14 +245,15 @@ pub async fn run(args: &TailArgs) -> Result<(), CommandError> {
         };
         match Seen::read(delivery.routing_key.as_str(), &delivery.data, Utc::now()) {
             Some(seen) if seen.wanted(args) => {
-                println!(
-                    "{}",
-                    if args.json {
-                        seen.to_json()
-                    } else {
-                        seen.to_text()
-                    }
-                );
+                let line = if args.json {
+                    seen.to_json()
+                } else {
+                    seen.to_text()
+                };
+                // A closed pipe (`tail | head -3`) ends the tail, quietly.
+                if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+                    break Ok(());
+                }
                 shown = shown.saturating_add(1);
             }
             Some(_) => {}

@@ -73,23 +73,28 @@ impl EventLog {
         }
         let (name, reason) = outcome_words(outcome);
         let now = Instant::now();
-        let show = {
+        let (show, ended) = {
             let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ended = None;
             if now >= window.ends {
-                summarize(&window.left_out);
-                window.left_out.clear();
+                ended = Some(std::mem::take(&mut window.left_out));
                 window.logged = 0;
                 window.ends = now.later_by(WINDOW);
             }
-            if window.logged < self.per_second {
+            let show = if window.logged < self.per_second {
                 window.logged = window.logged.saturating_add(1);
                 true
             } else {
                 let n = window.left_out.entry(name).or_insert(0);
                 *n = n.saturating_add(1);
                 false
-            }
+            };
+            (show, ended)
         };
+        // Logged with the lock released: a slow log writer stalls no one else.
+        if let Some(ended) = ended {
+            summarize(&ended);
+        }
         if show {
             let event_id = printable(event_id.unwrap_or("-"), ID_CHARS);
             let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
@@ -104,9 +109,11 @@ impl EventLog {
 
     /// Says what the current window left out (at shutdown).
     pub fn flush(&self) {
-        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        summarize(&window.left_out);
-        window.left_out.clear();
+        let left_out = {
+            let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut window.left_out)
+        };
+        summarize(&left_out);
     }
 
     /// Lines left out of the current window, by outcome (for tests).

@@ -493,7 +493,9 @@ impl TicketStore {
     /// says that it timed out (sqlx retries a refused connection until its
     /// deadline and drops the cause), so one direct attempt, within
     /// [`ASK_WITHIN`], asks the server itself.
-    pub async fn why_unreachable(&self) -> String {
+    /// `None` when the server answers that attempt: then the pool's own
+    /// error is the better account.
+    pub async fn why_unreachable(&self) -> Option<String> {
         use sqlx::ConnectOptions;
         let options = self.pool().connect_options();
         let cause = match tokio::time::timeout(ASK_WITHIN, options.connect()).await {
@@ -502,12 +504,23 @@ impl TicketStore {
                 ASK_WITHIN.as_secs()
             ),
             Ok(Ok(connection)) => {
-                let _ = sqlx::Connection::close(connection).await;
-                "it answers now, but gave the pool no connection in time".to_owned()
+                let _ = tokio::time::timeout(ASK_WITHIN, sqlx::Connection::close(connection)).await;
+                return None;
             }
             Ok(Err(error)) => connect_cause(&error),
         };
-        format!("DATABASE_URL → {}: {cause}", self.server())
+        Some(format!("DATABASE_URL → {}: {cause}", self.server()))
+    }
+
+    /// `error` as the commands say it: the setting and the server, and the
+    /// server's own reason when the pool gave none.
+    pub async fn explain(&self, error: &StoreError) -> String {
+        if let StoreError::Unavailable(_) = error
+            && let Some(why) = self.why_unreachable().await
+        {
+            return why;
+        }
+        format!("DATABASE_URL → {}: {error}", self.server())
     }
 
     /// Applies the embedded migrations (idempotent; replicas starting together
@@ -529,7 +542,12 @@ impl TicketStore {
                 // Perhaps the first server of DATABASE_URL is a standby.
                 self.suspect(&error);
                 if matches!(error, sqlx::Error::PoolTimedOut) {
-                    let why = self.why_unreachable().await;
+                    let why = self.why_unreachable().await.unwrap_or_else(|| {
+                        format!(
+                            "DATABASE_URL → {}: no connection from the pool in time (the server answers now)",
+                            self.server()
+                        )
+                    });
                     let error = std::io::Error::new(std::io::ErrorKind::NotConnected, why);
                     return Err(MigrateError::Execute(sqlx::Error::Io(error)));
                 }

@@ -97,10 +97,7 @@ pub async fn replay(args: &ReplayArgs, interrupt: Interrupt) -> Result<ReplayRep
         .map_err(|e| anyhow::anyhow!("cannot use DATABASE_URL: {e}"))?;
     if let Err(error) = store.probe().await {
         // A pool timeout hides why; the store asks the server (as migrate does).
-        let why = match error {
-            crate::storage::StoreError::Unavailable(_) => store.why_unreachable().await,
-            other => format!("DATABASE_URL: {other}"),
-        };
+        let why = store.explain(&error).await;
         return Err(anyhow::anyhow!("cannot use Postgres: {why}").into());
     }
 
