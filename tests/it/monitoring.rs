@@ -106,19 +106,22 @@ fn dashboard_queries() -> Vec<(String, String)> {
 /// matchers, ranges and grouping lists that are neither functions nor
 /// keywords.
 fn series_names(expr: &str) -> BTreeSet<String> {
-    // Aggregations too: `sum by (le) (…)` puts its grouping before `(`.
-    const KEYWORDS: [&str; 25] = [
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
+    // Grouping clauses: the list in parentheses after them is of labels.
+    const GROUPING: [&str; 6] = [
         "by",
         "without",
         "on",
         "ignoring",
         "group_left",
         "group_right",
+    ];
+    // Aggregations too: `sum by (le) (…)` puts its grouping before `(`.
+    const KEYWORDS: [&str; 19] = [
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
         "Inf",
         "NaN",
         "sum",
@@ -182,18 +185,12 @@ fn series_names(expr: &str) -> BTreeSet<String> {
             }
             let word = &plain[start..i];
             let rest = plain[i..].trim_start();
-            if [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&word)
-            {
+            if GROUPING.contains(&word) {
                 skip_list = rest.starts_with('(');
-            } else if !rest.starts_with('(') && !KEYWORDS.contains(&word) {
+            } else if !rest.starts_with('(')
+                && !KEYWORDS.contains(&word)
+                && !GROUPING.contains(&word)
+            {
                 names.insert(word.to_owned());
             }
         } else if c.is_ascii_digit() || c == b'.' {
