@@ -4,7 +4,6 @@ use clap::Parser;
 use std::process::ExitCode;
 use ticket_worker::commands::Cli;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    Cli::parse().execute().await
+fn main() -> ExitCode {
+    Cli::parse().main()
 }

@@ -88,16 +88,19 @@ struct Cli {
     bench: Box<BenchArgs>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let mut args = std::env::args_os();
     let program = args.next();
     let mut rest = args.peekable();
     if rest.peek().is_some_and(|first| first == WORKER_RUN) {
         rest.next();
-        return worker_run(rest).await;
+        return worker_run(rest);
     }
-    let cli = Cli::parse_from(program.into_iter().chain(rest));
+    bench(Cli::parse_from(program.into_iter().chain(rest)))
+}
+
+#[tokio::main]
+async fn bench(cli: Cli) -> ExitCode {
     observe::init(cli.log_format, observe::QUIET_FILTER);
     match run(&cli.bench).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,15 +113,13 @@ async fn main() -> ExitCode {
 
 /// A worker replica: the product's own command line, as `ticket-worker run
 /// <args>`, so the replica is exactly the product's `run` (its settings,
-/// logs, traces and exit codes), only started from this binary.
-async fn worker_run(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+/// logs, traces, exit codes and runtime), only started from this binary.
+fn worker_run(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     let command_line = ["ticket-worker", "run"]
         .map(std::ffi::OsString::from)
         .into_iter()
         .chain(args);
-    ticket_worker::commands::Cli::parse_from(command_line)
-        .execute()
-        .await
+    ticket_worker::commands::Cli::parse_from(command_line).main()
 }
 
 async fn run(args: &BenchArgs) -> Result<(), CommandError> {

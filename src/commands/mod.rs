@@ -13,6 +13,7 @@ pub mod fake_taptalk;
 mod migrate;
 pub mod publish;
 mod run;
+pub mod runtime;
 mod secrets;
 pub mod tail;
 
@@ -63,6 +64,12 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Runs the chosen command on the runtime of [`runtime`] and returns
+    /// the process exit code: what `main` does.
+    pub fn main(self) -> ExitCode {
+        runtime::block_on(self.execute())
+    }
+
     /// Runs the chosen command and maps its result to the process exit code.
     pub async fn execute(self) -> ExitCode {
         let filter = match self.command {
