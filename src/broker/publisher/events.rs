@@ -116,7 +116,7 @@ fn event_properties(
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_correlation_id(short(event_id))
-        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_message_id(message_id().into())
         .with_type(short(routing_key))
         .with_app_id("ticket-worker".into())
         .with_timestamp(now_seconds());
@@ -124,6 +124,15 @@ fn event_properties(
         Some(trace) => properties.with_headers(trace),
         None => properties,
     }
+}
+
+/// A fresh random (version 4) message id, drawn from the thread's
+/// cryptographic generator: `Uuid::new_v4` asks the kernel (a `getrandom`
+/// system call) for every one, once per ticket event.
+fn message_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -176,5 +185,16 @@ mod tests {
             255,
             "an AMQP short string holds 255 bytes"
         );
+    }
+
+    #[test]
+    fn message_ids_are_fresh_version_4_uuids() {
+        let (a, b) = (message_id(), message_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let parsed = uuid::Uuid::parse_str(&id).expect("a UUID");
+            assert_eq!(parsed.get_version(), Some(uuid::Version::Random), "{id}");
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122, "{id}");
+        }
     }
 }
