@@ -8,6 +8,13 @@
 //! worker sends a few acknowledgements per batch instead of one per message,
 //! and a slow event never holds up the acknowledgement of the others for long.
 //!
+//! At moderate load the run at the front is one delivery long whenever it is
+//! looked at: each event would be acknowledged alone, and each
+//! acknowledgement wakes the connection's I/O thread. So a run waits until
+//! its oldest settlement is [`FOLD`] old, or until it holds a quarter of the
+//! prefetch ([`Acks::window`]; the broker sends no more than the prefetch
+//! unacknowledged, so a full run must not wait), whichever comes first.
+//!
 //! Nothing else may settle a delivery of this channel (a second settlement of
 //! one tag is a protocol error that closes the channel).
 
@@ -25,6 +32,13 @@ use tokio_util::sync::CancellationToken;
 /// acknowledged alone.
 pub const HOLD: Duration = Duration::from_millis(100);
 
+/// How long a settled run at the front waits for more before it goes (unless
+/// it is a quarter of the prefetch already). At 500 events a second it folds
+/// about ten acknowledgements into one; a delivery stays unacknowledged this
+/// much longer, which delays nothing but the broker forgetting it (a crash
+/// meanwhile redelivers it, and idempotency makes that harmless).
+pub const FOLD: Duration = Duration::from_millis(20);
+
 /// How a delivery is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
@@ -40,6 +54,7 @@ enum Op {
     Received(u64),
     Settled(u64, Settlement),
     Flush(oneshot::Sender<()>),
+    Window(u16),
 }
 
 /// The settling side of one consuming channel. Cheap to clone.
@@ -53,9 +68,20 @@ impl Acks {
     /// channel refuses a settlement (the session is then lost, and RabbitMQ
     /// redelivers what was not settled); it ends when every handle is gone.
     pub fn start(channel: Channel, broken: CancellationToken) -> Acks {
+        Acks::folding(channel, broken, FOLD)
+    }
+
+    /// The same, with runs waiting up to `fold` instead of [`FOLD`].
+    pub fn folding(channel: Channel, broken: CancellationToken, fold: Duration) -> Acks {
         let (ops, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(channel, receiver, broken));
+        tokio::spawn(run(channel, receiver, broken, fold));
         Acks { ops }
+    }
+
+    /// The consumer's prefetch is now `prefetch`: a settled run a quarter
+    /// that long goes at once. Until this is called, every run goes at once.
+    pub fn window(&self, prefetch: u16) {
+        let _ = self.ops.send(Op::Window(prefetch));
     }
 
     /// A delivery arrived (call in the order deliveries arrive, before it is settled).
@@ -88,13 +114,18 @@ impl Acks {
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     InFlight,
-    Settled(Settlement),
+    /// Settled at that instant, not sent yet.
+    Settled(Settlement, Instant),
     /// Already acknowledged alone.
     Sent,
 }
 
 struct Ledger {
     channel: Channel,
+    /// How long a settled run at the front may wait for more.
+    fold: Duration,
+    /// A settled run this long at the front goes at once.
+    full_run: usize,
     /// Registered deliveries not yet covered by a settlement, oldest first.
     slots: VecDeque<(u64, Slot)>,
     /// Settlements in the order they were made (so, oldest first), to find
@@ -103,19 +134,26 @@ struct Ledger {
     held: VecDeque<(u64, Instant)>,
 }
 
-async fn run(channel: Channel, mut ops: mpsc::UnboundedReceiver<Op>, broken: CancellationToken) {
+async fn run(
+    channel: Channel,
+    mut ops: mpsc::UnboundedReceiver<Op>,
+    broken: CancellationToken,
+    fold: Duration,
+) {
     let mut ledger = Ledger {
         channel,
+        fold,
+        full_run: 1,
         slots: VecDeque::new(),
         held: VecDeque::new(),
     };
-    // One timer, moved to the oldest held settlement's deadline when that
-    // changes (not a new timer per round).
+    // One timer, moved to the next deadline (the front run's, or the oldest
+    // held settlement's) when that changes (not a new timer per round).
     let timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     loop {
-        let deadline = ledger.oldest_held().map(|at| at.later_by(HOLD));
+        let deadline = ledger.next_deadline();
         if deadline != armed {
             if let Some(at) = deadline {
                 timer.as_mut().reset(at);
@@ -163,7 +201,7 @@ impl Ledger {
                     && matches!(self.slots[i].1, Slot::InFlight)
                 {
                     let now = Instant::now();
-                    self.slots[i].1 = Slot::Settled(how);
+                    self.slots[i].1 = Slot::Settled(how, now);
                     self.held.push_back((tag, now));
                 } else {
                     tracing::error!(
@@ -173,6 +211,7 @@ impl Ledger {
                 }
             }
             Op::Flush(done) => flushes.push(done),
+            Op::Window(prefetch) => self.full_run = usize::from(prefetch / 4).max(1),
         }
     }
 
@@ -181,17 +220,33 @@ impl Ledger {
         self.slots.binary_search_by_key(&tag, |(t, _)| *t).ok()
     }
 
-    /// Whether a delivery's settlement is made and not sent yet.
-    fn is_settled(&self, tag: u64) -> bool {
-        self.index(tag)
-            .is_some_and(|i| matches!(self.slots[i].1, Slot::Settled(..)))
+    /// Where the first delivery still in flight is (all of them settled:
+    /// past the end). What is settled before it is the run at the front.
+    fn first_in_flight(&self) -> usize {
+        self.slots
+            .iter()
+            .position(|(_, slot)| matches!(slot, Slot::InFlight))
+            .unwrap_or(self.slots.len())
+    }
+
+    /// Whether a delivery is settled, not sent yet, and behind one still in
+    /// flight (at `gap`): a settlement [`HOLD`] is for. One in the run at the
+    /// front goes with the run instead, and never falls behind a gap again.
+    fn held_behind(&self, tag: u64, gap: usize) -> Option<(usize, Settlement)> {
+        let i = self.index(tag)?;
+        match self.slots[i].1 {
+            Slot::Settled(how, _) if i > gap => Some((i, how)),
+            _ => None,
+        }
     }
 
     /// When the oldest settlement still held behind an in-flight delivery
-    /// was made (forgetting those that went out meanwhile).
+    /// was made (forgetting those that went out meanwhile, and those the
+    /// run at the front carries).
     fn oldest_held(&mut self) -> Option<Instant> {
+        let gap = self.first_in_flight();
         while let Some(&(tag, at)) = self.held.front() {
-            if self.is_settled(tag) {
+            if self.held_behind(tag, gap).is_some() {
                 return Some(at);
             }
             self.held.pop_front();
@@ -199,16 +254,78 @@ impl Ledger {
         None
     }
 
-    /// Sends the settled run at the front, and the settlements behind it
-    /// that waited [`HOLD`] (or all of them, when `everything`).
+    /// How many settlements the run at the front holds, and when the oldest
+    /// of them was made.
+    fn front_run(&self) -> (usize, Option<Instant>) {
+        let mut count = 0usize;
+        let mut oldest: Option<Instant> = None;
+        for &(_, slot) in &self.slots {
+            match slot {
+                Slot::InFlight => break,
+                Slot::Sent => {}
+                Slot::Settled(_, at) => {
+                    count = count.saturating_add(1);
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                }
+            }
+        }
+        (count, oldest)
+    }
+
+    /// Whether the run at the front should go now: it is full, or its oldest
+    /// settlement waited [`FOLD`].
+    fn run_is_due(&self, now: Instant) -> bool {
+        match self.front_run() {
+            (0, _) | (_, None) => false,
+            (count, Some(oldest)) => {
+                count >= self.full_run || now.saturating_duration_since(oldest) >= self.fold
+            }
+        }
+    }
+
+    /// When something is due next: the front run, or the oldest settlement
+    /// held behind a delivery still in flight.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let run = self.front_run().1.map(|at| at.later_by(self.fold));
+        let held = self.oldest_held().map(|at| at.later_by(HOLD));
+        match (run, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends the settled run at the front when it is due (see
+    /// [`Ledger::run_is_due`]), and the settlements behind it that waited
+    /// [`HOLD`]; or all of them, when `everything`.
     async fn send(&mut self, now: Instant, everything: bool) -> Result<(), lapin::Error> {
+        if everything || self.run_is_due(now) {
+            self.send_run().await?;
+        }
+        // What waited long enough behind a delivery still in flight goes
+        // alone (what the run at the front carries waits for the run).
+        let gap = self.first_in_flight();
+        while let Some(&(tag, at)) = self.held.front() {
+            if !everything && now.duration_since(at) < HOLD {
+                break;
+            }
+            self.held.pop_front();
+            if let Some((i, how)) = self.held_behind(tag, gap) {
+                self.single(tag, how).await?;
+                self.slots[i].1 = Slot::Sent;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the run of settled deliveries at the front.
+    async fn send_run(&mut self) -> Result<(), lapin::Error> {
         let mut run_end = None;
         while let Some(&(tag, slot)) = self.slots.front() {
             match slot {
                 Slot::InFlight => break,
                 Slot::Sent => {}
-                Slot::Settled(Settlement::Ack) => run_end = Some(tag),
-                Slot::Settled(how) => {
+                Slot::Settled(Settlement::Ack, _) => run_end = Some(tag),
+                Slot::Settled(how, _) => {
                     if let Some(end) = run_end.take() {
                         self.ack(end, true).await?;
                     }
@@ -219,19 +336,6 @@ impl Ledger {
         }
         if let Some(end) = run_end {
             self.ack(end, true).await?;
-        }
-        // What waited long enough behind a delivery still in flight goes alone.
-        while let Some(&(tag, at)) = self.held.front() {
-            if !everything && now.duration_since(at) < HOLD {
-                break;
-            }
-            self.held.pop_front();
-            if let Some(i) = self.index(tag)
-                && let Slot::Settled(how) = self.slots[i].1
-            {
-                self.single(tag, how).await?;
-                self.slots[i].1 = Slot::Sent;
-            }
         }
         Ok(())
     }

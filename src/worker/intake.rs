@@ -69,6 +69,7 @@ impl Worker {
             if let Err(error) = consumers.start(&session.consume, queue, prefetch).await {
                 return self.lose(&mut tasks, error.into()).await;
             }
+            session.settler.acks().window(prefetch);
             self.metrics.prefetch(prefetch);
             self.metrics.intake(Intake::Running);
             match self
@@ -163,6 +164,7 @@ impl Worker {
                         if let Err(error) = consumers.start(&session.consume, queue, wanted).await {
                             return PhaseEnd::Lost(error.into());
                         }
+                        session.settler.acks().window(wanted);
                         self.metrics.prefetch(wanted);
                         tracing::debug!(prefetch = wanted, limit = self.limit.limit(), "the prefetch follows the TapTalk concurrency limit");
                     }
