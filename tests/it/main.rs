@@ -21,6 +21,7 @@ mod event_logs;
 
 mod faults;
 mod forged_headers;
+mod io_loop;
 mod kubernetes;
 mod limiter;
 mod monitoring;
