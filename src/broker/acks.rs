@@ -9,8 +9,8 @@
 //! and a slow event never holds up the acknowledgement of the others for long.
 //!
 //! At moderate load the run at the front is one delivery long whenever it is
-//! looked at: each event would be acknowledged alone, and each
-//! acknowledgement wakes the connection's I/O thread. So a run waits until
+//! looked at: each event would be acknowledged alone, each acknowledgement
+//! a turn of the connection's I/O loop and a write. So a run waits until
 //! its oldest settlement is [`FOLD`] old, or until it holds a quarter of the
 //! prefetch ([`Acks::window`]; the broker sends no more than the prefetch
 //! unacknowledged, so a full run must not wait), whichever comes first.

@@ -3,10 +3,10 @@
 //! thread rather than on the process's main one.
 //!
 //! Why one: the worker's own work per event is small, and what it costs at
-//! moderate load is mostly threads waking each other (each delivery, publish,
-//! confirm and acknowledgement already crosses between a runtime thread and
-//! lapin's I/O thread of its connection). A second runtime thread adds more
-//! of those wake-ups than it adds work: `ticket-bench --case paced` measured
+//! moderate load is mostly threads waking each other. With one thread, a
+//! task woken by another (a delivery handed over by the connection's I/O
+//! loop, itself a task here: see patches/README.md) waits in a local queue
+//! instead of waking a parked thread: `ticket-bench --case paced` measured
 //! less CPU per event with one, `--case instant` the same drain rate within
 //! its noise (docs/performance.md). A replica that needs more scales out
 //! (more replicas) or sets `TOKIO_WORKER_THREADS`.
