@@ -418,15 +418,18 @@ impl<
         let uri = self.uri.clone();
         let runtime = self.runtime.clone();
         let backoff = self.backoff;
+        // The attempts log inside the loop's span, as on the thread.
+        let span = tracing::Span::current();
         self.runtime
             .spawn_blocking(move || {
                 let attempt = || (connect)(uri.clone(), runtime.clone());
                 let sleeper = runtime.clone();
-                runtime.block_on(
+                runtime.block_on(tracing::Instrument::instrument(
                     attempt
                         .retry(backoff)
                         .sleep(move |dur| sleeper.sleep(dur)),
-                )
+                    span,
+                ))
             })
     }
 
@@ -721,20 +724,22 @@ impl<
     }
 }
 
-/// Create a new span for the io_loop thread that follows from the connect span, and has the same level.
+/// Create a new span for the io_loop task that follows from the connect span, and has the same level.
 ///
-/// Importantly, we drop the `connect_span` so it closes properly.
+/// Importantly, it is a root span (the task starts inside the connect span, which would otherwise
+/// be its parent and live as long as the connection), and we drop the `connect_span` so it closes
+/// properly.
 fn io_loop_span(connect_span: tracing::Span) -> tracing::Span {
     let span_level = connect_span.metadata().map_or(Level::INFO, |m| *m.level());
     // tracing::span! requires a const level, so we must match exhaustively instead of
     // forwarding the level dynamically. The wildcard is intentionally absent so a future
     // tracing Level addition produces a compile error rather than a silent wrong level.
     let span = match span_level {
-        Level::TRACE => tracing::span!(Level::TRACE, "io_loop"),
-        Level::DEBUG => tracing::span!(Level::DEBUG, "io_loop"),
-        Level::INFO => tracing::span!(Level::INFO, "io_loop"),
-        Level::WARN => tracing::span!(Level::WARN, "io_loop"),
-        Level::ERROR => tracing::span!(Level::ERROR, "io_loop"),
+        Level::TRACE => tracing::span!(parent: None, Level::TRACE, "io_loop"),
+        Level::DEBUG => tracing::span!(parent: None, Level::DEBUG, "io_loop"),
+        Level::INFO => tracing::span!(parent: None, Level::INFO, "io_loop"),
+        Level::WARN => tracing::span!(parent: None, Level::WARN, "io_loop"),
+        Level::ERROR => tracing::span!(parent: None, Level::ERROR, "io_loop"),
     };
 
     // This span doesn't contribute to the duration of the connect span, but it is caused by the

@@ -29,8 +29,12 @@ impl ThreadHandle {
     pub(crate) fn wait(&self, _context: &'static str) -> Result<()> {
         match self.take().map(|done| done.recv()) {
             Some(Ok(res)) => res,
-            // Not started, or the runtime dropped the loop's task.
-            Some(Err(_)) | None => Ok(()),
+            Some(Err(_)) => Err(std::io::Error::other(
+                "the I/O loop's task ended without a result (it panicked, or its runtime stopped)",
+            )
+            .into()),
+            // Not started.
+            None => Ok(()),
         }
     }
 
